@@ -1,0 +1,258 @@
+// Loading and validating firmad.toml with toml++.
+#include "daemon/config.hpp"
+
+#include <grp.h>
+#include <pwd.h>
+
+#include <algorithm>
+#include <charconv>
+#include <set>
+#include <toml++/toml.h>
+
+namespace firmad {
+namespace {
+
+class Reader {
+ public:
+  explicit Reader(std::string file) : file_(std::move(file)) {}
+
+  [[noreturn]] void fail(const std::string& key, const std::string& problem) const {
+    throw ConfigError(file_ + ": " + key + ": " + problem);
+  }
+
+  // Rejects keys not in `allowed`: a typo must not silently fall back to a default.
+  void only(const toml::table& t, const std::string& where, std::initializer_list<std::string_view> allowed) const {
+    for (const auto& [k, v] : t) {
+      if (std::find(allowed.begin(), allowed.end(), k.str()) == allowed.end()) {
+        std::string list;
+        for (auto a : allowed) list += (list.empty() ? "" : ", ") + std::string(a);
+        fail(where.empty() ? std::string(k.str()) : where + "." + std::string(k.str()), "unknown key (accepted: " + list + ")");
+      }
+    }
+  }
+
+  std::optional<std::string> string(const toml::table& t, const std::string& where, std::string_view k) const {
+    const toml::node* n = t.get(k);
+    if (!n) return std::nullopt;
+    if (!n->is_string()) fail(where + "." + std::string(k), "must be a string");
+    return std::string(n->as_string()->get());
+  }
+
+  std::string required_string(const toml::table& t, const std::string& where, std::string_view k) const {
+    auto v = string(t, where, k);
+    if (!v || v->empty()) fail(where + "." + std::string(k), "is required and must be a non-empty string");
+    return *v;
+  }
+
+  std::optional<std::int64_t> integer(const toml::table& t, const std::string& where, std::string_view k,
+                                      std::int64_t lo, std::int64_t hi) const {
+    const toml::node* n = t.get(k);
+    if (!n) return std::nullopt;
+    if (!n->is_integer() || n->as_integer()->get() < lo || n->as_integer()->get() > hi)
+      fail(where + "." + std::string(k), "must be an integer from " + std::to_string(lo) + " to " + std::to_string(hi));
+    return n->as_integer()->get();
+  }
+
+  std::vector<uid_t> users(const toml::table& t, const std::string& where, std::string_view k) const {
+    std::vector<uid_t> out;
+    for (const std::string& name : names(t, where, k)) {
+      uid_t id;
+      if (numeric(name, id)) {
+        out.push_back(id);
+        continue;
+      }
+      const passwd* pw = getpwnam(name.c_str());
+      if (!pw) fail(where + "." + std::string(k), "no such user '" + name + "' (accepted: user names or numeric uids)");
+      out.push_back(pw->pw_uid);
+    }
+    return out;
+  }
+
+  std::vector<gid_t> groups(const toml::table& t, const std::string& where, std::string_view k) const {
+    std::vector<gid_t> out;
+    for (const std::string& name : names(t, where, k)) {
+      gid_t id;
+      if (numeric(name, id)) {
+        out.push_back(id);
+        continue;
+      }
+      const group* gr = getgrnam(name.c_str());
+      if (!gr) fail(where + "." + std::string(k), "no such group '" + name + "' (accepted: group names or numeric gids)");
+      out.push_back(gr->gr_gid);
+    }
+    return out;
+  }
+
+ private:
+  template <typename Id>
+  static bool numeric(const std::string& s, Id& id) {
+    auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), id);
+    return ec == std::errc() && p == s.data() + s.size();
+  }
+
+  // A list of names or numbers.
+  std::vector<std::string> names(const toml::table& t, const std::string& where, std::string_view k) const {
+    std::vector<std::string> out;
+    const toml::node* n = t.get(k);
+    if (!n) return out;
+    const toml::array* a = n->as_array();
+    if (!a) fail(where + "." + std::string(k), "must be an array of names or numeric ids");
+    for (const toml::node& e : *a) {
+      if (e.is_string()) out.emplace_back(e.as_string()->get());
+      else if (e.is_integer() && e.as_integer()->get() >= 0) out.push_back(std::to_string(e.as_integer()->get()));
+      else fail(where + "." + std::string(k), "must be an array of names or numeric ids");
+    }
+    return out;
+  }
+
+  std::string file_;
+};
+
+const toml::table* subtable(const Reader& r, const toml::table& root, std::string_view k) {
+  const toml::node* n = root.get(k);
+  if (!n) return nullptr;
+  if (!n->is_table()) r.fail(std::string(k), "must be a table");
+  return n->as_table();
+}
+
+void read_daemon(const Reader& r, const toml::table& t, DaemonConfig& d) {
+  const std::string w = "daemon";
+  r.only(t, w, {"socket", "socket_mode", "socket_group", "state_directory", "max_connections",
+                "max_connections_per_peer", "idle_timeout_ms", "log_level"});
+  if (auto s = r.string(t, w, "socket")) {
+    if (s->empty() || (*s)[0] != '/') r.fail(w + ".socket", "must be an absolute path");
+    if (s->size() >= 108) r.fail(w + ".socket", "is longer than a Unix socket path may be (107 bytes)");
+    d.socket = *s;
+  }
+  if (auto s = r.string(t, w, "socket_mode")) {
+    unsigned mode = 0;
+    auto [p, ec] = std::from_chars(s->data(), s->data() + s->size(), mode, 8);
+    if (ec != std::errc() || p != s->data() + s->size() || mode > 0777 || (mode & 0007))
+      r.fail(w + ".socket_mode", "must be an octal mode string without access for others, e.g. \"0660\"");
+    d.socket_mode = mode;
+  }
+  if (t.get("socket_group")) {
+    auto g = r.groups(toml::table{{"g", toml::array{r.required_string(t, w, "socket_group")}}}, w, "g");
+    d.socket_group = g.front();
+  }
+  if (auto s = r.string(t, w, "state_directory")) d.state_directory = *s;
+  if (auto v = r.integer(t, w, "max_connections", 1, 65536)) d.max_connections = *v;
+  if (auto v = r.integer(t, w, "max_connections_per_peer", 1, 65536)) d.max_connections_per_peer = *v;
+  if (auto v = r.integer(t, w, "idle_timeout_ms", 100, 3600000)) d.idle_timeout = std::chrono::milliseconds(*v);
+  if (auto s = r.string(t, w, "log_level")) {
+    if (!log::parse_level(*s, d.log_level)) r.fail(w + ".log_level", "accepted: error, warning, notice, info, debug");
+  }
+}
+
+TokenConfig read_token(const Reader& r, std::string name, const toml::table& t) {
+  const std::string w = "tokens." + name;
+  r.only(t, w, {"module", "uri", "sessions", "queue_limit", "pin_source", "pin_file", "pin_credential",
+                "refresh_interval_ms"});
+  TokenConfig tok;
+  tok.name = std::move(name);
+  tok.module = r.required_string(t, w, "module");
+  tok.uri = r.required_string(t, w, "uri");
+  if (tok.uri.rfind("pkcs11:", 0) != 0) r.fail(w + ".uri", "must be a PKCS#11 URI starting with \"pkcs11:\"");
+  if (auto v = r.integer(t, w, "sessions", 1, 64)) tok.sessions = *v;
+  if (auto v = r.integer(t, w, "queue_limit", 1, 100000)) tok.queue_limit = *v;
+  if (auto v = r.integer(t, w, "refresh_interval_ms", 100, 3600000)) tok.refresh_interval = std::chrono::milliseconds(*v);
+  const std::string source = r.string(t, w, "pin_source").value_or("admin");
+  if (source == "file") {
+    tok.pin_source = PinSource::File;
+    tok.pin_file = r.required_string(t, w, "pin_file");
+    if (tok.pin_file[0] != '/') r.fail(w + ".pin_file", "must be an absolute path");
+  } else if (source == "credential") {
+    tok.pin_source = PinSource::Credential;
+    tok.pin_credential = r.required_string(t, w, "pin_credential");
+    if (tok.pin_credential.find('/') != std::string::npos) r.fail(w + ".pin_credential", "must be a credential name, not a path");
+  } else if (source == "admin") {
+    tok.pin_source = PinSource::Admin;
+  } else {
+    r.fail(w + ".pin_source", "accepted: \"file\", \"credential\", \"admin\"");
+  }
+  if (tok.pin_source != PinSource::File && t.get("pin_file")) r.fail(w + ".pin_file", "only goes with pin_source = \"file\"");
+  if (tok.pin_source != PinSource::Credential && t.get("pin_credential"))
+    r.fail(w + ".pin_credential", "only goes with pin_source = \"credential\"");
+  return tok;
+}
+
+KeyConfig read_key(const Reader& r, std::string alias, const toml::table& t) {
+  const std::string w = "keys." + alias;
+  r.only(t, w, {"token", "uri", "allow_users", "allow_groups"});
+  KeyConfig k;
+  k.alias = std::move(alias);
+  k.token = r.required_string(t, w, "token");
+  k.uri = r.required_string(t, w, "uri");
+  if (k.uri.rfind("pkcs11:", 0) != 0) r.fail(w + ".uri", "must be a PKCS#11 URI starting with \"pkcs11:\"");
+  k.allow.users = r.users(t, w, "allow_users");
+  k.allow.groups = r.groups(t, w, "allow_groups");
+  return k;
+}
+
+bool valid_name(std::string_view s) {
+  return !s.empty() && s.size() <= 64 && std::all_of(s.begin(), s.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.';
+  });
+}
+
+}  // namespace
+
+const TokenConfig* Config::token(const std::string& name) const {
+  for (const auto& t : tokens)
+    if (t.name == name) return &t;
+  return nullptr;
+}
+
+const KeyConfig* Config::key(const std::string& alias) const {
+  for (const auto& k : keys)
+    if (k.alias == alias) return &k;
+  return nullptr;
+}
+
+Config load_config(const std::string& path) {
+  Reader r(path);
+  toml::table root;
+  try {
+    root = toml::parse_file(path);
+  } catch (const toml::parse_error& e) {
+    const auto& src = e.source();
+    if (!src.begin) throw ConfigError(path + ": " + std::string(e.description()));
+    throw ConfigError(path + ":" + std::to_string(src.begin.line) + ":" + std::to_string(src.begin.column) + ": " +
+                      std::string(e.description()));
+  }
+  Config cfg;
+  cfg.path = path;
+  r.only(root, "", {"daemon", "access", "tokens", "keys"});
+  if (const toml::table* d = subtable(r, root, "daemon")) read_daemon(r, *d, cfg.daemon);
+  if (const toml::table* a = subtable(r, root, "access")) {
+    r.only(*a, "access", {"admin_users", "admin_groups"});
+    cfg.admins.users = r.users(*a, "access", "admin_users");
+    cfg.admins.groups = r.groups(*a, "access", "admin_groups");
+  } else {
+    cfg.admins.users = {0};
+  }
+  if (const toml::table* tokens = subtable(r, root, "tokens")) {
+    for (const auto& [name, node] : *tokens) {
+      if (!node.is_table()) r.fail("tokens." + std::string(name.str()), "must be a table");
+      if (!valid_name(name.str())) r.fail("tokens." + std::string(name.str()), "names use letters, digits, '-', '_', '.'");
+      cfg.tokens.push_back(read_token(r, std::string(name.str()), *node.as_table()));
+    }
+  }
+  if (cfg.tokens.empty()) r.fail("tokens", "at least one [tokens.<name>] table is required");
+  if (const toml::table* keys = subtable(r, root, "keys")) {
+    for (const auto& [alias, node] : *keys) {
+      if (!node.is_table()) r.fail("keys." + std::string(alias.str()), "must be a table");
+      if (!valid_name(alias.str())) r.fail("keys." + std::string(alias.str()), "aliases use letters, digits, '-', '_', '.'");
+      KeyConfig k = read_key(r, std::string(alias.str()), *node.as_table());
+      if (!cfg.token(k.token)) {
+        std::string names;
+        for (const auto& t : cfg.tokens) names += (names.empty() ? "" : ", ") + t.name;
+        r.fail("keys." + k.alias + ".token", "no token named '" + k.token + "' (accepted: " + names + ")");
+      }
+      cfg.keys.push_back(std::move(k));
+    }
+  }
+  return cfg;
+}
+
+}  // namespace firmad

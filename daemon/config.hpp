@@ -1,0 +1,77 @@
+// firmad.toml read once into typed structs and validated.
+#pragma once
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstddef>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "daemon/log.hpp"
+
+namespace firmad {
+
+inline constexpr const char* kDefaultConfigPath = "/etc/firmad/firmad.toml";
+
+// Who may do something: by uid, or by membership (primary or supplementary) of a gid.
+struct AccessList {
+  std::vector<uid_t> users;
+  std::vector<gid_t> groups;
+};
+
+enum class PinSource { File, Credential, Admin };
+
+struct TokenConfig {
+  std::string name;          // [tokens.<name>]
+  std::string module;        // path or p11-kit registered name
+  std::string uri;           // RFC 7512 URI selecting the token
+  std::size_t sessions = 1;  // signing sessions, one worker thread each
+  std::size_t queue_limit = 64;
+  PinSource pin_source = PinSource::Admin;
+  std::string pin_file;       // pin_source = "file"
+  std::string pin_credential; // pin_source = "credential": name in $CREDENTIALS_DIRECTORY
+  std::chrono::milliseconds refresh_interval{5000};
+};
+
+struct KeyConfig {
+  std::string alias;  // [keys.<alias>]
+  std::string token;  // a [tokens.<name>]
+  std::string uri;    // RFC 7512 URI selecting the key's objects on that token
+  AccessList allow;   // who may sign with it
+};
+
+struct DaemonConfig {
+  std::string socket = "/run/firmad/firmad.sock";
+  mode_t socket_mode = 0660;
+  std::optional<gid_t> socket_group;
+  std::string state_directory = "/var/lib/firmad";
+  std::size_t max_connections = 128;
+  std::size_t max_connections_per_peer = 16;
+  std::chrono::milliseconds idle_timeout{30000};
+  log::Level log_level = log::Level::Info;
+};
+
+struct Config {
+  std::string path;
+  DaemonConfig daemon;
+  AccessList admins;  // [access] admin_users / admin_groups
+  std::vector<TokenConfig> tokens;
+  std::vector<KeyConfig> keys;
+
+  const TokenConfig* token(const std::string& name) const;
+  const KeyConfig* key(const std::string& alias) const;
+};
+
+// what(): "<file>: <key>: <problem> (accepted: ...)".
+class ConfigError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// Reads and validates the file. Throws ConfigError naming the file, the key
+// and the accepted values for anything wrong, unknown keys included.
+Config load_config(const std::string& path);
+
+}  // namespace firmad

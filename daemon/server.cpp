@@ -1,0 +1,222 @@
+// Accepting, framing, deadlines and limits for Varlink over a Unix socket.
+#include "daemon/server.hpp"
+
+#include "daemon/asio.hpp"
+#include <boost/asio/read_until.hpp>
+#include <boost/asio/write.hpp>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+
+#include "daemon/log.hpp"
+#include "protocol/errors.hpp"
+#include "protocol/limits.hpp"
+#include "protocol/secret.hpp"
+
+namespace firmad {
+
+namespace asio = boost::asio;
+using local = asio::local::stream_protocol;
+using Clock = std::chrono::steady_clock;
+
+struct Server::Connection {
+  Connection(local::socket s, Peer p) : socket(std::move(s)), peer(std::move(p)), timer(socket.get_executor()) {}
+  local::socket socket;
+  Peer peer;
+  asio::steady_timer timer;
+  Clock::time_point deadline = Clock::time_point::max();
+  bool busy = false;    // a request is being answered
+  bool closed = false;
+};
+
+Server::Server(asio::io_context& io, const Config& config, Service& service)
+    : io_(io), config_(config), service_(service) {}
+
+namespace {
+
+// Whether something already accepts connections on the path.
+bool socket_in_use(const std::string& path) {
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
+  const bool in_use = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+  ::close(fd);
+  return in_use;
+}
+
+[[noreturn]] void fail(const std::string& what, const std::string& path) {
+  throw std::runtime_error(what + " " + path + ": " + std::strerror(errno));
+}
+
+}  // namespace
+
+void Server::open() {
+  const int passed = sd_listen_fds(1);
+  if (passed > 0) {
+    for (int fd = SD_LISTEN_FDS_START; fd < SD_LISTEN_FDS_START + passed; ++fd) {
+      if (sd_is_socket_unix(fd, SOCK_STREAM, 1, nullptr, 0) <= 0)
+        throw std::runtime_error("systemd passed fd " + std::to_string(fd) + ", which is not a listening Unix stream socket");
+      acceptors_.push_back(std::make_unique<local::acceptor>(io_, local(), fd));
+    }
+    log::info("listening", {{"sockets", passed}, {"from", "systemd"}});
+    return;
+  }
+  const std::string& path = config_.daemon.socket;
+  const std::filesystem::path dir = std::filesystem::path(path).parent_path();
+  if (::mkdir(dir.c_str(), 0750) != 0 && errno != EEXIST) fail("cannot create socket directory", dir);
+  struct stat st{};
+  if (::lstat(path.c_str(), &st) == 0) {
+    if (!S_ISSOCK(st.st_mode)) throw std::runtime_error(path + " exists and is not a socket; refusing to replace it");
+    if (socket_in_use(path)) throw std::runtime_error("another daemon is already listening on " + path);
+    ::unlink(path.c_str());  // stale socket of a previous run
+  }
+  auto acceptor = std::make_unique<local::acceptor>(io_);
+  acceptor->open();
+  // Bind under a restrictive umask so the socket is never reachable by
+  // others between bind() and chmod().
+  const mode_t old = ::umask(0177);
+  boost::system::error_code ec;
+  acceptor->bind(local::endpoint(path), ec);
+  ::umask(old);
+  if (ec) throw std::runtime_error("cannot bind " + path + ": " + ec.message());
+  created_socket_ = true;
+  if (config_.daemon.socket_group && ::chown(path.c_str(), -1, *config_.daemon.socket_group) != 0)
+    fail("cannot set the group of", path);
+  if (::chmod(path.c_str(), config_.daemon.socket_mode) != 0) fail("cannot set the mode of", path);
+  acceptor->listen(asio::socket_base::max_listen_connections);
+  acceptors_.push_back(std::move(acceptor));
+  log::info("listening", {{"socket", path}});
+}
+
+void Server::start() {
+  for (auto& a : acceptors_) asio::co_spawn(io_, listen(*a), asio::detached);
+}
+
+void Server::shutdown() {
+  if (stopping_) return;
+  stopping_ = true;
+  for (auto& a : acceptors_) {
+    boost::system::error_code ec;
+    a->close(ec);
+  }
+  for (const auto& c : connections_) {
+    if (!c->busy) {
+      boost::system::error_code ec;
+      c->socket.close(ec);
+    }
+  }
+  if (created_socket_) ::unlink(config_.daemon.socket.c_str());
+  log::info("shutting-down", {{"connections", connections_.size()}});
+}
+
+void Server::forget(const std::shared_ptr<Connection>& c) {
+  c->closed = true;
+  c->timer.cancel();
+  boost::system::error_code ec;
+  c->socket.close(ec);
+  if (connections_.erase(c) && --per_uid_[c->peer.uid] == 0) per_uid_.erase(c->peer.uid);
+}
+
+asio::awaitable<void> Server::listen(local::acceptor& acceptor) {
+  while (!stopping_) {
+    boost::system::error_code ec;
+    local::socket socket = co_await acceptor.async_accept(asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) {
+      if (ec == asio::error::operation_aborted || stopping_) co_return;
+      // EMFILE and the like: say so, pause briefly, go on serving the others.
+      log::error("accept-failed", {{"error", ec.message()}});
+      asio::steady_timer pause(io_, std::chrono::milliseconds(100));
+      co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+      continue;
+    }
+    Peer peer;
+    try {
+      peer = peer_of(socket.native_handle());
+    } catch (const std::exception& e) {
+      log::warning("peer-unknown", {{"error", e.what()}});
+      continue;
+    }
+    if (connections_.size() >= config_.daemon.max_connections ||
+        per_uid_[peer.uid] >= config_.daemon.max_connections_per_peer) {
+      log::warning("connection-refused", {{"uid", peer.uid}, {"pid", peer.pid},
+                                          {"connections", connections_.size()}, {"of_uid", per_uid_[peer.uid]}});
+      continue;  // the socket closes as it goes out of scope
+    }
+    auto c = std::make_shared<Connection>(std::move(socket), std::move(peer));
+    connections_.insert(c);
+    ++per_uid_[c->peer.uid];
+    asio::co_spawn(io_, serve(c), asio::detached);
+    asio::co_spawn(io_, watchdog(c), asio::detached);
+  }
+}
+
+asio::awaitable<void> Server::watchdog(std::shared_ptr<Connection> c) {
+  while (!c->closed) {
+    const auto now = Clock::now();
+    if (!c->busy && c->deadline <= now) {
+      log::info("connection-timeout", {{"uid", c->peer.uid}, {"pid", c->peer.pid}});
+      boost::system::error_code ec;
+      c->socket.close(ec);  // the reader sees it and ends the connection
+      co_return;
+    }
+    c->timer.expires_at(c->busy ? now + config_.daemon.idle_timeout : c->deadline);
+    boost::system::error_code ec;
+    co_await c->timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+  }
+}
+
+asio::awaitable<void> Server::serve(std::shared_ptr<Connection> c) {
+  std::string buffer;
+  std::string violation;  // set when the peer broke the protocol: answer, then close
+  try {
+    while (!stopping_) {
+      c->deadline = Clock::now() + config_.daemon.idle_timeout;
+      boost::system::error_code ec;
+      const std::size_t n = co_await asio::async_read_until(
+          c->socket, asio::dynamic_buffer(buffer, protocol::kMaxMessageBytes + 1), '\0',
+          asio::redirect_error(asio::use_awaitable, ec));
+      if (ec) {
+        if (ec == asio::error::not_found)
+          violation = protocol::encode_error(protocol::error::kProtocolViolation,
+                                             {{"reason", "message exceeds " + std::to_string(protocol::kMaxMessageBytes) + " bytes"}});
+        break;  // EOF, reset, timeout (closed by the watchdog) or oversize
+      }
+      c->busy = true;
+      protocol::Call call;
+      try {
+        call = protocol::parse_call(std::string_view(buffer.data(), n - 1));
+      } catch (const protocol::VarlinkError& e) {
+        violation = protocol::encode_error(e.name(), e.parameters());
+        protocol::secure_zero(buffer.data(), buffer.size());
+        break;
+      }
+      std::string reply = co_await service_.handle(call, c->peer);
+      // The frame may have carried a PIN: wipe it and the parsed copy.
+      if (auto it = call.parameters.find("pin"); it != call.parameters.end() && it->is_string())
+        protocol::wipe(it->get_ref<std::string&>());
+      protocol::secure_zero(buffer.data(), n);
+      buffer.erase(0, n);
+      if (buffer.capacity() > 64 * 1024 && buffer.size() < 4096) buffer.shrink_to_fit();
+      if (!reply.empty()) co_await asio::async_write(c->socket, asio::buffer(reply), asio::use_awaitable);
+      c->busy = false;
+    }
+  } catch (const std::exception& e) {
+    log::debug("connection-error", {{"uid", c->peer.uid}, {"pid", c->peer.pid}, {"error", e.what()}});
+  }
+  if (!violation.empty() && c->socket.is_open()) {
+    log::warning("protocol-violation", {{"uid", c->peer.uid}, {"pid", c->peer.pid}});
+    boost::system::error_code ec;
+    co_await asio::async_write(c->socket, asio::buffer(violation), asio::redirect_error(asio::use_awaitable, ec));
+  }
+  forget(c);
+}
+
+}  // namespace firmad

@@ -1,0 +1,338 @@
+// Per-token threads: discovery, login custody, the signing queue and the cached state.
+#include "daemon/token_worker.hpp"
+
+#include "daemon/log.hpp"
+#include "daemon/pin_source.hpp"
+#include "pkcs11/error.hpp"
+#include "pkcs11/key.hpp"
+
+namespace firmad {
+
+namespace perr = protocol::error;
+using protocol::VarlinkError;
+
+const KeyState* TokenSnapshot::key(const std::string& alias) const {
+  for (const auto& k : keys)
+    if (k.config.alias == alias) return &k;
+  return nullptr;
+}
+
+protocol::VarlinkError token_failure(const std::string& token, const std::exception& e) {
+  if (const auto* v = dynamic_cast<const VarlinkError*>(&e)) return *v;
+  if (const auto* p = dynamic_cast<const pkcs11::Error*>(&e)) {
+    switch (p->fault()) {
+      case pkcs11::Fault::TokenAbsent:
+      case pkcs11::Fault::SessionLost:
+        return VarlinkError(perr::kTokenAbsent, {{"token", token}});
+      case pkcs11::Fault::NotLoggedIn:
+        return VarlinkError(perr::kNotLoggedIn, {{"token", token}, {"loginState", "logged-out"}});
+      case pkcs11::Fault::PinIncorrect:
+        return VarlinkError(perr::kPinIncorrect, {{"token", token}});
+      case pkcs11::Fault::PinLocked:
+        return VarlinkError(perr::kPinLocked, {{"token", token}});
+      default:
+        return VarlinkError(perr::kTokenError, {{"token", token}, {"call", p->call()}, {"code", p->code_name()}});
+    }
+  }
+  return VarlinkError(perr::kInternalError, {{"reason", e.what()}});
+}
+
+TokenWorker::TokenWorker(TokenConfig config, std::vector<KeyConfig> keys)
+    : config_(std::move(config)),
+      key_configs_(std::move(keys)),
+      token_uri_(pkcs11::Uri::parse(config_.uri)),
+      snapshot_(std::make_shared<TokenSnapshot>()) {
+  for (const auto& k : key_configs_) key_uris_.push_back(pkcs11::Uri::parse(k.uri));
+  auto snap = std::make_shared<TokenSnapshot>();
+  for (const auto& k : key_configs_) snap->keys.push_back(KeyState{k, std::nullopt, std::nullopt});
+  snap->reason = "not scanned yet";
+  snapshot_ = std::move(snap);
+}
+
+TokenWorker::~TokenWorker() { stop(); }
+
+void TokenWorker::start() {
+  module_ = pkcs11::Module::shared(config_.module);
+  sessions_.resize(config_.sessions);
+  control_thread_ = std::thread([this] { control_loop(); });
+  for (std::size_t i = 0; i < config_.sessions; ++i) sign_threads_.emplace_back([this, i] { sign_loop(i); });
+}
+
+void TokenWorker::stop() noexcept {
+  {
+    std::lock_guard lock(mutex_);
+    if (stopping_) return;
+    stopping_ = true;
+  }
+  work_cv_.notify_all();
+  control_cv_.notify_all();
+  for (auto& t : sign_threads_) t.join();  // they drain the queue first
+  if (control_thread_.joinable()) control_thread_.join();
+  sign_threads_.clear();
+  std::lock_guard lock(mutex_);
+  sessions_.clear();
+}
+
+std::shared_ptr<const TokenSnapshot> TokenWorker::snapshot() const {
+  std::lock_guard lock(snap_mutex_);
+  return snapshot_;
+}
+
+std::size_t TokenWorker::queued() const {
+  std::lock_guard lock(mutex_);
+  return queue_.size();
+}
+
+void TokenWorker::publish(const std::function<void(TokenSnapshot&)>& change) {
+  std::lock_guard lock(snap_mutex_);
+  auto next = std::make_shared<TokenSnapshot>(*snapshot_);
+  change(*next);
+  snapshot_ = std::move(next);
+}
+
+bool TokenWorker::submit(Job job) {
+  {
+    std::lock_guard lock(mutex_);
+    if (stopping_ || queue_.size() >= config_.queue_limit) return false;
+    queue_.push_back(std::move(job));
+  }
+  work_cv_.notify_one();
+  return true;
+}
+
+void TokenWorker::control(std::function<void()> job) {
+  {
+    std::lock_guard lock(mutex_);
+    control_queue_.push_back(std::move(job));
+  }
+  control_cv_.notify_all();
+}
+
+void TokenWorker::wait_discovered() {
+  std::unique_lock lock(mutex_);
+  control_cv_.wait(lock, [this] { return discovered_ || stopping_; });
+}
+
+void TokenWorker::sign_loop(std::size_t index) {
+  for (;;) {
+    Job job;
+    WorkContext ctx{nullptr, nullptr};
+    {
+      std::unique_lock lock(mutex_);
+      work_cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+      if (queue_.empty()) return;  // stopping, and every queued job answered
+      job = std::move(queue_.front());
+      queue_.pop_front();
+      ++active_;
+      ctx.session = sessions_[index].get();
+      ctx.snapshot = snapshot();
+    }
+    job(ctx);  // jobs answer their caller themselves and do not throw
+    {
+      std::lock_guard lock(mutex_);
+      --active_;
+    }
+    idle_cv_.notify_all();
+  }
+}
+
+void TokenWorker::control_loop() {
+  discover();
+  {
+    std::lock_guard lock(mutex_);
+    discovered_ = true;
+  }
+  control_cv_.notify_all();
+  for (;;) {
+    std::function<void()> job;
+    {
+      std::unique_lock lock(mutex_);
+      const bool woken = control_cv_.wait_for(lock, config_.refresh_interval,
+                                              [this] { return stopping_ || !control_queue_.empty(); });
+      if (!control_queue_.empty()) {
+        job = std::move(control_queue_.front());
+        control_queue_.pop_front();
+      } else if (stopping_) {
+        break;
+      } else if (woken) {
+        continue;
+      }
+    }
+    if (job) job();
+    else refresh();
+  }
+  // Signing threads have drained the queue (stop() joined them first only
+  // after they saw stopping_; wait for them to be idle before logging out).
+  {
+    std::unique_lock lock(mutex_);
+    idle_cv_.wait(lock, [this] { return active_ == 0 && queue_.empty(); });
+  }
+  if (control_session_) {
+    try {
+      if (control_session_->logged_in()) {
+        control_session_->logout();
+        log::info("token-logout", {{"token", config_.name}, {"why", "shutdown"}});
+      }
+    } catch (const std::exception& e) {
+      log::warning("token-logout-failed", {{"token", config_.name}, {"error", e.what()}});
+    }
+    control_session_.reset();
+  }
+}
+
+void TokenWorker::discover() {
+  std::optional<pkcs11::SlotId> slot;
+  try {
+    for (pkcs11::SlotId s : module_->slots_with_token()) {
+      if (token_uri_.matches_token(*module_, s)) {
+        slot = s;
+        break;
+      }
+    }
+  } catch (const std::exception& e) {
+    publish([&](TokenSnapshot& s) { s.login_state = "error", s.reason = e.what(); });
+    log::error("token-scan-failed", {{"token", config_.name}, {"error", e.what()}});
+    return;
+  }
+  if (!slot) {
+    publish([&](TokenSnapshot& s) {
+      s.present = false, s.logged_in = false, s.login_state = "absent";
+      s.reason = "no token matching " + config_.uri + " in any slot of " + module_->path();
+    });
+    log::warning("token-absent", {{"token", config_.name}, {"uri", config_.uri}});
+    return;
+  }
+  try {
+    control_session_.emplace(module_, *slot);
+    {
+      std::vector<std::unique_ptr<pkcs11::Session>> opened;
+      for (std::size_t i = 0; i < config_.sessions; ++i) opened.push_back(std::make_unique<pkcs11::Session>(module_, *slot));
+      std::unique_lock lock(mutex_);
+      idle_cv_.wait(lock, [this] { return active_ == 0; });
+      sessions_ = std::move(opened);
+    }
+    const auto info = module_->token_info(*slot);
+    publish([&](TokenSnapshot& s) {
+      s.present = true, s.info = info, s.login_state = "logged-out";
+      s.reason = unattended(config_) ? "" : "waiting for 'firmactl login " + config_.name + "'";
+      rescan_keys(s);
+    });
+    log::info("token-found", {{"token", config_.name}, {"label", info.label}, {"serial", info.serial},
+                              {"sessions", config_.sessions}});
+  } catch (const std::exception& e) {
+    publish([&](TokenSnapshot& s) { s.login_state = "error", s.reason = e.what(); });
+    log::error("token-open-failed", {{"token", config_.name}, {"error", e.what()}});
+    return;
+  }
+  if (unattended(config_)) {
+    try {
+      login(std::nullopt, false, true);
+    } catch (const std::exception&) {
+      // login() recorded the state and logged why.
+    }
+  }
+}
+
+void TokenWorker::refresh() {
+  if (!control_session_) {
+    discover();
+    return;
+  }
+  try {
+    const auto info = module_->token_info(control_session_->slot());
+    publish([&](TokenSnapshot& s) { s.info = info; });
+  } catch (const std::exception& e) {
+    log::warning("token-refresh-failed", {{"token", config_.name}, {"error", e.what()}});
+  }
+}
+
+void TokenWorker::rescan_keys(TokenSnapshot& snap) {
+  for (std::size_t i = 0; i < snap.keys.size(); ++i) {
+    KeyState& k = snap.keys[i];
+    try {
+      k.info = control_session_ ? pkcs11::find_key(*control_session_, key_uris_[i]) : std::nullopt;
+    } catch (const std::exception& e) {
+      k.info.reset();
+      log::warning("key-scan-failed", {{"token", config_.name}, {"key", k.config.alias}, {"error", e.what()}});
+    }
+    k.certificate = k.info && !k.info->certificate.empty() ? summarize_certificate(k.info->certificate) : std::nullopt;
+  }
+}
+
+std::string TokenWorker::login(std::optional<protocol::Secret> pin, bool force, bool automatic) {
+  const std::string& name = config_.name;
+  if (!control_session_) throw VarlinkError(perr::kTokenAbsent, {{"token", name}});
+  auto fail = [&](const char* state, std::string reason, const char* error, nlohmann::json params) -> VarlinkError {
+    publish([&](TokenSnapshot& s) { s.logged_in = false, s.login_state = state, s.reason = reason; });
+    log::warning("token-login-refused", {{"token", name}, {"state", state}, {"reason", reason},
+                                         {"automatic", automatic ? "yes" : "no"}});
+    return VarlinkError(error, std::move(params));
+  };
+  try {
+    if (control_session_->logged_in()) return "logged-in";
+    const auto info = module_->token_info(control_session_->slot());
+    publish([&](TokenSnapshot& s) { s.info = info; });
+    if (info.pin.locked)
+      throw fail("pin-locked", "the token's user PIN is locked; the security officer must unlock it", perr::kPinLocked,
+                 {{"token", name}});
+    if (automatic && snapshot()->login_state == "pin-incorrect")
+      throw fail("pin-incorrect", "a wrong PIN was refused before; not retried automatically", perr::kPinIncorrect,
+                 {{"token", name}});
+    if (info.pin.final_try && (automatic || !force))
+      throw fail("pin-final-try", "the next wrong PIN locks the token; log in with 'firmactl login --force'",
+                 perr::kPinFinalTry, {{"token", name}});
+    protocol::Secret secret;
+    if (pin) {
+      secret = std::move(*pin);
+    } else {
+      try {
+        secret = read_pin(config_);
+      } catch (const PinSourceError& e) {
+        throw fail("pin-source-unavailable", e.what(), perr::kPinSourceUnavailable, {{"token", name}, {"reason", e.what()}});
+      }
+    }
+    publish([&](TokenSnapshot& s) { ++s.login_attempts; });
+    try {
+      control_session_->login(secret.view());
+    } catch (const pkcs11::Error& e) {
+      const auto after = module_->token_info(control_session_->slot());
+      publish([&](TokenSnapshot& s) { s.info = after; });
+      if (e.fault() == pkcs11::Fault::PinIncorrect)
+        throw fail("pin-incorrect", "the token refused the PIN (" + e.code_name() + "); not retried", perr::kPinIncorrect,
+                   {{"token", name}});
+      if (e.fault() == pkcs11::Fault::PinLocked)
+        throw fail("pin-locked", "the token's user PIN is locked", perr::kPinLocked, {{"token", name}});
+      throw fail("error", e.what(), perr::kTokenError, {{"token", name}, {"call", e.call()}, {"code", e.code_name()}});
+    }
+  } catch (const pkcs11::Error& e) {
+    throw fail("error", e.what(), perr::kTokenError, {{"token", name}, {"call", e.call()}, {"code", e.code_name()}});
+  }
+  publish([&](TokenSnapshot& s) {
+    s.logged_in = true, s.login_state = "logged-in", s.reason.clear();
+    rescan_keys(s);
+  });
+  log::notice("token-login", {{"token", name}, {"automatic", automatic ? "yes" : "no"}});
+  return "logged-in";
+}
+
+std::string TokenWorker::logout() {
+  if (!control_session_) throw VarlinkError(perr::kTokenAbsent, {{"token", config_.name}});
+  // New jobs see "logged-out" from here on; wait for those already running.
+  publish([&](TokenSnapshot& s) {
+    s.logged_in = false, s.login_state = "logged-out", s.reason = "logged out by an administrator";
+  });
+  {
+    std::unique_lock lock(mutex_);
+    idle_cv_.wait(lock, [this] { return active_ == 0; });
+  }
+  try {
+    control_session_->logout();
+  } catch (const std::exception& e) {
+    throw token_failure(config_.name, e);
+  }
+  publish([&](TokenSnapshot& s) { rescan_keys(s); });
+  log::notice("token-logout", {{"token", config_.name}, {"why", "administrator"}});
+  return "logged-out";
+}
+
+}  // namespace firmad

@@ -1,0 +1,131 @@
+// One token: its sessions, its bounded queue of signing work, and its cached state.
+#pragma once
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "daemon/certificate.hpp"
+#include "daemon/config.hpp"
+#include "pkcs11/module.hpp"
+#include "pkcs11/session.hpp"
+#include "pkcs11/types.hpp"
+#include "pkcs11/uri.hpp"
+#include "protocol/errors.hpp"
+#include "protocol/secret.hpp"
+
+namespace firmad {
+
+struct KeyState {
+  KeyConfig config;
+  std::optional<pkcs11::KeyInfo> info;        // nullopt: not on the token (or not visible)
+  std::optional<CertificateSummary> certificate;
+};
+
+// The token as last seen. Immutable once published: readers keep a
+// shared_ptr and never wait for the token.
+struct TokenSnapshot {
+  bool present = false;
+  bool logged_in = false;
+  std::string login_state = "absent";  // see io.firmad.Signer.varlink, Token.loginState
+  std::string reason;
+  std::optional<pkcs11::TokenInfo> info;
+  std::vector<KeyState> keys;
+  std::uint64_t login_attempts = 0;  // C_Login calls made by this daemon
+
+  const KeyState* key(const std::string& alias) const;
+};
+
+// What a job sees on its worker thread: the worker's own session (null while
+// the token is absent) and the state current when the job started.
+struct WorkContext {
+  pkcs11::Session* session;
+  std::shared_ptr<const TokenSnapshot> snapshot;
+};
+
+// Runs one token. A control thread owns discovery, login, logout and the
+// periodic refresh of the cached state; `sessions` signing threads each own
+// one PKCS#11 session and take jobs from a queue of at most `queue_limit`.
+// Nothing here blocks the caller except stop().
+class TokenWorker {
+ public:
+  using Job = std::function<void(WorkContext&)>;
+
+  TokenWorker(TokenConfig config, std::vector<KeyConfig> keys);
+  TokenWorker(const TokenWorker&) = delete;  // owns threads and sessions
+  TokenWorker& operator=(const TokenWorker&) = delete;
+  ~TokenWorker();
+
+  // Loads the module (throws std::runtime_error / pkcs11::Error if it cannot)
+  // and starts the threads; discovery and the automatic login happen on the
+  // control thread.
+  void start();
+  // Finishes queued and in-flight jobs, logs out, closes sessions, joins.
+  void stop() noexcept;
+
+  const TokenConfig& config() const noexcept { return config_; }
+  std::shared_ptr<const TokenSnapshot> snapshot() const;
+  std::size_t queued() const;
+
+  // Queues signing work. Returns false when the queue is full or stopping;
+  // the job is then not run.
+  bool submit(Job job);
+  // Queues work for the control thread (login, logout): it never waits
+  // behind signatures.
+  void control(std::function<void()> job);
+  // Blocks until the control thread has finished discovery (tests, startup log).
+  void wait_discovered();
+
+  // Control thread only. Logs in with the given PIN or, without one, the
+  // configured unattended source: exactly one C_Login, never repeated.
+  // Returns the login state; throws protocol::VarlinkError (PinIncorrect,
+  // PinFinalTry, PinLocked, PinSourceUnavailable, TokenAbsent, TokenError).
+  std::string login(std::optional<protocol::Secret> pin, bool force, bool automatic);
+  // Control thread only. Waits for in-flight signatures, then logs out.
+  std::string logout();
+
+ private:
+  void control_loop();
+  void sign_loop(std::size_t index);
+  void discover();
+  void refresh();
+  void rescan_keys(TokenSnapshot& snap);
+  void publish(const std::function<void(TokenSnapshot&)>& change);
+
+  TokenConfig config_;
+  std::vector<KeyConfig> key_configs_;
+  std::vector<pkcs11::Uri> key_uris_;
+  pkcs11::Uri token_uri_;
+  std::shared_ptr<pkcs11::Module> module_;
+
+  // Control thread state.
+  std::optional<pkcs11::Session> control_session_;
+  std::thread control_thread_;
+  std::deque<std::function<void()>> control_queue_;
+  std::condition_variable control_cv_;
+  bool discovered_ = false;
+
+  // Signing state, guarded by mutex_.
+  mutable std::mutex mutex_;
+  std::condition_variable work_cv_;
+  std::condition_variable idle_cv_;
+  std::deque<Job> queue_;
+  std::vector<std::unique_ptr<pkcs11::Session>> sessions_;
+  std::vector<std::thread> sign_threads_;
+  std::size_t active_ = 0;
+  bool stopping_ = false;
+
+  mutable std::mutex snap_mutex_;
+  std::shared_ptr<const TokenSnapshot> snapshot_;
+};
+
+// Maps a token failure to the Varlink error a client sees.
+protocol::VarlinkError token_failure(const std::string& token, const std::exception& e);
+
+}  // namespace firmad

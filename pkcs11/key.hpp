@@ -1,0 +1,17 @@
+// Finding a key on the token by URI and describing it: type, size, public key, certificate.
+#pragma once
+#include <optional>
+
+#include "pkcs11/session.hpp"
+#include "pkcs11/types.hpp"
+#include "pkcs11/uri.hpp"
+
+namespace firmad::pkcs11 {
+
+// Returns the key the URI's object label/id names, or nullopt if the token
+// holds none of its private key, public key or certificate. The private key
+// handle is set only when the session can see it (logged in). Throws Error,
+// or std::runtime_error when the URI matches more than one private key.
+std::optional<KeyInfo> find_key(const Session& session, const Uri& uri);
+
+}  // namespace firmad::pkcs11

@@ -1,0 +1,127 @@
+// Module loading through p11-kit, shared per process.
+#include "pkcs11/module.hpp"
+
+#include <p11-kit/p11-kit.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <stdexcept>
+
+#include "pkcs11/error.hpp"
+
+namespace firmad::pkcs11 {
+namespace {
+
+std::string trim_padded(const unsigned char* p, std::size_t n) {
+  std::string s(reinterpret_cast<const char*>(p), n);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\0')) s.pop_back();
+  return s;
+}
+
+// Returns the file of a module registered with p11-kit under `name`.
+std::string registered_path(const std::string& name) {
+  CK_FUNCTION_LIST** modules = p11_kit_modules_load(nullptr, P11_KIT_MODULE_UNMANAGED);
+  if (!modules) throw std::runtime_error("p11-kit could not list its registered modules: " + std::string(p11_kit_message() ? p11_kit_message() : "unknown error"));
+  std::string path;
+  if (CK_FUNCTION_LIST* m = p11_kit_module_for_name(modules, name.c_str())) {
+    if (char* file = p11_kit_module_get_filename(m)) {
+      path = file;
+      free(file);
+    }
+  }
+  p11_kit_modules_release(modules);
+  if (path.empty()) throw std::runtime_error("no PKCS#11 module is registered with p11-kit under the name '" + name + "' (see 'p11-kit list-modules')");
+  return path;
+}
+
+std::mutex registry_mutex;
+std::map<std::string, std::weak_ptr<Module>>& registry() {
+  static std::map<std::string, std::weak_ptr<Module>> r;
+  return r;
+}
+
+}  // namespace
+
+std::shared_ptr<Module> Module::shared(const std::string& spec) {
+  const std::string path = spec.find('/') != std::string::npos ? spec : registered_path(spec);
+  std::lock_guard lock(registry_mutex);
+  if (auto existing = registry()[path].lock()) return existing;
+
+  CK_FUNCTION_LIST* fn = p11_kit_module_load(path.c_str(), P11_KIT_MODULE_UNMANAGED);
+  if (!fn) throw std::runtime_error("cannot load PKCS#11 module " + path + ": " + (p11_kit_message() ? p11_kit_message() : "unknown error"));
+  CK_C_INITIALIZE_ARGS args{};
+  args.flags = CKF_OS_LOCKING_OK;
+  const CK_RV rv = fn->C_Initialize(&args);
+  if (rv != CKR_OK && rv != CKR_CRYPTOKI_ALREADY_INITIALIZED) {
+    p11_kit_module_release(fn);
+    throw Error("C_Initialize", rv);
+  }
+  std::shared_ptr<Module> module(new Module(path, fn, rv == CKR_OK));
+  registry()[path] = module;
+  return module;
+}
+
+Module::Module(std::string path, CK_FUNCTION_LIST* fn, bool owns_init)
+    : path_(std::move(path)), fn_(fn), owns_init_(owns_init) {}
+
+Module::~Module() {
+  if (owns_init_) fn_->C_Finalize(nullptr);
+  p11_kit_module_release(fn_);
+}
+
+std::vector<SlotId> Module::slots_with_token() const {
+  CK_ULONG count = 0;
+  check(fn_->C_GetSlotList(CK_TRUE, nullptr, &count), "C_GetSlotList");
+  std::vector<CK_SLOT_ID> slots(count);
+  if (count) check(fn_->C_GetSlotList(CK_TRUE, slots.data(), &count), "C_GetSlotList");
+  slots.resize(count);
+  return {slots.begin(), slots.end()};
+}
+
+CK_TOKEN_INFO Module::raw_token_info(SlotId slot) const {
+  CK_TOKEN_INFO info{};
+  check(fn_->C_GetTokenInfo(slot, &info), "C_GetTokenInfo");
+  return info;
+}
+
+TokenInfo Module::token_info(SlotId slot) const {
+  const CK_TOKEN_INFO raw = raw_token_info(slot);
+  TokenInfo t;
+  t.label = trim_padded(raw.label, sizeof raw.label);
+  t.serial = trim_padded(raw.serialNumber, sizeof raw.serialNumber);
+  t.manufacturer = trim_padded(raw.manufacturerID, sizeof raw.manufacturerID);
+  t.model = trim_padded(raw.model, sizeof raw.model);
+  t.login_required = raw.flags & CKF_LOGIN_REQUIRED;
+  t.pin.count_low = raw.flags & CKF_USER_PIN_COUNT_LOW;
+  t.pin.final_try = raw.flags & CKF_USER_PIN_FINAL_TRY;
+  t.pin.locked = raw.flags & CKF_USER_PIN_LOCKED;
+  t.pin.to_be_changed = raw.flags & CKF_USER_PIN_TO_BE_CHANGED;
+  return t;
+}
+
+std::vector<Scheme> Module::schemes(SlotId slot, KeyType type) const {
+  CK_ULONG count = 0;
+  check(fn_->C_GetMechanismList(slot, nullptr, &count), "C_GetMechanismList");
+  std::vector<CK_MECHANISM_TYPE> mechs(count);
+  if (count) check(fn_->C_GetMechanismList(slot, mechs.data(), &count), "C_GetMechanismList");
+  mechs.resize(count);
+  auto has = [&](CK_MECHANISM_TYPE m) { return std::find(mechs.begin(), mechs.end(), m) != mechs.end(); };
+  std::vector<Scheme> out;
+  switch (type) {
+    case KeyType::Rsa:
+      if (has(CKM_RSA_PKCS)) out.push_back(Scheme::RsaPkcs1);
+      if (has(CKM_RSA_PKCS_PSS)) out.push_back(Scheme::RsaPss);
+      break;
+    case KeyType::Ec:
+      if (has(CKM_ECDSA)) out.push_back(Scheme::Ecdsa);
+      break;
+    case KeyType::Ed25519:
+      if (has(CKM_EDDSA)) out.push_back(Scheme::EdDsa);
+      break;
+  }
+  return out;
+}
+
+}  // namespace firmad::pkcs11

@@ -1,0 +1,54 @@
+// A PKCS#11 session: one handle, one owner, closed on destruction.
+#pragma once
+#include <memory>
+#include <optional>
+#include <string_view>
+#include <vector>
+
+#include "pkcs11/module.hpp"
+#include "pkcs11/types.hpp"
+
+namespace firmad::pkcs11 {
+
+// A session is used by one thread at a time (PKCS#11 sessions are not
+// re-entrant); the daemon gives each worker its own.
+class Session {
+ public:
+  // Opens a read-only serial session on the slot. Throws Error.
+  Session(std::shared_ptr<Module> module, SlotId slot);
+  Session(const Session&) = delete;  // one handle, one owner
+  Session& operator=(const Session&) = delete;
+  Session(Session&& other) noexcept;
+  Session& operator=(Session&&) = delete;
+  ~Session();
+
+  SlotId slot() const noexcept { return slot_; }
+  const Module& module() const noexcept { return *module_; }
+
+  // Logs the user in with exactly one C_Login call; "already logged in" is
+  // success. Throws Error (PinIncorrect, PinLocked, ...). Never retries.
+  void login(std::string_view pin);
+  // Logs out; "not logged in" is success. Throws Error on other failures.
+  void logout();
+  // Whether the application is logged in as the user (C_GetSessionInfo).
+  bool logged_in() const;
+
+  // Returns handles of objects of a class matching label and/or id (an absent
+  // criterion matches anything), at most `limit`. Throws Error.
+  std::vector<ObjectHandle> find(CK_OBJECT_CLASS cls, const std::optional<std::string>& label,
+                                 const std::optional<Bytes>& id, std::size_t limit = 16) const;
+  // Returns an attribute's value, or nullopt if the object does not have it
+  // or it is sensitive. Throws Error for other failures.
+  std::optional<Bytes> attribute(ObjectHandle object, CK_ATTRIBUTE_TYPE type) const;
+  // Returns a CK_ULONG attribute, or nullopt.
+  std::optional<unsigned long> ulong_attribute(ObjectHandle object, CK_ATTRIBUTE_TYPE type) const;
+
+  CK_SESSION_HANDLE handle() const noexcept { return handle_; }
+
+ private:
+  std::shared_ptr<Module> module_;
+  SlotId slot_;
+  CK_SESSION_HANDLE handle_;
+};
+
+}  // namespace firmad::pkcs11

@@ -1,0 +1,20 @@
+// Making a signature on the token: mechanism choice, DigestInfo, ECDSA encoding.
+#pragma once
+#include <span>
+
+#include "pkcs11/session.hpp"
+#include "pkcs11/types.hpp"
+
+namespace firmad::pkcs11 {
+
+// Signs req.input with the private key. For RSA PKCS#1 v1.5 the DigestInfo is
+// added here; ECDSA signatures are returned DER-encoded (ECDSA-Sig-Value);
+// RSA and EdDSA ones as the token made them. Throws std::invalid_argument
+// when the input length does not fit the hash or the scheme does not fit the
+// key type, Error when the token fails.
+Bytes sign(const Session& session, ObjectHandle key, KeyType type, const SignRequest& req);
+
+// Returns the DER DigestInfo prefix for a hash (the bytes before the digest).
+std::span<const std::uint8_t> digest_info_prefix(Hash hash);
+
+}  // namespace firmad::pkcs11

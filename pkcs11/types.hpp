@@ -1,0 +1,60 @@
+// Plain values the token layer hands out: no CK_* types beyond this folder.
+#pragma once
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace firmad::pkcs11 {
+
+using Bytes = std::vector<std::uint8_t>;
+using SlotId = unsigned long;
+using ObjectHandle = unsigned long;
+
+enum class KeyType { Rsa, Ec, Ed25519 };
+enum class Scheme { RsaPkcs1, RsaPss, Ecdsa, EdDsa };
+enum class Hash { Sha256, Sha384, Sha512 };
+
+struct PinFlags {
+  bool count_low = false;
+  bool final_try = false;
+  bool locked = false;
+  bool to_be_changed = false;
+};
+
+struct TokenInfo {
+  std::string label;
+  std::string serial;
+  std::string manufacturer;
+  std::string model;
+  bool login_required = true;
+  PinFlags pin;
+};
+
+// A key found on the token. The private key handle is set only while the
+// application is logged in (private objects are invisible otherwise).
+struct KeyInfo {
+  std::string label;
+  Bytes id;
+  KeyType type = KeyType::Rsa;
+  int bits = 0;
+  std::string curve;                     // "P-256", "P-384", "Ed25519"; empty for RSA
+  std::vector<Scheme> schemes;           // what key and token can do together
+  Bytes public_key;                      // SubjectPublicKeyInfo DER; empty if unknown
+  Bytes certificate;                     // X.509 DER with the same CKA_ID; empty if none
+  std::optional<ObjectHandle> private_key;
+};
+
+struct SignRequest {
+  Scheme scheme = Scheme::RsaPkcs1;
+  Hash hash = Hash::Sha256;
+  Bytes input;                 // the digest (or, for EdDSA, the message)
+  std::optional<unsigned long> salt_length;  // RSA-PSS; default: digest length
+};
+
+const char* to_string(KeyType);
+const char* to_string(Scheme);
+const char* to_string(Hash);
+std::size_t digest_size(Hash);
+
+}  // namespace firmad::pkcs11

@@ -1,0 +1,73 @@
+// A string for secrets (PINs, passwords): zeroed on every release, never printed.
+#pragma once
+#include <cstddef>
+#include <string>
+#include <string_view>
+#include <sys/mman.h>
+
+namespace firmad::protocol {
+
+// Overwrites memory in a way the optimiser may not remove.
+inline void secure_zero(void* p, std::size_t n) noexcept {
+  volatile unsigned char* v = static_cast<volatile unsigned char*>(p);
+  while (n--) *v++ = 0;
+}
+
+// Owns a secret. Copy is deleted so a secret exists in one place; move
+// transfers it and wipes the source. The buffer is reserved up front so the
+// secret is never reallocated (and left behind) while being built.
+class Secret {
+ public:
+  static constexpr std::size_t kCapacity = 256;
+
+  Secret() { data_.reserve(kCapacity); }
+  explicit Secret(std::string_view v) : Secret() { assign(v); }
+  Secret(const Secret&) = delete;  // one copy of a secret, not two
+  Secret& operator=(const Secret&) = delete;
+  Secret(Secret&& o) noexcept : Secret() { swap_from(o); }
+  Secret& operator=(Secret&& o) noexcept {
+    if (this != &o) {
+      clear();
+      swap_from(o);
+    }
+    return *this;
+  }
+  ~Secret() { clear(); }
+
+  // Replaces the contents; input longer than kCapacity is truncated to it.
+  void assign(std::string_view v) {
+    clear();
+    data_.append(v.substr(0, kCapacity));
+  }
+  void push_back(char c) {
+    if (data_.size() < kCapacity) data_.push_back(c);
+  }
+  void pop_back() {
+    if (!data_.empty()) {
+      data_.back() = 0;
+      data_.pop_back();
+    }
+  }
+  void clear() noexcept {
+    secure_zero(data_.data(), data_.capacity());
+    data_.clear();
+  }
+  bool empty() const noexcept { return data_.empty(); }
+  std::size_t size() const noexcept { return data_.size(); }
+  std::string_view view() const noexcept { return data_; }
+
+ private:
+  void swap_from(Secret& o) noexcept {
+    data_.swap(o.data_);
+    o.clear();
+  }
+  std::string data_;
+};
+
+// Wipes a std::string that held a secret (e.g. a value taken out of parsed JSON).
+inline void wipe(std::string& s) noexcept {
+  secure_zero(s.data(), s.capacity());
+  s.clear();
+}
+
+}  // namespace firmad::protocol
