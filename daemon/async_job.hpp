@@ -31,11 +31,14 @@ struct Pending {
 // Runs fn(WorkContext&) -> T on one of the token's signing threads and
 // resumes the calling coroutine on its own executor with the result (or
 // rethrows what fn threw). Throws QueueFull at once when the queue is full.
+//
+// GCC 12 destroys temporaries of a co_await full-expression twice in some
+// cases, so callers and these helpers name every object with a destructor
+// (lambdas, executors) before the co_await instead of creating it inline.
 template <typename T, typename Fn>
 asio::awaitable<T> on_signing_thread(TokenWorker& worker, Fn fn) {
   auto ex = co_await asio::this_coro::executor;
-  co_return co_await asio::async_initiate<decltype(asio::use_awaitable), void(std::exception_ptr, T)>(
-      [&worker, ex](auto handler, Fn fn) {
+  auto initiate = [&worker, ex](auto handler, Fn fn) {
         // The pending handler is outstanding work: io_context::run() must not
         // return while a token is still answering (SIGTERM finishes requests).
         auto h = std::make_shared<Pending<decltype(handler), decltype(ex)>>(std::move(handler), ex);
@@ -55,16 +58,16 @@ asio::awaitable<T> on_signing_thread(TokenWorker& worker, Fn fn) {
               {{"token", worker.config().name}, {"limit", worker.config().queue_limit}}));
           asio::post(ex, [h, full]() mutable { h->complete(full, T{}); });
         }
-      },
-      asio::use_awaitable, std::move(fn));
+      };
+  co_return co_await asio::async_initiate<decltype(asio::use_awaitable), void(std::exception_ptr, T)>(
+      initiate, asio::use_awaitable, std::move(fn));
 }
 
 // Runs fn() -> T on the token's control thread (login, logout), likewise.
 template <typename T, typename Fn>
 asio::awaitable<T> on_control_thread(TokenWorker& worker, Fn fn) {
   auto ex = co_await asio::this_coro::executor;
-  co_return co_await asio::async_initiate<decltype(asio::use_awaitable), void(std::exception_ptr, T)>(
-      [&worker, ex](auto handler, Fn fn) {
+  auto initiate = [&worker, ex](auto handler, Fn fn) {
         auto h = std::make_shared<Pending<decltype(handler), decltype(ex)>>(std::move(handler), ex);
         auto f = std::make_shared<Fn>(std::move(fn));
         worker.control([h, ex, f]() {
@@ -77,8 +80,9 @@ asio::awaitable<T> on_control_thread(TokenWorker& worker, Fn fn) {
           }
           asio::post(ex, [h, error, result = std::move(result)]() mutable { h->complete(error, std::move(result)); });
         });
-      },
-      asio::use_awaitable, std::move(fn));
+      };
+  co_return co_await asio::async_initiate<decltype(asio::use_awaitable), void(std::exception_ptr, T)>(
+      initiate, asio::use_awaitable, std::move(fn));
 }
 
 }  // namespace firmad

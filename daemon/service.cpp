@@ -9,6 +9,7 @@
 #include "daemon/log.hpp"
 #include "daemon/signer.hpp"
 #include "firmad_version.hpp"
+#include "protocol/base64.hpp"
 #include "protocol/interfaces.hpp"
 #include "protocol/params.hpp"
 
@@ -30,6 +31,7 @@ Json key_json(const KeyState& key, const std::string& token, std::time_t now) {
     if (key.info->bits) j["bits"] = key.info->bits;
     if (!key.info->curve.empty()) j["curve"] = key.info->curve;
     for (auto s : key.info->schemes) j["schemes"].push_back(pkcs11::to_string(s));
+    if (!key.info->public_key.empty()) j["publicKey"] = protocol::base64_encode(key.info->public_key);
   }
   if (key.certificate) {
     const auto& c = *key.certificate;
@@ -107,8 +109,8 @@ boost::asio::awaitable<Json> Service::login(const Json& params, const Peer& peer
   log::notice("admin-login", {{"token", token}, {"uid", peer.uid}, {"pid", peer.pid}, {"force", force ? "yes" : "no"},
                               {"pin", pin ? "given" : "configured-source"}});
   auto shared_pin = std::make_shared<std::optional<protocol::Secret>>(std::move(pin));
-  std::string state = co_await on_control_thread<std::string>(
-      worker, [&worker, shared_pin, force] { return worker.login(std::move(*shared_pin), force, false); });
+  auto job = [&worker, shared_pin, force] { return worker.login(std::move(*shared_pin), force, false); };
+  std::string state = co_await on_control_thread<std::string>(worker, std::move(job));
   co_return Json{{"loginState", state}};
 }
 
@@ -119,7 +121,8 @@ boost::asio::awaitable<Json> Service::logout(const Json& params, const Peer& pee
   require_admin("Logout", peer);
   TokenWorker& worker = token_named(token);
   log::notice("admin-logout", {{"token", token}, {"uid", peer.uid}, {"pid", peer.pid}});
-  std::string state = co_await on_control_thread<std::string>(worker, [&worker] { return worker.logout(); });
+  auto job = [&worker] { return worker.logout(); };
+  std::string state = co_await on_control_thread<std::string>(worker, std::move(job));
   co_return Json{{"loginState", state}};
 }
 

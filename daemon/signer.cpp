@@ -136,8 +136,8 @@ boost::asio::awaitable<Json> sign(TokenWorker& token, const KeyConfig& key, cons
   const pkcs11::Bytes audited = req.scheme == pkcs11::Scheme::EdDsa ? pkcs11::Bytes{} : req.input;
   pkcs11::Bytes signature;
   try {
-    signature = co_await on_signing_thread<pkcs11::Bytes>(
-        token, [&token, alias, req = std::move(req)](WorkContext& ctx) { return sign_now(ctx, token, alias, req); });
+    auto job = [&token, alias, req = std::move(req)](WorkContext& ctx) { return sign_now(ctx, token, alias, req); };
+    signature = co_await on_signing_thread<pkcs11::Bytes>(token, std::move(job));
   } catch (const VarlinkError& e) {
     audit("Sign", key, peer, scheme, audited, e.name().c_str());
     throw;
@@ -179,15 +179,15 @@ boost::asio::awaitable<Json> sign_cms(TokenWorker& token, const KeyConfig& key, 
   const bool attached = content.has_value();
   pkcs11::Bytes cms;
   try {
-    cms = co_await on_signing_thread<pkcs11::Bytes>(
-        token, [&token, alias, req, in = std::move(in), shared_content, attached](WorkContext& ctx) mutable {
-          if (attached) in.content = std::span<const std::uint8_t>(*shared_content);
-          return build_cms(in, [&](const pkcs11::Bytes& d) {
-            pkcs11::SignRequest r = req;
-            r.input = d;
-            return sign_now(ctx, token, alias, r);
-          });
-        });
+    auto job = [&token, alias, req, in = std::move(in), shared_content, attached](WorkContext& ctx) mutable {
+      if (attached) in.content = std::span<const std::uint8_t>(*shared_content);
+      return build_cms(in, [&](const pkcs11::Bytes& d) {
+        pkcs11::SignRequest r = req;
+        r.input = d;
+        return sign_now(ctx, token, alias, r);
+      });
+    };
+    cms = co_await on_signing_thread<pkcs11::Bytes>(token, std::move(job));
   } catch (const VarlinkError& e) {
     audit("SignCms", key, peer, pkcs11::to_string(req.scheme), audited, e.name().c_str());
     throw;

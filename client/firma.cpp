@@ -1,0 +1,180 @@
+// libfirma's C++ client: blocking Varlink calls over the Unix socket.
+#include "client/firma.hpp"
+
+#include <openssl/evp.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+
+#include "protocol/base64.hpp"
+#include "protocol/errors.hpp"
+#include "protocol/limits.hpp"
+#include "protocol/message.hpp"
+#include "protocol/secret.hpp"
+
+namespace firma {
+
+Error::Error(std::string name, Json parameters)
+    : std::runtime_error(name + (parameters.empty() ? "" : " " + parameters.dump())),
+      name_(std::move(name)),
+      parameters_(std::move(parameters)) {}
+
+std::string Error::short_name() const {
+  const auto dot = name_.rfind('.');
+  return dot == std::string::npos ? name_ : name_.substr(dot + 1);
+}
+
+std::string default_socket() {
+  const char* env = std::getenv("FIRMAD_SOCKET");
+  return env && *env ? env : "/run/firmad/firmad.sock";
+}
+
+Bytes digest(const std::string& hash, std::span<const std::uint8_t> data) {
+  const EVP_MD* md = hash == "sha256" ? EVP_sha256() : hash == "sha384" ? EVP_sha384() : hash == "sha512" ? EVP_sha512() : nullptr;
+  if (!md) throw std::invalid_argument("unknown hash '" + hash + "' (accepted: sha256, sha384, sha512)");
+  Bytes out(EVP_MAX_MD_SIZE);
+  unsigned int len = 0;
+  if (!EVP_Digest(data.data(), data.size(), out.data(), &len, md, nullptr)) throw std::runtime_error("digest failed");
+  out.resize(len);
+  return out;
+}
+
+Client::Client(const std::string& path) {
+  sockaddr_un addr{};
+  if (path.size() >= sizeof addr.sun_path) throw ConnectionError("socket path too long: " + path);
+  fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd_ < 0) throw ConnectionError(std::string("cannot create a socket: ") + std::strerror(errno));
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  if (::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    const int err = errno;
+    ::close(fd_);
+    fd_ = -1;
+    std::string hint = err == ENOENT || err == ECONNREFUSED ? " (is firmad running?)"
+                       : err == EACCES                     ? " (is your user in the group that may use firmad?)"
+                                                           : "";
+    throw ConnectionError("cannot connect to firmad at " + path + ": " + std::strerror(err) + hint);
+  }
+}
+
+Client::Client(Client&& o) noexcept : fd_(o.fd_), buffer_(std::move(o.buffer_)) { o.fd_ = -1; }
+
+Client& Client::operator=(Client&& o) noexcept {
+  if (this != &o) {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = o.fd_;
+    buffer_ = std::move(o.buffer_);
+    o.fd_ = -1;
+  }
+  return *this;
+}
+
+Client::~Client() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void Client::send_all(const std::string& data) {
+  std::size_t off = 0;
+  while (off < data.size()) {
+    const ssize_t n = ::send(fd_, data.data() + off, data.size() - off, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) throw ConnectionError(std::string("lost the connection to firmad: ") + std::strerror(errno));
+    off += static_cast<std::size_t>(n);
+  }
+}
+
+std::string Client::receive_frame() {
+  for (;;) {
+    if (auto nul = buffer_.find('\0'); nul != std::string::npos) {
+      std::string frame = buffer_.substr(0, nul);
+      buffer_.erase(0, nul + 1);
+      return frame;
+    }
+    if (buffer_.size() > firmad::protocol::kMaxMessageBytes) throw ConnectionError("firmad sent an oversize reply");
+    char chunk[16384];
+    const ssize_t n = ::recv(fd_, chunk, sizeof chunk, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) throw ConnectionError(std::string("lost the connection to firmad: ") + std::strerror(errno));
+    if (n == 0) throw ConnectionError("firmad closed the connection");
+    buffer_.append(chunk, static_cast<std::size_t>(n));
+  }
+}
+
+Json Client::call(const std::string& method, const Json& parameters) {
+  if (fd_ < 0) throw ConnectionError("not connected");
+  std::string frame = firmad::protocol::encode_call({method, parameters, false, false});
+  send_all(frame);
+  firmad::protocol::secure_zero(frame.data(), frame.size());  // it may carry a PIN
+  firmad::protocol::Reply reply;
+  try {
+    reply = firmad::protocol::parse_reply(receive_frame());
+  } catch (const firmad::protocol::VarlinkError& e) {
+    throw ConnectionError(std::string("firmad sent a malformed reply: ") + e.what());
+  }
+  if (reply.error) throw Error(*reply.error, std::move(reply.parameters));
+  return std::move(reply.parameters);
+}
+
+Json Client::status() { return call("io.firmad.Signer.Status"); }
+
+Json Client::list_keys() { return call("io.firmad.Signer.ListKeys").at("keys"); }
+
+namespace {
+
+Bytes decode_field(const Json& reply, const char* field) {
+  auto it = reply.find(field);
+  if (it == reply.end() || !it->is_string()) throw ConnectionError(std::string("firmad's reply lacks '") + field + "'");
+  auto bytes = firmad::protocol::base64_decode(it->get_ref<const std::string&>());
+  if (!bytes) throw ConnectionError(std::string("firmad's reply has invalid base64 in '") + field + "'");
+  return std::move(*bytes);
+}
+
+}  // namespace
+
+Bytes Client::sign_digest(const std::string& key, std::span<const std::uint8_t> d, const SignOptions& o) {
+  Json params = {{"key", key}, {"digest", firmad::protocol::base64_encode(d)}, {"hash", o.hash}};
+  if (o.pss) params["padding"] = "pss";
+  if (o.salt_length) params["saltLength"] = *o.salt_length;
+  return decode_field(call("io.firmad.Signer.Sign", params), "signature");
+}
+
+Bytes Client::sign_data(const std::string& key, std::span<const std::uint8_t> data, const SignOptions& o) {
+  const Bytes d = digest(o.hash, data);
+  return sign_digest(key, d, o);
+}
+
+Bytes Client::sign_message(const std::string& key, std::span<const std::uint8_t> message) {
+  return decode_field(
+      call("io.firmad.Signer.Sign", {{"key", key}, {"data", firmad::protocol::base64_encode(message)}}), "signature");
+}
+
+Bytes Client::sign_cms(const std::string& key, std::span<const std::uint8_t> content, const std::string& hash) {
+  return decode_field(call("io.firmad.Signer.SignCms",
+                           {{"key", key}, {"content", firmad::protocol::base64_encode(content)}, {"hash", hash}}),
+                      "cms");
+}
+
+Bytes Client::sign_cms_detached(const std::string& key, std::span<const std::uint8_t> d, const std::string& hash) {
+  return decode_field(
+      call("io.firmad.Signer.SignCms", {{"key", key}, {"digest", firmad::protocol::base64_encode(d)}, {"hash", hash}}),
+      "cms");
+}
+
+std::string Client::login(const std::string& token, const std::optional<std::string>& pin, bool force) {
+  Json params = {{"token", token}};
+  if (pin) params["pin"] = *pin;
+  if (force) params["force"] = true;
+  Json reply = call("io.firmad.Signer.Login", params);
+  if (pin) firmad::protocol::wipe(params["pin"].get_ref<std::string&>());
+  return reply.value("loginState", "");
+}
+
+std::string Client::logout(const std::string& token) {
+  return call("io.firmad.Signer.Logout", {{"token", token}}).value("loginState", "");
+}
+
+}  // namespace firma

@@ -1,0 +1,285 @@
+// firmactl: the administrator's and user's client for firmad.
+#include <CLI/CLI.hpp>
+#include <fcntl.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <ctime>
+#include <fstream>
+#include <iostream>
+#include <iterator>
+#include <sstream>
+
+#include "client/firma.hpp"
+#include "firmad_version.hpp"
+#include "protocol/base64.hpp"
+#include "protocol/limits.hpp"
+#include "protocol/secret.hpp"
+
+namespace {
+
+// Exit codes (documented in the README and --help).
+constexpr int kOk = 0;
+constexpr int kRefused = 1;      // the daemon answered with an error
+constexpr int kUsage = 2;        // bad command line
+constexpr int kUnreachable = 3;  // no daemon / connection lost
+constexpr int kDenied = 4;       // AccessDenied
+constexpr int kLocalIo = 5;      // a local file could not be read or written
+
+struct Failure {
+  int code;
+  std::string message;
+};
+
+struct Options {
+  std::string socket = firma::default_socket();
+  bool json = false;
+};
+
+firma::Bytes read_input(const std::string& path) {
+  std::istream* in = &std::cin;
+  std::ifstream file;
+  if (path != "-") {
+    file.open(path, std::ios::binary);
+    if (!file) throw Failure{kLocalIo, "cannot read " + path + ": " + std::strerror(errno)};
+    in = &file;
+  }
+  firma::Bytes data((std::istreambuf_iterator<char>(*in)), std::istreambuf_iterator<char>());
+  if (in->bad()) throw Failure{kLocalIo, "cannot read " + path};
+  return data;
+}
+
+std::string pem(const firma::Bytes& der, const char* label) {
+  const std::string b64 = firmad::protocol::base64_encode(der);
+  std::string out = std::string("-----BEGIN ") + label + "-----\n";
+  for (std::size_t i = 0; i < b64.size(); i += 64) out += b64.substr(i, 64) + "\n";
+  return out + "-----END " + label + "-----\n";
+}
+
+void write_output(const std::string& path, const std::string& data) {
+  if (path.empty() || path == "-") {
+    std::cout.write(data.data(), static_cast<std::streamsize>(data.size()));
+    std::cout.flush();
+    return;
+  }
+  // Write beside the target and rename: a reader never sees half a signature.
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    out.write(data.data(), static_cast<std::streamsize>(data.size()));
+    if (!out.flush()) throw Failure{kLocalIo, "cannot write " + tmp + ": " + std::strerror(errno)};
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) throw Failure{kLocalIo, "cannot write " + path + ": " + std::strerror(errno)};
+}
+
+// Reads a PIN without echo from the terminal, or a line from stdin.
+firmad::protocol::Secret read_pin(bool from_stdin, const std::string& token) {
+  firmad::protocol::Secret pin;
+  int fd = from_stdin ? STDIN_FILENO : ::open("/dev/tty", O_RDWR | O_CLOEXEC);
+  if (fd < 0) throw Failure{kUsage, "no terminal to ask for the PIN; use --pin-stdin"};
+  termios saved{};
+  const bool tty = ::isatty(fd) && ::tcgetattr(fd, &saved) == 0;
+  if (tty) {
+    const std::string prompt = "PIN for token " + token + ": ";
+    (void)!::write(fd, prompt.data(), prompt.size());
+    termios quiet = saved;
+    quiet.c_lflag &= ~static_cast<tcflag_t>(ECHO);
+    ::tcsetattr(fd, TCSAFLUSH, &quiet);
+  }
+  char c;
+  while (::read(fd, &c, 1) == 1 && c != '\n') {
+    if (c != '\r') pin.push_back(c);
+  }
+  c = 0;
+  if (tty) {
+    ::tcsetattr(fd, TCSAFLUSH, &saved);
+    (void)!::write(fd, "\n", 1);
+  }
+  if (!from_stdin) ::close(fd);
+  if (pin.empty()) throw Failure{kUsage, "no PIN given"};
+  return pin;
+}
+
+// A person-readable line for each daemon error; --json prints the raw error.
+std::string explain(const firma::Error& e) {
+  const auto& p = e.parameters();
+  const std::string n = e.short_name();
+  auto s = [&](const char* k) { return p.contains(k) && p[k].is_string() ? p[k].get<std::string>() : std::string("?"); };
+  if (n == "KeyNotFound") return "no key '" + s("key") + "' is configured or present on its token";
+  if (n == "TokenNotFound") return "no token '" + s("token") + "' is configured";
+  if (n == "TokenAbsent") return "token '" + s("token") + "' is not inserted";
+  if (n == "NotLoggedIn") return "token '" + s("token") + "' is not logged in (" + s("loginState") + "); an administrator runs 'firmactl login " + s("token") + "'";
+  if (n == "AccessDenied") return "you may not do this (" + s("method") + (p.contains("key") ? " with key " + s("key") : "") + ")";
+  if (n == "PinIncorrect") return "the token refused the PIN; firmad will not try it again by itself";
+  if (n == "PinLocked") return "the token's PIN is locked; its security officer must unlock it";
+  if (n == "PinFinalTry") return "one more wrong PIN locks the token; repeat with --force if you are sure";
+  if (n == "PinSourceUnavailable") return "the configured PIN source cannot be used: " + s("reason");
+  if (n == "MechanismNotSupported") return "key " + s("key") + " cannot sign with " + s("scheme");
+  if (n == "DigestLengthMismatch") return "the digest length does not match " + s("hash");
+  if (n == "ContentTooLarge") return "the content is too large to attach; use --detached";
+  if (n == "CertificateMissing") return "key " + s("key") + " has no certificate on the token; CMS needs one";
+  if (n == "QueueFull") return "token " + s("token") + " is busy; try again shortly";
+  if (n == "TokenError") return "token " + s("token") + " failed: " + s("call") + " returned " + s("code");
+  return e.what();
+}
+
+std::string days(const firma::Json& cert) {
+  const long long d = cert.value("daysLeft", 0LL);
+  return d < 0 ? "expired " + std::to_string(-d) + " days ago" : std::to_string(d) + " days left";
+}
+
+void print_keys(const firma::Json& keys) {
+  for (const auto& k : keys) {
+    std::cout << "key " << k.value("alias", "") << " (token " << k.value("token", "") << "): ";
+    if (!k.value("found", false)) {
+      std::cout << "not found on the token (" << k.value("uri", "") << ")\n";
+      continue;
+    }
+    std::cout << k.value("type", "") << (k.contains("curve") ? " " + k["curve"].get<std::string>() : "")
+              << (k.contains("bits") && k.value("type", "") == "rsa" ? " " + std::to_string(k["bits"].get<int>()) : "");
+    std::string schemes;
+    for (const auto& s : k["schemes"]) schemes += (schemes.empty() ? "" : ",") + s.get<std::string>();
+    std::cout << " [" << schemes << "]\n";
+    if (k.contains("certificate")) {
+      const auto& c = k["certificate"];
+      std::cout << "  certificate " << c.value("subject", "") << "\n  issuer " << c.value("issuer", "") << "\n  serial "
+                << c.value("serial", "") << ", valid " << c.value("notBefore", "") << " to " << c.value("notAfter", "")
+                << " (" << days(c) << ")\n";
+    }
+  }
+}
+
+void print_status(const firma::Json& s) {
+  std::cout << "firmad " << s.value("version", "") << "\n";
+  for (const auto& t : s["tokens"]) {
+    std::cout << "token " << t.value("name", "") << ": " << t.value("loginState", "");
+    if (t.contains("label")) std::cout << ", label " << t["label"].get<std::string>() << ", serial " << t["serial"].get<std::string>();
+    std::cout << ", PIN from " << t.value("pinSource", "") << ", " << t.value("sessions", 0) << " session(s), "
+              << t.value("queued", 0) << "/" << t.value("queueLimit", 0) << " queued\n";
+    if (t.contains("reason")) std::cout << "  " << t["reason"].get<std::string>() << "\n";
+    if (t.contains("pinFlags")) {
+      const auto& f = t["pinFlags"];
+      if (f.value("locked", false)) std::cout << "  PIN LOCKED\n";
+      else if (f.value("finalTry", false)) std::cout << "  PIN: final try left\n";
+      else if (f.value("countLow", false)) std::cout << "  PIN: a wrong PIN was entered\n";
+    }
+  }
+  print_keys(s["keys"]);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"firmactl: sign with, and administer, keys held by firmad on PKCS#11 tokens"};
+  app.footer(
+      "Exit codes: 0 done; 1 firmad refused or failed the request; 2 usage error; 3 firmad unreachable;\n"
+      "4 access denied; 5 a local file could not be read or written.");
+  app.set_version_flag("--version", std::string("firmactl ") + FIRMAD_VERSION);
+  app.require_subcommand(1);
+  Options opt;
+  app.add_option("--socket", opt.socket, "firmad's socket ($FIRMAD_SOCKET)")->capture_default_str();
+  app.add_flag("--json", opt.json, "Print replies as JSON");
+
+  auto* status = app.add_subcommand("status", "Show tokens, keys and certificates");
+  auto* keys = app.add_subcommand("keys", "List the configured keys");
+
+  auto* sign = app.add_subcommand("sign", "Sign a file (hashed here; only the digest is sent)");
+  std::string key, input = "-", output, format, hash = "sha256";
+  bool cms = false, detached = false, pss = false;
+  std::optional<int> salt;
+  sign->add_option("key", key, "Key alias")->required();
+  sign->add_option("file", input, "File to sign ('-' for stdin)")->capture_default_str();
+  sign->add_option("-o,--output", output, "Where to write the signature (default stdout)");
+  sign->add_option("--hash", hash, "sha256, sha384 or sha512")->check(CLI::IsMember({"sha256", "sha384", "sha512"}))->capture_default_str();
+  sign->add_flag("--cms", cms, "Make a CMS SignedData with the certificate embedded");
+  sign->add_flag("--detached", detached, "CMS without the content (any size)");
+  sign->add_flag("--pss", pss, "RSA keys: RSA-PSS instead of PKCS#1 v1.5");
+  sign->add_option("--salt-length", salt, "RSA-PSS salt length");
+  sign->add_option("--format", format, "der, pem (CMS only) or base64; default der to a file, base64 to a terminal")
+      ->check(CLI::IsMember({"der", "pem", "base64"}));
+
+  auto* login = app.add_subcommand("login", "Give firmad a token's PIN (administrators)");
+  std::string token;
+  bool force = false, pin_stdin = false, from_source = false;
+  login->add_option("token", token, "Token name")->required();
+  login->add_flag("--force", force, "Try even if one more wrong PIN locks the token");
+  login->add_flag("--pin-stdin", pin_stdin, "Read the PIN from standard input instead of the terminal");
+  login->add_flag("--from-source", from_source, "Have firmad read its configured PIN file or credential again");
+  auto* logout = app.add_subcommand("logout", "Log firmad out of a token (administrators)");
+  logout->add_option("token", token, "Token name")->required();
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? kOk : kUsage;
+  }
+
+  try {
+    firma::Client client(opt.socket);
+    if (status->parsed()) {
+      auto s = client.status();
+      opt.json ? void(std::cout << s.dump(2) << "\n") : print_status(s);
+    } else if (keys->parsed()) {
+      auto k = client.list_keys();
+      opt.json ? void(std::cout << k.dump(2) << "\n") : print_keys(k);
+    } else if (sign->parsed()) {
+      if (detached && !cms) throw Failure{kUsage, "--detached goes with --cms"};
+      if (format == "pem" && !cms) throw Failure{kUsage, "--format pem is for CMS; use der or base64 for a raw signature"};
+      if ((pss || salt) && cms) throw Failure{kUsage, "--pss is for raw RSA signatures"};
+      const firma::Bytes data = read_input(input);
+      firma::Bytes result;
+      if (cms) {
+        if (!detached && data.size() > firmad::protocol::kMaxCmsContentBytes)
+          throw Failure{kUsage, "the file is larger than 1 MiB and cannot be attached; use --detached"};
+        result = detached ? client.sign_cms_detached(key, firma::digest(hash, data), hash) : client.sign_cms(key, data, hash);
+      } else {
+        std::string type;
+        for (const auto& k : client.list_keys())
+          if (k.value("alias", "") == key) type = k.value("type", "");
+        if (type == "ed25519") {
+          if (data.size() > firmad::protocol::kMaxCmsContentBytes)
+            throw Failure{kUsage, "Ed25519 signs the message itself, at most 1 MiB"};
+          result = client.sign_message(key, data);
+        } else {
+          result = client.sign_data(key, data, {hash, pss, salt});
+        }
+      }
+      if (format.empty()) format = (output.empty() || output == "-") && ::isatty(STDOUT_FILENO) ? "base64" : "der";
+      std::string out = format == "der"    ? std::string(result.begin(), result.end())
+                        : format == "pem"  ? pem(result, "CMS")
+                                           : firmad::protocol::base64_encode(result) + "\n";
+      write_output(output, out);
+      if (!output.empty() && output != "-" && !opt.json) std::cerr << "wrote " << output << " (" << result.size() << " bytes)\n";
+    } else if (login->parsed()) {
+      std::optional<std::string> pin;
+      firmad::protocol::Secret secret;
+      if (!from_source) {
+        secret = read_pin(pin_stdin, token);
+        pin.emplace(secret.view());
+      }
+      std::string state = client.login(token, pin, force);
+      if (pin) firmad::protocol::wipe(*pin);
+      opt.json ? void(std::cout << firma::Json{{"loginState", state}}.dump() << "\n")
+               : void(std::cout << "token " << token << ": " << state << "\n");
+    } else if (logout->parsed()) {
+      std::string state = client.logout(token);
+      opt.json ? void(std::cout << firma::Json{{"loginState", state}}.dump() << "\n")
+               : void(std::cout << "token " << token << ": " << state << "\n");
+    }
+    return kOk;
+  } catch (const firma::Error& e) {
+    if (opt.json) std::cout << firma::Json{{"error", e.name()}, {"parameters", e.parameters()}}.dump() << "\n";
+    std::cerr << "firmactl: " << explain(e) << "\n";
+    return e.short_name() == "AccessDenied" ? kDenied : kRefused;
+  } catch (const firma::ConnectionError& e) {
+    std::cerr << "firmactl: " << e.what() << "\n";
+    return kUnreachable;
+  } catch (const Failure& f) {
+    std::cerr << "firmactl: " << f.message << "\n";
+    return f.code;
+  } catch (const std::exception& e) {
+    std::cerr << "firmactl: " << e.what() << "\n";
+    return kRefused;
+  }
+}
