@@ -69,7 +69,8 @@ Json Service::status() const {
                                                                       : "admin"},
               {"sessions", cfg.sessions},
               {"queued", t->queued()},
-              {"queueLimit", cfg.queue_limit}};
+              {"queueLimit", cfg.queue_limit},
+              {"loginAttempts", snap->login_attempts}};
     if (!snap->reason.empty()) j["reason"] = snap->reason;
     if (snap->info) {
       const auto& i = *snap->info;

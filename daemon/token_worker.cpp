@@ -241,6 +241,8 @@ void TokenWorker::refresh() {
   try {
     const auto info = module_->token_info(control_session_->slot());
     publish([&](TokenSnapshot& s) { s.info = info; });
+    log::debug("token-refresh", {{"token", config_.name}, {"count_low", info.pin.count_low ? "yes" : "no"},
+                                 {"final_try", info.pin.final_try ? "yes" : "no"}, {"locked", info.pin.locked ? "yes" : "no"}});
   } catch (const std::exception& e) {
     log::warning("token-refresh-failed", {{"token", config_.name}, {"error", e.what()}});
   }

@@ -1,0 +1,159 @@
+// PIN custody: sources, one C_Login per attempt, administrators only, access lists.
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include "daemon_fixture.hpp"
+
+namespace firmad::test {
+namespace {
+
+class PinCustody : public ::testing::Test {
+ protected:
+  TokenRig rig;
+
+  std::unique_ptr<Daemon> start(const std::map<std::string, std::string>& replace, const std::string& extra = "") {
+    auto cfg = rig.write_config(replace, extra);
+    return std::make_unique<Daemon>(cfg, rig.socket());
+  }
+  firma::Client client() { return firma::Client(rig.socket().string()); }
+  CommandResult ctl(const std::string& args, const std::string& stdin_text = "") {
+    std::string cmd = quote(firmactl_binary().string()) + " --socket " + quote(rig.socket().string()) + " " + args;
+    if (!stdin_text.empty()) cmd = "printf '%s\\n' " + quote(stdin_text) + " | " + cmd;
+    return run(cmd);
+  }
+  firma::Json token_status() { return client().status()["tokens"][0]; }
+  static std::string error_of(const std::function<void()>& f) {
+    try {
+      f();
+    } catch (const firma::Error& e) {
+      return e.name();
+    }
+    return "no error";
+  }
+  firma::Bytes digest() { return firma::Bytes(32, 7); }
+};
+
+TEST_F(PinCustody, WrongPinInFileIsTriedExactlyOnce) {
+  write_file(rig.pin_file(), "999999\n");
+  auto d = start({{"log_level", "log_level = \"debug\""}, {"sessions", "sessions = 1\nrefresh_interval_ms = 100"}});
+  ASSERT_TRUE(d->wait_for_log("event=token-login-refused")) << d->log();
+  auto t = token_status();
+  EXPECT_EQ(t["loginState"], "pin-incorrect");
+  EXPECT_FALSE(t["loggedIn"].get<bool>());
+  EXPECT_EQ(t["loginAttempts"], 1);
+  // Several refresh cycles pass; none of them logs in again.
+  ASSERT_TRUE(eventually([&] {
+    const std::string log = d->log();
+    std::size_t n = 0;
+    for (auto p = log.find("event=token-refresh "); p != std::string::npos; p = log.find("event=token-refresh ", p + 1)) ++n;
+    return n >= 5;
+  })) << d->log();
+  EXPECT_EQ(token_status()["loginAttempts"], 1);
+  EXPECT_EQ(error_of([&] { client().sign_digest("firma-ec", digest()); }), "io.firmad.Signer.NotLoggedIn");
+  // The administrator fixes it with the right PIN; the token was not locked.
+  auto r = ctl("login demo --pin-stdin", TokenRig::kPin);
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_EQ(token_status()["loginAttempts"], 2);
+  EXPECT_EQ(client().sign_digest("firma-ec", digest()).empty(), false);
+  EXPECT_EQ(d->log().find("999999"), std::string::npos) << "the PIN never reaches the log";
+}
+
+TEST_F(PinCustody, AdministratorLogsInAndOutWithPromptedPin) {
+  auto d = start({{"pin_source", "pin_source = \"admin\""}, {"pin_file", ""}});
+  ASSERT_TRUE(d->wait_for_log("event=token-found")) << d->log();
+  EXPECT_EQ(token_status()["loginState"], "logged-out");
+  EXPECT_EQ(token_status()["pinSource"], "admin");
+  EXPECT_EQ(error_of([&] { client().sign_digest("empresa", digest()); }), "io.firmad.Signer.NotLoggedIn");
+
+  auto r = ctl("login demo --pin-stdin", "000000");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.out.find("refused the PIN"), std::string::npos) << r.out;
+  EXPECT_EQ(token_status()["loginState"], "pin-incorrect");
+  EXPECT_EQ(token_status()["loginAttempts"], 1);
+
+  r = ctl("login demo --pin-stdin", TokenRig::kPin);
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_NE(r.out.find("logged-in"), std::string::npos);
+  EXPECT_EQ(token_status()["loginAttempts"], 2);
+  EXPECT_EQ(client().sign_digest("empresa", digest()).size(), 256u);
+
+  r = ctl("logout demo");
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_EQ(error_of([&] { client().sign_digest("empresa", digest()); }), "io.firmad.Signer.NotLoggedIn");
+  EXPECT_EQ(error_of([&] { client().login("demo", std::nullopt); }), "io.firmad.Signer.PinSourceUnavailable");
+  const std::string log = d->log();
+  EXPECT_EQ(log.find(TokenRig::kPin), std::string::npos) << "the PIN never reaches the log";
+  EXPECT_EQ(log.find("000000"), std::string::npos);
+}
+
+TEST_F(PinCustody, PinFileThatDisappearsOrOpensUpIsRefused) {
+  auto d = start({});
+  ASSERT_TRUE(d->wait_for_log("event=token-login ")) << d->log();
+  ASSERT_EQ(ctl("logout demo").exit_code, 0);
+  fs::remove(rig.pin_file());
+  auto r = ctl("login demo --from-source");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.out.find("cannot open PIN file"), std::string::npos) << r.out;
+  EXPECT_EQ(token_status()["loginState"], "pin-source-unavailable");
+
+  write_file(rig.pin_file(), std::string(TokenRig::kPin) + "\n", 0644);
+  r = ctl("login demo --from-source");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.out.find("accessible by group or others (mode 0644)"), std::string::npos) << r.out;
+  EXPECT_EQ(token_status()["loginAttempts"], 1) << "no C_Login with an insecure PIN file";
+
+  ::chmod(rig.pin_file().c_str(), 0600);
+  r = ctl("login demo --from-source");
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_TRUE(token_status()["loggedIn"].get<bool>());
+}
+
+TEST_F(PinCustody, InsecurePinFileAtStartupIsNeverUsed) {
+  fs::permissions(rig.pin_file(), static_cast<fs::perms>(0640));
+  auto d = start({});
+  ASSERT_TRUE(d->wait_for_log("event=token-login-refused")) << d->log();
+  auto t = token_status();
+  EXPECT_EQ(t["loginState"], "pin-source-unavailable");
+  EXPECT_EQ(t["loginAttempts"], 0);
+  EXPECT_NE(t["reason"].get<std::string>().find("chmod 600"), std::string::npos);
+}
+
+TEST_F(PinCustody, PinFromSystemdCredential) {
+  TempDir creds;
+  write_file(creds.path() / "firmad-pin", std::string(TokenRig::kPin) + "\n", 0400);
+  ::setenv("CREDENTIALS_DIRECTORY", creds.path().c_str(), 1);
+  auto d = start({{"pin_source", "pin_source = \"credential\""}, {"pin_file", "pin_credential = \"firmad-pin\""}});
+  ::unsetenv("CREDENTIALS_DIRECTORY");
+  ASSERT_TRUE(d->wait_for_log("event=token-login ")) << d->log();
+  EXPECT_EQ(token_status()["pinSource"], "credential");
+  EXPECT_EQ(client().sign_digest("firma-ec", digest()).empty(), false);
+}
+
+TEST_F(PinCustody, OnlyAdministratorsLogInOrOut) {
+  auto d = start({{"admin_users", "admin_users = [65534]"}});
+  ASSERT_TRUE(d->wait_for_log("event=token-login ")) << d->log();
+  auto r = ctl("logout demo");
+  EXPECT_EQ(r.exit_code, 4) << r.out;
+  r = ctl("login demo --pin-stdin", TokenRig::kPin);
+  EXPECT_EQ(r.exit_code, 4) << r.out;
+  EXPECT_TRUE(d->wait_for_log("event=access-denied level=warning method=Logout uid=0"));
+  EXPECT_TRUE(token_status()["loggedIn"].get<bool>());
+  EXPECT_EQ(token_status()["loginAttempts"], 1);
+}
+
+TEST_F(PinCustody, SigningNeedsTheKeysAllowList) {
+  auto d = start({}, "\n[keys.guarded]\ntoken = \"demo\"\nuri = \"pkcs11:object=firma-ec\"\nallow_users = [65534]\nallow_groups = [65534]\n");
+  ASSERT_TRUE(d->wait_for_log("event=token-login ")) << d->log();
+  try {
+    client().sign_digest("guarded", digest());
+    FAIL() << "root is not on the list";
+  } catch (const firma::Error& e) {
+    EXPECT_EQ(e.name(), "io.firmad.Signer.AccessDenied");
+    EXPECT_EQ(e.parameters()["key"], "guarded");
+  }
+  EXPECT_TRUE(d->wait_for_log("event=access-denied level=warning method=Sign key=guarded uid=0 gid=0 pid="));
+  EXPECT_EQ(client().sign_digest("firma-ec", digest()).empty(), false) << "the same key under an allowed alias signs";
+}
+
+}  // namespace
+}  // namespace firmad::test

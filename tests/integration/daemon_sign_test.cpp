@@ -1,0 +1,268 @@
+// Signing through a real firmad on a real token, verified by the openssl command.
+#include <gtest/gtest.h>
+
+#include "daemon_fixture.hpp"
+#include "protocol/base64.hpp"
+
+namespace firmad::test {
+namespace {
+
+using SignThroughDaemon = DaemonSuite;
+
+std::string verify_cmd(const std::string& md, const fs::path& pub, const fs::path& sig, const fs::path& data,
+                       const std::string& extra = "") {
+  return "openssl dgst -" + md + " " + extra + " -verify " + quote(pub.string()) + " -signature " + quote(sig.string()) +
+         " " + quote(data.string());
+}
+
+TEST_F(SignThroughDaemon, StatusReportsTokenKeysAndCertificates) {
+  auto s = client().status();
+  ASSERT_EQ(s["tokens"].size(), 1u);
+  const auto& t = s["tokens"][0];
+  EXPECT_EQ(t["name"], "demo");
+  EXPECT_TRUE(t["present"].get<bool>());
+  EXPECT_TRUE(t["loggedIn"].get<bool>());
+  EXPECT_EQ(t["label"], "firmad-demo");
+  EXPECT_EQ(t["loginAttempts"], 1);
+  EXPECT_FALSE(t["pinFlags"]["locked"].get<bool>());
+  EXPECT_EQ(s["version"], "0.1.0");
+  ASSERT_EQ(s["keys"].size(), 4u);
+  for (const auto& k : s["keys"]) {
+    EXPECT_TRUE(k["found"].get<bool>()) << k.dump();
+    EXPECT_TRUE(k.contains("publicKey")) << k.dump();
+    if (k["alias"] == "firma-ed") {
+      EXPECT_FALSE(k.contains("certificate"));
+      continue;
+    }
+    const auto& c = k["certificate"];
+    EXPECT_NE(c["subject"].get<std::string>().find("EMPRESA DEMO SA DE CV"), std::string::npos);
+    EXPECT_NE(c["issuer"].get<std::string>().find("firmad Test CA"), std::string::npos);
+    EXPECT_FALSE(c["serial"].get<std::string>().empty());
+    EXPECT_GE(c["daysLeft"].get<int>(), 363);
+    EXPECT_EQ(c["notAfter"].get<std::string>().back(), 'Z');
+  }
+}
+
+TEST_F(SignThroughDaemon, PublishedPublicKeyIsTheTokensKey) {
+  for (const auto& k : client().list_keys()) {
+    const std::string id = k["alias"] == "empresa" ? "01" : k["alias"] == "firma-ec" ? "02" : k["alias"] == "firma-ed" ? "03" : "04";
+    auto der = protocol::base64_decode(k["publicKey"].get<std::string>());
+    ASSERT_TRUE(der);
+    write_file(file("published.der"), bytes(*der));
+    const auto a = run("openssl pkey -pubin -inform DER -in " + quote(file("published.der").string()));
+    const auto b = run("openssl pkey -pubin -in " + quote(rig_->public_key_pem(id).string()));
+    EXPECT_EQ(a.out, b.out) << k["alias"];
+  }
+}
+
+TEST_F(SignThroughDaemon, RawSignaturesVerifyWithOpenssl) {
+  const std::string text = "Aviso de inscripción del trabajador";
+  const firma::Bytes data(text.begin(), text.end());
+  write_file(file("doc.txt"), text);
+  struct Case {
+    const char* key;
+    const char* id;
+    std::string hash;
+    bool pss;
+  };
+  const Case cases[] = {{"empresa", "01", "sha256", false}, {"empresa", "01", "sha384", false},
+                        {"empresa", "01", "sha512", false}, {"empresa", "01", "sha256", true},
+                        {"empresa", "01", "sha384", true},  {"firma-ec", "02", "sha256", false},
+                        {"firma-p384", "04", "sha384", false}, {"firma-ec", "02", "sha512", false}};
+  auto c = client();
+  for (const auto& tc : cases) {
+    const auto sig = c.sign_data(tc.key, data, {tc.hash, tc.pss, std::nullopt});
+    write_file(file("doc.sig"), bytes(sig));
+    const std::string pss = tc.pss ? "-sigopt rsa_padding_mode:pss -sigopt rsa_pss_saltlen:-1" : "";
+    auto r = run(verify_cmd(tc.hash, rig_->public_key_pem(tc.id), file("doc.sig"), file("doc.txt"), pss));
+    EXPECT_EQ(r.exit_code, 0) << tc.key << " " << tc.hash << " pss=" << tc.pss << ": " << r.out;
+    // A different document does not verify: the check can fail.
+    write_file(file("other.txt"), text + ".");
+    r = run(verify_cmd(tc.hash, rig_->public_key_pem(tc.id), file("doc.sig"), file("other.txt"), pss));
+    EXPECT_NE(r.exit_code, 0) << tc.key;
+  }
+}
+
+TEST_F(SignThroughDaemon, PssSaltLengthIsHonoured) {
+  const std::string text = "salt";
+  write_file(file("salt.txt"), text);
+  const auto sig = client().sign_data("empresa", firma::Bytes(text.begin(), text.end()), {"sha256", true, 20});
+  write_file(file("salt.sig"), bytes(sig));
+  auto r = run(verify_cmd("sha256", rig_->public_key_pem("01"), file("salt.sig"), file("salt.txt"),
+                          "-sigopt rsa_padding_mode:pss -sigopt rsa_pss_saltlen:20"));
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  r = run(verify_cmd("sha256", rig_->public_key_pem("01"), file("salt.sig"), file("salt.txt"),
+                     "-sigopt rsa_padding_mode:pss -sigopt rsa_pss_saltlen:32"));
+  EXPECT_NE(r.exit_code, 0);
+}
+
+TEST_F(SignThroughDaemon, Ed25519SignsTheMessage) {
+  const std::string text = "mensaje";
+  write_file(file("ed.txt"), text);
+  const auto sig = client().sign_message("firma-ed", firma::Bytes(text.begin(), text.end()));
+  write_file(file("ed.sig"), bytes(sig));
+  const auto r = run("openssl pkeyutl -verify -pubin -inkey " + quote(rig_->public_key_pem("03").string()) +
+                     " -rawin -in " + quote(file("ed.txt").string()) + " -sigfile " + quote(file("ed.sig").string()));
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_NE(r.out.find("Signature Verified Successfully"), std::string::npos) << r.out;
+}
+
+TEST_F(SignThroughDaemon, CmsAttachedAndDetachedVerifyAgainstTheTestCa) {
+  const std::string text(5000, 'x');
+  const firma::Bytes data(text.begin(), text.end());
+  write_file(file("cms.txt"), text);
+  auto c = client();
+  for (const char* key : {"empresa", "firma-ec", "firma-p384"}) {
+    write_file(file("a.p7s"), bytes(c.sign_cms(key, data)));
+    auto r = run("openssl cms -verify -binary -inform DER -in " + quote(file("a.p7s").string()) + " -CAfile " +
+                 quote(rig_->ca().string()) + " -out " + quote(file("a.out").string()));
+    EXPECT_EQ(r.exit_code, 0) << key << ": " << r.out;
+    EXPECT_EQ(read_file(file("a.out")), text);
+    r = run("openssl cms -cmsout -print -inform DER -in " + quote(file("a.p7s").string()));
+    EXPECT_NE(r.out.find("signingTime"), std::string::npos);
+    EXPECT_NE(r.out.find("messageDigest"), std::string::npos);
+    EXPECT_NE(r.out.find("EMPRESA DEMO SA DE CV"), std::string::npos) << "signer certificate embedded";
+
+    write_file(file("d.p7s"), bytes(c.sign_cms_detached(key, firma::digest("sha256", data))));
+    r = run("openssl cms -verify -binary -inform DER -in " + quote(file("d.p7s").string()) + " -content " +
+            quote(file("cms.txt").string()) + " -CAfile " + quote(rig_->ca().string()) + " -out /dev/null");
+    EXPECT_EQ(r.exit_code, 0) << key << ": " << r.out;
+    write_file(file("cms-other.txt"), text + "y");
+    r = run("openssl cms -verify -binary -inform DER -in " + quote(file("d.p7s").string()) + " -content " +
+            quote(file("cms-other.txt").string()) + " -CAfile " + quote(rig_->ca().string()) + " -out /dev/null");
+    EXPECT_NE(r.exit_code, 0) << "detached CMS must not verify other content";
+  }
+}
+
+TEST_F(SignThroughDaemon, CmsWithSha384) {
+  const std::string text = "sha384 content";
+  write_file(file("c384.txt"), text);
+  write_file(file("c384.p7s"), bytes(client().sign_cms("firma-p384", firma::Bytes(text.begin(), text.end()), "sha384")));
+  auto r = run("openssl cms -verify -binary -inform DER -in " + quote(file("c384.p7s").string()) + " -CAfile " +
+               quote(rig_->ca().string()) + " -out /dev/null && openssl cms -cmsout -print -inform DER -in " +
+               quote(file("c384.p7s").string()) + " | grep -c sha384");
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+}
+
+TEST_F(SignThroughDaemon, CmsNeedsACertificate) {
+  try {
+    client().sign_cms("firma-ed", firma::Bytes{1, 2, 3});
+    FAIL();
+  } catch (const firma::Error& e) {
+    EXPECT_EQ(e.name(), "io.firmad.Signer.CertificateMissing");
+  }
+}
+
+TEST_F(SignThroughDaemon, FirmactlSignsFilesInEveryFormat) {
+  const std::string text = "documento firmado con firmactl";
+  write_file(file("ctl.txt"), text);
+  auto r = ctl("sign empresa " + quote(file("ctl.txt").string()) + " -o " + quote(file("ctl.sig").string()));
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  r = run(verify_cmd("sha256", rig_->public_key_pem("01"), file("ctl.sig"), file("ctl.txt")));
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+
+  r = ctl("sign firma-ec --format base64 - ", text);
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  auto sig = protocol::base64_decode(r.out.substr(0, r.out.find('\n')));
+  ASSERT_TRUE(sig) << r.out;
+  write_file(file("ctl-ec.sig"), bytes(*sig));
+  r = run(verify_cmd("sha256", rig_->public_key_pem("02"), file("ctl-ec.sig"), file("ctl.txt")));
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+
+  r = ctl("sign firma-ec --cms --format pem " + quote(file("ctl.txt").string()) + " -o " + quote(file("ctl.pem").string()));
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  r = run("openssl cms -verify -binary -inform PEM -in " + quote(file("ctl.pem").string()) + " -CAfile " +
+          quote(rig_->ca().string()) + " -out /dev/null");
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+
+  r = ctl("sign empresa --cms --detached " + quote(file("ctl.txt").string()) + " -o " + quote(file("ctl.p7s").string()));
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  r = run("openssl cms -verify -binary -inform DER -in " + quote(file("ctl.p7s").string()) + " -content " +
+          quote(file("ctl.txt").string()) + " -CAfile " + quote(rig_->ca().string()) + " -out /dev/null");
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+}
+
+TEST_F(SignThroughDaemon, FirmactlExitCodesAndMessages) {
+  auto r = ctl("sign nosuchkey -", "x");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.out.find("no key 'nosuchkey'"), std::string::npos) << r.out;
+  r = ctl("sign empresa /nonexistent/file");
+  EXPECT_EQ(r.exit_code, 5) << r.out;
+  r = ctl("sign empresa --detached -", "x");
+  EXPECT_EQ(r.exit_code, 2) << r.out;
+  r = ctl("frobnicate");
+  EXPECT_EQ(r.exit_code, 2) << r.out;
+  r = run(quote(firmactl_binary().string()) + " --socket " + quote((rig_->dir() / "nope.sock").string()) + " status");
+  EXPECT_EQ(r.exit_code, 3);
+  EXPECT_NE(r.out.find("is firmad running?"), std::string::npos) << r.out;
+  r = ctl("--json keys");
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_EQ(firma::Json::parse(r.out).size(), 4u);
+  r = ctl("status");
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_NE(r.out.find("token demo: logged-in"), std::string::npos) << r.out;
+}
+
+TEST_F(SignThroughDaemon, CExampleProgramSignsThroughLibfirma) {
+  const std::string text = "from C";
+  write_file(file("c.txt"), text);
+  const auto r = run("FIRMAD_SOCKET=" + quote(rig_->socket().string()) + " " + quote(FIRMA_EXAMPLE_BINARY) +
+                     " empresa " + quote(file("c.txt").string()) + " " + quote(file("c.sig").string()) + " " +
+                     quote(file("c.p7s").string()));
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  auto v = run(verify_cmd("sha256", rig_->public_key_pem("01"), file("c.sig"), file("c.txt")));
+  EXPECT_EQ(v.exit_code, 0) << v.out;
+  v = run("openssl cms -verify -binary -inform DER -in " + quote(file("c.p7s").string()) + " -CAfile " +
+          quote(rig_->ca().string()) + " -out /dev/null");
+  EXPECT_EQ(v.exit_code, 0) << v.out;
+  const auto bad = run("FIRMAD_SOCKET=" + quote(rig_->socket().string()) + " " + quote(FIRMA_EXAMPLE_BINARY) +
+                       " nosuchkey " + quote(file("c.txt").string()) + " " + quote(file("c2.sig").string()));
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_NE(bad.out.find("io.firmad.Signer.KeyNotFound"), std::string::npos) << bad.out;
+}
+
+TEST_F(SignThroughDaemon, VarlinkServiceInterfaceWorks) {
+  auto c = client();
+  auto info = c.call("org.varlink.service.GetInfo");
+  EXPECT_EQ(info["product"], "firmad");
+  EXPECT_EQ(info["interfaces"], firma::Json::array({"org.varlink.service", "io.firmad.Signer"}));
+  auto d = c.call("org.varlink.service.GetInterfaceDescription", {{"interface", "io.firmad.Signer"}});
+  const std::string text = d["description"];
+  EXPECT_EQ(text.find("interface io.firmad.Signer"), text.find("interface "));
+  for (const char* m : {"method Status", "method ListKeys", "method Sign(", "method SignCms(", "method Login(",
+                        "method Logout(", "error QueueFull", "error AccessDenied"})
+    EXPECT_NE(text.find(m), std::string::npos) << m;
+  try {
+    c.call("org.varlink.service.GetInterfaceDescription", {{"interface", "com.example.Nope"}});
+    FAIL();
+  } catch (const firma::Error& e) {
+    EXPECT_EQ(e.name(), "org.varlink.service.InterfaceNotFound");
+  }
+}
+
+TEST_F(SignThroughDaemon, PipelinedCallsAreAnsweredInOrder) {
+  RawConnection raw(rig_->socket());
+  std::string calls;
+  for (int i = 0; i < 5; ++i)
+    calls += std::string(R"({"method":"io.firmad.Signer.ListKeys"})") + '\0' + R"({"method":"org.varlink.service.GetInfo"})" + '\0';
+  ASSERT_TRUE(raw.send(calls));
+  for (int i = 0; i < 5; ++i) {
+    auto a = raw.read_frame();
+    auto b = raw.read_frame();
+    ASSERT_TRUE(a && b);
+    EXPECT_NE(a->find("\"keys\""), std::string::npos);
+    EXPECT_NE(b->find("\"interfaces\""), std::string::npos);
+  }
+}
+
+TEST_F(SignThroughDaemon, OnewayCallsGetNoReply) {
+  RawConnection raw(rig_->socket());
+  ASSERT_TRUE(raw.send(std::string(R"({"method":"io.firmad.Signer.Status","oneway":true})") + '\0' +
+                       R"({"method":"org.varlink.service.GetInfo"})" + '\0'));
+  auto reply = raw.read_frame();
+  ASSERT_TRUE(reply);
+  EXPECT_NE(reply->find("\"interfaces\""), std::string::npos) << "the first reply is GetInfo's: Status was oneway";
+}
+
+}  // namespace
+}  // namespace firmad::test

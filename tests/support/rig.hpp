@@ -1,0 +1,128 @@
+// Test rig: a SoftHSM token in a temporary directory, a real firmad process, raw sockets.
+#pragma once
+#include <sys/types.h>
+
+#include <chrono>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace firmad::test {
+
+namespace fs = std::filesystem;
+
+// The build's binaries and sources, set by CMake.
+fs::path source_dir();
+fs::path firmad_binary();
+fs::path firmactl_binary();
+
+// A directory under /tmp removed (with everything in it) on destruction.
+class TempDir {
+ public:
+  TempDir();
+  TempDir(const TempDir&) = delete;  // owns the directory
+  TempDir& operator=(const TempDir&) = delete;
+  ~TempDir();
+  const fs::path& path() const { return path_; }
+
+ private:
+  fs::path path_;
+};
+
+struct CommandResult {
+  int exit_code = -1;
+  std::string out;  // stdout and stderr together
+};
+// Runs a shell command (bounded by `timeout` seconds via timeout(1)).
+CommandResult run(const std::string& command, int timeout_seconds = 60);
+std::string read_file(const fs::path& p);
+void write_file(const fs::path& p, const std::string& data, unsigned mode = 0600);
+std::string quote(const std::string& s);
+
+// A fresh SoftHSM token made by tests/support/make-token.sh in its own
+// directory; SOFTHSM2_CONF points at it for this process and its children.
+// Keys: empresa (RSA-2048), firma-ec (P-256), firma-ed (Ed25519, no
+// certificate), firma-p384 (P-384); PIN 123456.
+class TokenRig {
+ public:
+  TokenRig();
+  const fs::path& dir() const { return dir_.path(); }
+  fs::path conf() const { return dir() / "softhsm2.conf"; }
+  fs::path ca() const { return dir() / "ca" / "ca.pem"; }
+  fs::path pin_file() const { return dir() / "pin"; }
+  fs::path socket() const { return dir() / "run" / "firmad.sock"; }
+  fs::path config() const { return dir() / "firmad.toml"; }
+  // The default configuration with `replace` applied (each key a line
+  // prefix, e.g. "sessions =", replaced by the value) and `extra` appended.
+  fs::path write_config(const std::map<std::string, std::string>& replace, const std::string& extra = "",
+                        const std::string& name = "custom.toml") const;
+  // Reads a key's public key from the token with pkcs11-tool into a PEM file.
+  fs::path public_key_pem(const std::string& id_hex) const;
+  static constexpr const char* kPin = "123456";
+  static constexpr const char* kModule = "/usr/lib/softhsm/libsofthsm2.so";
+
+ private:
+  TempDir dir_;
+};
+
+// A firmad process on a configuration; stderr goes to a log file.
+class Daemon {
+ public:
+  struct Options {
+    std::vector<std::string> extra_args;
+    // Pass this listening socket as systemd would (LISTEN_FDS=1, fd 3).
+    std::optional<int> listen_fd;
+    // Wait for the socket file to accept connections (off for systemd sockets).
+    bool wait_for_socket = true;
+  };
+  Daemon(fs::path config, fs::path socket, Options options);
+  Daemon(fs::path config, fs::path socket) : Daemon(std::move(config), std::move(socket), Options{}) {}
+  Daemon(const Daemon&) = delete;  // owns a process
+  Daemon& operator=(const Daemon&) = delete;
+  ~Daemon();
+
+  pid_t pid() const { return pid_; }
+  const fs::path& socket() const { return socket_; }
+  std::string log() const;
+  // Waits (bounded) until the log contains `text`; returns whether it did.
+  bool wait_for_log(const std::string& text, std::chrono::milliseconds limit = std::chrono::seconds(10)) const;
+  // Sends SIGTERM and waits (bounded); returns the exit status, or -1.
+  int terminate(std::chrono::milliseconds limit = std::chrono::seconds(15));
+  bool running();
+  // Resident set size in KiB, from /proc.
+  long rss_kib() const;
+
+ private:
+  fs::path config_, socket_, log_;
+  pid_t pid_ = -1;
+  std::optional<int> status_;
+};
+
+// A raw Unix-socket connection for speaking (and misspeaking) the protocol.
+class RawConnection {
+ public:
+  explicit RawConnection(const fs::path& socket);
+  RawConnection(const RawConnection&) = delete;  // owns a socket
+  RawConnection& operator=(const RawConnection&) = delete;
+  ~RawConnection();
+  // Sends bytes; returns false if the peer has gone.
+  bool send(const std::string& bytes);
+  // Reads one NUL-terminated frame (without the NUL), or nullopt on
+  // close/timeout.
+  std::optional<std::string> read_frame(std::chrono::milliseconds limit = std::chrono::seconds(10));
+  // Waits until the daemon closes the connection; true if it did in time.
+  bool closed_by_peer(std::chrono::milliseconds limit = std::chrono::seconds(10));
+  int fd() const { return fd_; }
+
+ private:
+  int fd_ = -1;
+  std::string buffer_;
+};
+
+// Waits until `pred` holds or `limit` passes, checking every few milliseconds.
+bool eventually(const std::function<bool()>& pred, std::chrono::milliseconds limit = std::chrono::seconds(10));
+
+}  // namespace firmad::test
