@@ -81,6 +81,9 @@ int main(int argc, char** argv) {
     firmad::Server server(io, cfg, service);
     for (auto& w : workers) w->start();
     server.open();
+    // Serve once every token has been scanned and, where the PIN source is
+    // unattended, logged in: the first client sees the settled state.
+    for (auto& w : workers) w->wait_discovered();
     server.start();
     boost::asio::signal_set signals(io, SIGTERM, SIGINT);
     signals.async_wait([&](const boost::system::error_code& ec, int sig) {
