@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <filesystem>
 #include <map>
 #include <mutex>
 #include <stdexcept>
@@ -45,7 +46,10 @@ std::map<std::string, std::weak_ptr<Module>>& registry() {
 }  // namespace
 
 std::shared_ptr<Module> Module::shared(const std::string& spec) {
-  const std::string path = spec.find('/') != std::string::npos ? spec : registered_path(spec);
+  std::string path = spec.find('/') != std::string::npos ? spec : registered_path(spec);
+  // One module per file, however it is named (a symlink, a p11-kit name).
+  std::error_code ec;
+  if (auto canonical = std::filesystem::canonical(path, ec); !ec) path = canonical.string();
   std::lock_guard lock(registry_mutex);
   if (auto existing = registry()[path].lock()) return existing;
 
