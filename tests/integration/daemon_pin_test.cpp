@@ -157,3 +157,73 @@ TEST_F(PinCustody, SigningNeedsTheKeysAllowList) {
 
 }  // namespace
 }  // namespace firmad::test
+
+namespace firmad::test {
+namespace {
+
+// A token whose PIN flags the test sets, through tests/support/fault_module.c.
+class PinFlags : public PinCustody {
+ protected:
+  fs::path control = rig.dir() / "fault";
+  void SetUp() override {
+    write_file(control, "");
+    ::setenv("FIRMAD_FAULT_CONTROL", control.c_str(), 1);
+  }
+  void TearDown() override { ::unsetenv("FIRMAD_FAULT_CONTROL"); }
+  std::unique_ptr<Daemon> start_faulty(const std::string& pin_source = "pin_source = \"file\"") {
+    return start({{"module", std::string("module = \"") + FIRMAD_FAULT_MODULE + "\""},
+                  {"pin_source", pin_source},
+                  {"sessions", "sessions = 1\nrefresh_interval_ms = 100"}});
+  }
+  long logins() {
+    const std::string n = read_file(control.string() + ".logins");
+    return n.empty() ? 0 : std::stol(n);
+  }
+};
+
+TEST_F(PinFlags, StatusReportsCountLowAndFinalTry) {
+  auto d = start_faulty();
+  ASSERT_TRUE(d->wait_for_log("event=token-login ")) << d->log();
+  EXPECT_FALSE(token_status()["pinFlags"]["countLow"].get<bool>());
+  write_file(control, "count_low final_try");
+  ASSERT_TRUE(eventually([&] { return token_status()["pinFlags"]["finalTry"].get<bool>(); })) << d->log();
+  auto flags = token_status()["pinFlags"];
+  EXPECT_TRUE(flags["countLow"].get<bool>());
+  EXPECT_FALSE(flags["locked"].get<bool>());
+  EXPECT_NE(ctl("status").out.find("PIN: final try left"), std::string::npos);
+  EXPECT_EQ(logins(), 1);
+}
+
+TEST_F(PinFlags, FinalTryIsNeverSpentAutomaticallyAndOnlyWithForce) {
+  write_file(control, "final_try");
+  auto d = start_faulty();
+  ASSERT_TRUE(d->wait_for_log("event=token-login-refused")) << d->log();
+  EXPECT_EQ(token_status()["loginState"], "pin-final-try");
+  EXPECT_EQ(logins(), 0) << "no C_Login on the final try without an administrator";
+
+  auto r = ctl("login demo --pin-stdin", TokenRig::kPin);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.out.find("--force"), std::string::npos) << r.out;
+  EXPECT_EQ(logins(), 0);
+
+  r = ctl("login demo --pin-stdin --force", TokenRig::kPin);
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_EQ(logins(), 1);
+  EXPECT_TRUE(token_status()["loggedIn"].get<bool>());
+}
+
+TEST_F(PinFlags, LockedPinIsReportedAndNotTried) {
+  write_file(control, "locked");
+  auto d = start_faulty();
+  ASSERT_TRUE(d->wait_for_log("event=token-login-refused")) << d->log();
+  auto t = token_status();
+  EXPECT_EQ(t["loginState"], "pin-locked");
+  EXPECT_TRUE(t["pinFlags"]["locked"].get<bool>());
+  auto r = ctl("login demo --pin-stdin --force", TokenRig::kPin);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.out.find("locked"), std::string::npos) << r.out;
+  EXPECT_EQ(logins(), 0);
+}
+
+}  // namespace
+}  // namespace firmad::test
