@@ -6,7 +6,10 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <sched.h>
+
 #include <cerrno>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 
@@ -44,6 +47,7 @@ Bytes digest(const std::string& hash, std::span<const std::uint8_t> data) {
 }
 
 Client::Client(const std::string& path) {
+  if (const char* poll = std::getenv("FIRMA_BUSY_POLL_US")) busy_poll_ = std::chrono::microseconds(std::strtol(poll, nullptr, 10));
   sockaddr_un addr{};
   if (path.size() >= sizeof addr.sun_path) throw ConnectionError("socket path too long: " + path);
   fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -61,13 +65,14 @@ Client::Client(const std::string& path) {
   }
 }
 
-Client::Client(Client&& o) noexcept : fd_(o.fd_), buffer_(std::move(o.buffer_)) { o.fd_ = -1; }
+Client::Client(Client&& o) noexcept : fd_(o.fd_), buffer_(std::move(o.buffer_)), busy_poll_(o.busy_poll_) { o.fd_ = -1; }
 
 Client& Client::operator=(Client&& o) noexcept {
   if (this != &o) {
     if (fd_ >= 0) ::close(fd_);
     fd_ = o.fd_;
     buffer_ = std::move(o.buffer_);
+    busy_poll_ = o.busy_poll_;
     o.fd_ = -1;
   }
   return *this;
@@ -96,7 +101,17 @@ std::string Client::receive_frame() {
     }
     if (buffer_.size() > firmad::protocol::kMaxMessageBytes) throw ConnectionError("firmad sent an oversize reply");
     char chunk[16384];
-    const ssize_t n = ::recv(fd_, chunk, sizeof chunk, 0);
+    ssize_t n = ::recv(fd_, chunk, sizeof chunk, MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      // Poll briefly before sleeping: the reply to a fast signature often
+      // arrives within microseconds, and a wakeup costs more than that.
+      const auto end = std::chrono::steady_clock::now() + busy_poll_;
+      while (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) && std::chrono::steady_clock::now() < end) {
+        ::sched_yield();
+        n = ::recv(fd_, chunk, sizeof chunk, MSG_DONTWAIT);
+      }
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) n = ::recv(fd_, chunk, sizeof chunk, 0);
+    }
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) throw ConnectionError(std::string("lost the connection to firmad: ") + std::strerror(errno));
     if (n == 0) throw ConnectionError("firmad closed the connection");

@@ -2,6 +2,7 @@
 #pragma once
 #include <nlohmann/json.hpp>
 
+#include <chrono>
 #include <cstdint>
 #include <optional>
 #include <span>
@@ -84,6 +85,8 @@ class Client {
   std::string receive_frame();
   int fd_ = -1;
   std::string buffer_;
+  // How long a call polls for its reply before sleeping ($FIRMA_BUSY_POLL_US).
+  std::chrono::microseconds busy_poll_{50};
 };
 
 }  // namespace firma

@@ -39,11 +39,6 @@ if(NOT P11KIT_FOUND)
   firmad_missing("p11-kit" "libp11-kit-dev")
 endif()
 
-pkg_check_modules(SYSTEMD QUIET IMPORTED_TARGET libsystemd)
-if(NOT SYSTEMD_FOUND)
-  firmad_missing("libsystemd" "libsystemd-dev")
-endif()
-
 find_package(Threads REQUIRED)
 
 if(FIRMAD_BUILD_TESTS)

@@ -118,7 +118,7 @@ const toml::table* subtable(const Reader& r, const toml::table& root, std::strin
 void read_daemon(const Reader& r, const toml::table& t, DaemonConfig& d) {
   const std::string w = "daemon";
   r.only(t, w, {"socket", "socket_mode", "socket_group", "state_directory", "max_connections",
-                "max_connections_per_peer", "idle_timeout_ms", "log_level"});
+                "max_connections_per_peer", "idle_timeout_ms", "busy_poll_us", "log_level"});
   if (auto s = r.string(t, w, "socket")) {
     if (s->empty() || (*s)[0] != '/') r.fail(w + ".socket", "must be an absolute path");
     if (s->size() >= 108) r.fail(w + ".socket", "is longer than a Unix socket path may be (107 bytes)");
@@ -139,6 +139,7 @@ void read_daemon(const Reader& r, const toml::table& t, DaemonConfig& d) {
   if (auto v = r.integer(t, w, "max_connections", 1, 65536)) d.max_connections = *v;
   if (auto v = r.integer(t, w, "max_connections_per_peer", 1, 65536)) d.max_connections_per_peer = *v;
   if (auto v = r.integer(t, w, "idle_timeout_ms", 100, 3600000)) d.idle_timeout = std::chrono::milliseconds(*v);
+  if (auto v = r.integer(t, w, "busy_poll_us", 0, 1000)) d.busy_poll = std::chrono::microseconds(*v);
   if (auto s = r.string(t, w, "log_level")) {
     if (!log::parse_level(*s, d.log_level)) r.fail(w + ".log_level", "accepted: error, warning, notice, info, debug");
   }

@@ -50,6 +50,9 @@ struct DaemonConfig {
   std::size_t max_connections = 128;
   std::size_t max_connections_per_peer = 16;
   std::chrono::milliseconds idle_timeout{30000};
+  // How long the I/O thread and the signing threads poll for the next piece
+  // of work before they sleep (0: never poll).
+  std::chrono::microseconds busy_poll{50};
   log::Level log_level = log::Level::Info;
 };
 

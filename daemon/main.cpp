@@ -4,14 +4,15 @@
 #include <boost/asio/signal_set.hpp>
 #include <sys/prctl.h>
 #include <sys/resource.h>
-#include <systemd/sd-daemon.h>
 
 #include <iostream>
 
+#include "daemon/busy_poll.hpp"
 #include "daemon/config.hpp"
 #include "daemon/log.hpp"
 #include "daemon/server.hpp"
 #include "daemon/service.hpp"
+#include "daemon/systemd.hpp"
 #include "daemon/token_worker.hpp"
 #include "firmad_version.hpp"
 #include "pkcs11/uri.hpp"
@@ -21,6 +22,21 @@ namespace {
 // Exit codes: 0 success, 1 could not start or run, 2 configuration invalid.
 constexpr int kExitRuntime = 1;
 constexpr int kExitConfig = 2;
+
+// Runs the I/O thread. After each burst of work it polls for up to
+// `busy_poll` before sleeping in epoll: the reply a signing thread posts, or
+// the client's next request, then costs no thread wakeup.
+void run_io(boost::asio::io_context& io, std::chrono::microseconds busy_poll) {
+  if (busy_poll.count() == 0) {
+    io.run();
+    return;
+  }
+  while (!io.stopped()) {
+    if (io.poll() > 0) continue;
+    if (firmad::spin_until([&] { return io.poll() > 0 || io.stopped(); }, busy_poll)) continue;
+    if (io.run_one() == 0) break;  // sleeps until the next handler; 0 once out of work
+  }
+}
 
 // A process holding a logged-in token session must not leave core dumps or
 // be readable through ptrace by other processes of the same user.
@@ -37,7 +53,7 @@ std::vector<std::unique_ptr<firmad::TokenWorker>> make_workers(const firmad::Con
     for (const auto& k : cfg.keys)
       if (k.token == t.name) keys.push_back(k);
     try {
-      workers.push_back(std::make_unique<firmad::TokenWorker>(t, std::move(keys)));
+      workers.push_back(std::make_unique<firmad::TokenWorker>(t, std::move(keys), cfg.daemon.busy_poll));
     } catch (const std::invalid_argument& e) {
       throw firmad::ConfigError(cfg.path + ": tokens." + t.name + " or its keys: " + e.what());
     }
@@ -89,14 +105,14 @@ int main(int argc, char** argv) {
     signals.async_wait([&](const boost::system::error_code& ec, int sig) {
       if (ec) return;
       firmad::log::notice("signal", {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"}});
-      sd_notify(0, "STOPPING=1");
+      firmad::systemd::notify("STOPPING=1");
       server.shutdown();
     });
     ::signal(SIGPIPE, SIG_IGN);
     firmad::log::notice("started", {{"version", FIRMAD_VERSION}, {"config", config_path}, {"tokens", cfg.tokens.size()},
                                     {"keys", cfg.keys.size()}});
-    sd_notify(0, "READY=1\nSTATUS=serving");
-    io.run();
+    firmad::systemd::notify("READY=1\nSTATUS=serving");
+    run_io(io, cfg.daemon.busy_poll);
     for (auto& w : workers) w->stop();
     firmad::log::notice("stopped");
     return 0;

@@ -7,7 +7,6 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
-#include <systemd/sd-daemon.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -15,6 +14,7 @@
 #include <filesystem>
 
 #include "daemon/log.hpp"
+#include "daemon/systemd.hpp"
 #include "protocol/errors.hpp"
 #include "protocol/limits.hpp"
 #include "protocol/secret.hpp"
@@ -52,6 +52,15 @@ bool socket_in_use(const std::string& path) {
   return in_use;
 }
 
+bool is_listening_unix_stream(int fd) {
+  int type = 0, listening = 0;
+  sockaddr_storage addr{};
+  socklen_t len = sizeof type, llen = sizeof listening, alen = sizeof addr;
+  return ::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0 && type == SOCK_STREAM &&
+         ::getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &llen) == 0 && listening &&
+         ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &alen) == 0 && addr.ss_family == AF_UNIX;
+}
+
 [[noreturn]] void fail(const std::string& what, const std::string& path) {
   throw std::runtime_error(what + " " + path + ": " + std::strerror(errno));
 }
@@ -59,14 +68,13 @@ bool socket_in_use(const std::string& path) {
 }  // namespace
 
 void Server::open() {
-  const int passed = sd_listen_fds(1);
-  if (passed > 0) {
-    for (int fd = SD_LISTEN_FDS_START; fd < SD_LISTEN_FDS_START + passed; ++fd) {
-      if (sd_is_socket_unix(fd, SOCK_STREAM, 1, nullptr, 0) <= 0)
+  if (const auto passed = systemd::listen_fds(); !passed.empty()) {
+    for (int fd : passed) {
+      if (!is_listening_unix_stream(fd))
         throw std::runtime_error("systemd passed fd " + std::to_string(fd) + ", which is not a listening Unix stream socket");
       acceptors_.push_back(std::make_unique<local::acceptor>(io_, local(), fd));
     }
-    log::info("listening", {{"sockets", passed}, {"from", "systemd"}});
+    log::info("listening", {{"sockets", passed.size()}, {"from", "systemd"}});
     return;
   }
   const std::string& path = config_.daemon.socket;

@@ -1,6 +1,7 @@
 // Per-token threads: discovery, login custody, the signing queue and the cached state.
 #include "daemon/token_worker.hpp"
 
+#include "daemon/busy_poll.hpp"
 #include "daemon/log.hpp"
 #include "daemon/pin_source.hpp"
 #include "pkcs11/error.hpp"
@@ -37,10 +38,11 @@ protocol::VarlinkError token_failure(const std::string& token, const std::except
   return VarlinkError(perr::kInternalError, {{"reason", e.what()}});
 }
 
-TokenWorker::TokenWorker(TokenConfig config, std::vector<KeyConfig> keys)
+TokenWorker::TokenWorker(TokenConfig config, std::vector<KeyConfig> keys, std::chrono::microseconds busy_poll)
     : config_(std::move(config)),
       key_configs_(std::move(keys)),
       token_uri_(pkcs11::Uri::parse(config_.uri)),
+      busy_poll_(busy_poll),
       snapshot_(std::make_shared<TokenSnapshot>()) {
   for (const auto& k : key_configs_) key_uris_.push_back(pkcs11::Uri::parse(k.uri));
   auto snap = std::make_shared<TokenSnapshot>();
@@ -95,6 +97,7 @@ bool TokenWorker::submit(Job job) {
     std::lock_guard lock(mutex_);
     if (stopping_ || queue_.size() >= config_.queue_limit) return false;
     queue_.push_back(std::move(job));
+    pending_.store(queue_.size(), std::memory_order_release);
   }
   work_cv_.notify_one();
   return true;
@@ -117,12 +120,14 @@ void TokenWorker::sign_loop(std::size_t index) {
   for (;;) {
     Job job;
     WorkContext ctx{nullptr, nullptr};
+    spin_until([this] { return pending_.load(std::memory_order_acquire) > 0; }, busy_poll_);
     {
       std::unique_lock lock(mutex_);
       work_cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
       if (queue_.empty()) return;  // stopping, and every queued job answered
       job = std::move(queue_.front());
       queue_.pop_front();
+      pending_.store(queue_.size(), std::memory_order_release);
       ++active_;
       ctx.session = sessions_[index].get();
       ctx.snapshot = snapshot();

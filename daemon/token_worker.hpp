@@ -1,5 +1,7 @@
 // One token: its sessions, its bounded queue of signing work, and its cached state.
 #pragma once
+#include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -57,7 +59,9 @@ class TokenWorker {
  public:
   using Job = std::function<void(WorkContext&)>;
 
-  TokenWorker(TokenConfig config, std::vector<KeyConfig> keys);
+  // busy_poll: how long an idle signing thread polls the queue before it sleeps.
+  TokenWorker(TokenConfig config, std::vector<KeyConfig> keys,
+              std::chrono::microseconds busy_poll = std::chrono::microseconds(0));
   TokenWorker(const TokenWorker&) = delete;  // owns threads and sessions
   TokenWorker& operator=(const TokenWorker&) = delete;
   ~TokenWorker();
@@ -116,6 +120,8 @@ class TokenWorker {
   std::condition_variable work_cv_;
   std::condition_variable idle_cv_;
   std::deque<Job> queue_;
+  std::atomic<std::size_t> pending_{0};  // queue_.size(), readable without the lock
+  std::chrono::microseconds busy_poll_;
   std::vector<std::unique_ptr<pkcs11::Session>> sessions_;
   std::vector<std::thread> sign_threads_;
   std::size_t active_ = 0;

@@ -93,10 +93,14 @@ int main(int argc, char** argv) {
   bool json = false;
   app.add_option("--seconds", seconds, "Length of each measurement")->check(CLI::Range(0.2, 60.0))->capture_default_str();
   app.add_flag("--json", json, "Print the figures as one JSON object");
+  int busy_poll_us = 50, sessions = 2;
+  app.add_option("--busy-poll-us", busy_poll_us, "firmad's [daemon] busy_poll_us")->capture_default_str();
+  app.add_option("--sessions", sessions, "firmad's signing sessions for the token")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
   test::TokenRig rig;
-  auto cfg = rig.write_config({{"log_level", "log_level = \"warning\""}, {"sessions", "sessions = 2"}});
+  auto cfg = rig.write_config({{"log_level", "log_level = \"warning\"\nbusy_poll_us = " + std::to_string(busy_poll_us)},
+                               {"sessions", "sessions = " + std::to_string(sessions)}});
   test::Daemon daemon(cfg, rig.socket());
   if (!test::eventually([&] { return firma::Client(rig.socket().string()).status()["tokens"][0]["loggedIn"].get<bool>(); }))
     throw std::runtime_error("firmad did not log in: " + daemon.log());
@@ -111,9 +115,14 @@ int main(int argc, char** argv) {
   login_session.login(test::TokenRig::kPin);
 
   const std::vector<std::uint8_t> digest(32, 0x5a);
+  // The protocol's own round trip, no token work: what the daemon adds at least.
+  const Figures ping = measure(1, seconds / 2, [&](int) {
+    auto client = std::make_shared<firma::Client>(rig.socket().string());
+    return [client] { client->call("org.varlink.service.GetInfo"); };
+  });
   const KeyCase cases[] = {{"rsa2048", "empresa", "pkcs11:object=empresa", 0.95},
                            {"p256", "firma-ec", "pkcs11:object=firma-ec", 0.75}};
-  Json out = {{"seconds_per_measurement", seconds}};
+  Json out = {{"seconds_per_measurement", seconds}, {"getinfo_round_trip", to_json(ping)}};
   bool all_met = true;
   for (const auto& kc : cases) {
     const auto key = pkcs11::find_key(login_session, pkcs11::Uri::parse(kc.uri));
@@ -177,6 +186,8 @@ int main(int argc, char** argv) {
                 << f["p50_us"].get<double>() << std::setw(12) << f["p99_us"].get<double>() << "\n";
     }
   }
+  std::cout << std::left << std::setw(32) << "GetInfo round trip (no token)" << std::right << std::setw(12)
+            << ping.ops_per_sec << std::setw(12) << ping.p50_us << std::setw(12) << ping.p99_us << "\n";
   std::cout << "\nratios and targets\n";
   for (const auto& kc : cases) {
     const auto& k = out[kc.name];

@@ -1,5 +1,6 @@
 // The daemon's life: configuration checks, sockets, systemd activation, queues, SIGTERM.
 #include <gtest/gtest.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -86,6 +87,32 @@ TEST_F(Lifecycle, ServesOnSocketPassedBySystemd) {
   firma::Client c(sock.string());
   EXPECT_TRUE(c.status()["tokens"][0]["loggedIn"].get<bool>());
   EXPECT_FALSE(fs::exists(rig.socket())) << "the configured socket is not created under socket activation";
+}
+
+TEST_F(Lifecycle, NotifiesSystemdWhenReadyAndWhenStopping) {
+  const fs::path path = rig.dir() / "notify.sock";
+  const int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  ::setenv("NOTIFY_SOCKET", path.c_str(), 1);
+  Daemon d(rig.config(), rig.socket());
+  ::unsetenv("NOTIFY_SOCKET");
+  auto receive = [&] {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 10000) != 1) return std::string();
+    char buf[512];
+    const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    return n > 0 ? std::string(buf, static_cast<std::size_t>(n)) : std::string();
+  };
+  EXPECT_EQ(receive(), "READY=1\nSTATUS=serving");
+  // READY comes after the token was scanned and logged in.
+  EXPECT_TRUE(firma::Client(rig.socket().string()).status()["tokens"][0]["loggedIn"].get<bool>());
+  ASSERT_EQ(::kill(d.pid(), SIGTERM), 0);
+  EXPECT_EQ(receive(), "STOPPING=1");
+  EXPECT_EQ(d.terminate(), 0);
+  ::close(fd);
 }
 
 TEST_F(Lifecycle, QueueIsBoundedAndStatusAnswersWhileItIsFull) {
