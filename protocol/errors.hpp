@@ -41,7 +41,7 @@ inline constexpr const char* kInternalError = "io.firmad.Signer.InternalError";
 class VarlinkError : public std::runtime_error {
  public:
   VarlinkError(std::string name, nlohmann::json parameters = nlohmann::json::object())
-      : std::runtime_error(name + " " + parameters.dump()),
+      : std::runtime_error(name + " " + parameters.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)),
         name_(std::move(name)),
         parameters_(std::move(parameters)) {}
 

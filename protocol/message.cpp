@@ -12,6 +12,8 @@ namespace {
 
 Json parse_object(std::string_view frame) {
   if (frame.size() > kMaxMessageBytes) violation("message exceeds " + std::to_string(kMaxMessageBytes) + " bytes");
+  // nlohmann takes a NUL for the end of input and would ignore what follows.
+  if (frame.find('\0') != std::string_view::npos) violation("message contains a NUL byte");
   if (!json_depth_within(frame)) violation("JSON nests deeper than " + std::to_string(kMaxJsonDepth) + " levels");
   Json doc = Json::parse(frame, nullptr, /*allow_exceptions=*/false);
   if (doc.is_discarded()) violation("message is not valid JSON");

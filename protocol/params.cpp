@@ -2,6 +2,7 @@
 #include "protocol/params.hpp"
 
 #include <algorithm>
+#include <limits>
 
 #include "protocol/base64.hpp"
 #include "protocol/errors.hpp"
@@ -42,6 +43,9 @@ std::optional<std::int64_t> Params::optional_int(const std::string& name) {
   const Json* v = find(name);
   if (!v) return std::nullopt;
   if (!v->is_number_integer()) throw invalid_parameter(name);
+  // An unsigned above INT64_MAX would otherwise wrap to a negative number.
+  if (v->is_number_unsigned() && v->get<std::uint64_t>() > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
+    throw invalid_parameter(name);
   return v->get<std::int64_t>();
 }
 

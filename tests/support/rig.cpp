@@ -188,14 +188,19 @@ int Daemon::terminate(std::chrono::milliseconds limit) {
   return status_.value_or(-1);
 }
 
-long Daemon::rss_kib() const {
-  std::istringstream in(read_file("/proc/" + std::to_string(pid_) + "/status"));
+namespace {
+long status_field(pid_t pid, const std::string& field) {
+  std::istringstream in(read_file("/proc/" + std::to_string(pid) + "/status"));
   std::string line;
   while (std::getline(in, line)) {
-    if (line.rfind("VmRSS:", 0) == 0) return std::strtol(line.c_str() + 6, nullptr, 10);
+    if (line.rfind(field + ":", 0) == 0) return std::strtol(line.c_str() + field.size() + 1, nullptr, 10);
   }
   return -1;
 }
+}  // namespace
+
+long Daemon::rss_kib() const { return status_field(pid_, "VmRSS"); }
+long Daemon::rss_anon_kib() const { return status_field(pid_, "RssAnon"); }
 
 RawConnection::RawConnection(const fs::path& socket) {
   fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);

@@ -94,6 +94,8 @@ class Daemon {
   bool running();
   // Resident set size in KiB, from /proc.
   long rss_kib() const;
+  // Its anonymous (private) resident memory in KiB.
+  long rss_anon_kib() const;
 
  private:
   fs::path config_, socket_, log_;

@@ -369,7 +369,7 @@ TEST_F(ConfigTest, RefusesBytesThatAreNotUtf8) {
 
 // Disabled until daemon/config.cpp names the key in socket_group errors: today
 // an unknown group is reported as "daemon.g".
-TEST_F(ConfigTest, DISABLED_RefusesAnUnknownSocketGroupNamingTheKey) {
+TEST_F(ConfigTest, RefusesAnUnknownSocketGroupNamingTheKey) {
   expect_refused("[daemon]\nsocket_group = \"no-such-group-f1rmad\"\n" + std::string(kToken),
                  {": daemon.socket_group: ", "no-such-group-f1rmad"});
 }

@@ -210,7 +210,7 @@ TEST(ParseCall, RefusesTrailingBytesAfterTheObject) {
 // Disabled until protocol/message.cpp refuses NUL bytes: nlohmann's lexer
 // takes a NUL for the end of input, so bytes after it are ignored. The server
 // splits frames at NUL, so only direct callers of parse_call can hit this.
-TEST(ParseCall, DISABLED_RefusesBytesAfterAnEmbeddedNul) {
+TEST(ParseCall, RefusesBytesAfterAnEmbeddedNul) {
   expect_call_refused(std::string_view("{\"method\":\"a.B\"}\0", 17));
   expect_call_refused(std::string_view("{\"method\":\"a.B\"}\0{\"x", 21));
 }
@@ -522,7 +522,7 @@ TEST(Params, ParsedCallParametersFeedTheAccessors) {
 
 // Disabled until protocol/params.cpp refuses unsigned integers above INT64_MAX:
 // today 18446744073709551615 is read as -1.
-TEST(Params, DISABLED_IntegerBeyondInt64IsAnInvalidParameter) {
+TEST(Params, IntegerBeyondInt64IsAnInvalidParameter) {
   const Json j = Json::parse(R"({"n":18446744073709551615})");
   expect_param_error([&] { Params(j).optional_int("n"); }, error::kInvalidParameter, "n");
 }
@@ -540,6 +540,13 @@ TEST(VarlinkError, WhatNamesTheErrorAndItsParameters) {
   const VarlinkError e = invalid_parameter("digest");
   EXPECT_EQ(e.name(), error::kInvalidParameter);
   EXPECT_EQ(std::string(e.what()), std::string(error::kInvalidParameter) + R"( {"parameter":"digest"})");
+}
+
+// Disabled until protocol/errors.hpp builds what() with error_handler_t::replace:
+// today a parameter holding invalid UTF-8 (an exception text, a path) makes the
+// constructor throw nlohmann::json::type_error instead.
+TEST(VarlinkError, ConstructsFromParametersWithInvalidUtf8) {
+  EXPECT_NO_THROW(VarlinkError(error::kInternalError, {{"reason", "bad \xff byte"}}));
 }
 
 // ---------------------------------------------------------------- Secret

@@ -1,0 +1,246 @@
+#!/usr/bin/env bash
+# Builds the libFuzzer targets with clang + ASan/UBSan and runs each for a bounded time.
+#
+#   tests/fuzz/run.sh                  # 60 s per target
+#   FUZZ_SECONDS=600 tests/fuzz/run.sh # longer
+#
+# Environment:
+#   FUZZ_SECONDS       seconds per target (default 60)
+#   FUZZ_TARGETS       targets to run (default "fuzz_protocol fuzz_config")
+#   FUZZ_BUILD_DIR     build directory (default <source>/build-fuzz); the corpus
+#                      grows in <build>/corpus/<target> from run to run
+#   FIRMAD_SOURCE_DIR  the CMake source tree (default: this repository)
+#   JOBS               parallel build jobs (default 2)
+#   FUZZ_ARGS          extra libFuzzer flags, e.g. "-max_len=65536"
+#
+# Exits 0 when no target found anything, 1 when one crashed, leaked, timed out
+# or broke an invariant (the input is saved in <build>/artifacts/), 2 when the
+# build could not be set up.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+src="${FIRMAD_SOURCE_DIR:-$(cd "$here/../.." && pwd)}"
+build="${FUZZ_BUILD_DIR:-$src/build-fuzz}"
+seconds="${FUZZ_SECONDS:-60}"
+targets="${FUZZ_TARGETS:-fuzz_protocol fuzz_config}"
+jobs="${JOBS:-2}"
+
+die() { echo "fuzz: $*" >&2; exit 2; }
+
+[[ "$seconds" =~ ^[0-9]+$ && "$seconds" -gt 0 ]] || die "FUZZ_SECONDS must be a positive integer, not '$seconds'"
+
+# --- clang with the libFuzzer and sanitizer runtimes -------------------------
+can_build_fuzzer() {
+  command -v clang++ >/dev/null 2>&1 || return 1
+  local probe
+  probe="$(mktemp -d)"
+  printf '#include <cstdint>\n#include <cstddef>\nextern "C" int LLVMFuzzerTestOneInput(const uint8_t*, size_t) { return 0; }\n' \
+    >"$probe/probe.cpp"
+  clang++ -fsanitize=fuzzer,address,undefined "$probe/probe.cpp" -o "$probe/probe" >/dev/null 2>&1
+  local rc=$?
+  rm -rf "$probe"
+  return $rc
+}
+
+if ! can_build_fuzzer; then
+  echo "fuzz: installing clang and its runtimes (clang, libclang-rt-14-dev)" >&2
+  sudo=""
+  [[ "$(id -u)" -eq 0 ]] || sudo="sudo"
+  $sudo apt-get install -y clang libclang-rt-14-dev || die "could not install clang; run: apt-get install clang libclang-rt-14-dev"
+  can_build_fuzzer || die "clang++ cannot link -fsanitize=fuzzer; install libclang-rt-14-dev"
+fi
+
+# --- configure and build -----------------------------------------------------
+# The sanitizers and coverage instrumentation go into the whole build: the
+# targets use the static library firmad_protocol and daemon/config.cpp, which
+# must be instrumented too (tests/fuzz/CMakeLists.txt adds -fsanitize=fuzzer at
+# link). Only the fuzz targets and what they need are built.
+sanitize="-fsanitize=address,undefined,fuzzer-no-link -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
+generator=()
+if [[ ! -f "$build/CMakeCache.txt" ]] && command -v ninja >/dev/null 2>&1; then generator=(-G Ninja); fi
+
+echo "fuzz: configuring $build (clang, ASan+UBSan)" >&2
+CC=clang CXX=clang++ cmake -S "$src" -B "$build" "${generator[@]}" \
+  -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ \
+  -DCMAKE_C_FLAGS="$sanitize" -DCMAKE_CXX_FLAGS="$sanitize" \
+  -DFIRMAD_BUILD_TESTS=ON -DFIRMAD_BUILD_BENCH=OFF >"$build.configure.log" 2>&1 ||
+  { cat "$build.configure.log" >&2; die "cmake configure failed"; }
+rm -f "$build.configure.log"
+
+for t in $targets; do
+  cmake --build "$build" --target help | grep -E "(^|[ :])$t([ :]|$)" >/dev/null ||
+    die "the build has no target '$t': does tests/CMakeLists.txt add_subdirectory(fuzz)?"
+done
+
+echo "fuzz: building $targets" >&2
+# shellcheck disable=SC2086  # $targets is a list
+cmake --build "$build" -j "$jobs" --target $targets || die "build failed"
+
+# --- seeds and dictionaries --------------------------------------------------
+seed() {  # seed <target> <name> <content>
+  local dir="$build/corpus/$1"
+  mkdir -p "$dir"
+  [[ -e "$dir/seed-$2" ]] || printf '%s' "$3" >"$dir/seed-$2"
+}
+
+seed fuzz_protocol call '{"method":"io.firmad.Signer.Sign","parameters":{"key":"release","hash":"sha256","digest":"3q2+7w=="}}'
+seed fuzz_protocol more '{"method":"io.firmad.Signer.ListKeys","parameters":{},"more":true}'
+seed fuzz_protocol oneway '{"method":"org.varlink.service.GetInfo","oneway":true}'
+seed fuzz_protocol reply '{"parameters":{"signature":"AAECAw==","n":-1,"f":1.5e10,"a":[null,true,{"x":"\u00e9"}]},"continues":true}'
+seed fuzz_protocol error '{"error":"io.firmad.Signer.PinIncorrect","parameters":{"retries":2}}'
+seed fuzz_protocol base64 'Zm9vYmE='
+
+seed fuzz_config full '# firmad.toml
+[daemon]
+socket = "/run/firmad/firmad.sock"
+socket_mode = "0660"
+socket_group = "root"
+state_directory = "/var/lib/firmad"
+max_connections = 128
+max_connections_per_peer = 16
+idle_timeout_ms = 30000
+log_level = "info"
+
+[access]
+admin_users = ["root", 0]
+admin_groups = ["root"]
+
+[tokens.hsm]
+module = "/usr/lib/softhsm/libsofthsm2.so"
+uri = "pkcs11:token=signing"
+sessions = 2
+queue_limit = 64
+pin_source = "file"
+pin_file = "/etc/firmad/hsm.pin"
+refresh_interval_ms = 5000
+
+[tokens.card]
+module = "p11-kit-proxy"
+uri = "pkcs11:serial=0001"
+pin_source = "credential"
+pin_credential = "card-pin"
+
+[keys.release]
+token = "hsm"
+uri = "pkcs11:object=release;type=private"
+allow_users = ["root", 1000]
+allow_groups = [0]
+'
+seed fuzz_config minimal '[tokens.t]
+module = "m"
+uri = "pkcs11:"
+'
+
+mkdir -p "$build/dict"
+cat >"$build/dict/fuzz_protocol.dict" <<'EOF'
+"{"
+"}"
+"["
+"]"
+":"
+","
+"\""
+"\\"
+"\"method\""
+"\"parameters\""
+"\"more\""
+"\"oneway\""
+"\"upgrade\""
+"\"error\""
+"\"continues\""
+"true"
+"false"
+"null"
+"\"io.firmad.Signer.Sign\""
+"\"key\""
+"\"digest\""
+"\"hash\""
+"\"sha256\""
+"\"detached\""
+"\"limit\""
+"=="
+"\\u0000"
+"\\ud800"
+"\\udc00"
+"1e308"
+"-0"
+"18446744073709551615"
+EOF
+cat >"$build/dict/fuzz_config.dict" <<'EOF'
+"[daemon]"
+"[access]"
+"[tokens."
+"[keys."
+"[["
+"]]"
+"="
+"\x0a"
+"\"\"\""
+"'''"
+"socket"
+"socket_mode"
+"socket_group"
+"state_directory"
+"max_connections"
+"max_connections_per_peer"
+"idle_timeout_ms"
+"log_level"
+"admin_users"
+"admin_groups"
+"module"
+"uri"
+"sessions"
+"queue_limit"
+"pin_source"
+"pin_file"
+"pin_credential"
+"refresh_interval_ms"
+"token"
+"allow_users"
+"allow_groups"
+"\"pkcs11:\""
+"\"file\""
+"\"credential\""
+"\"admin\""
+"\"root\""
+"\"0660\""
+"\"/p\""
+"9223372036854775807"
+"-1"
+"1979-05-27T07:32:00Z"
+"inf"
+"nan"
+"{ }"
+EOF
+
+# --- run -----------------------------------------------------------------------
+scratch="$(mktemp -d)"  # fuzz_config's file lives here
+trap 'rm -rf "$scratch"' EXIT
+mkdir -p "$build/artifacts"
+
+export ASAN_OPTIONS="${ASAN_OPTIONS:-abort_on_error=1:detect_leaks=1:strict_string_checks=1:detect_stack_use_after_return=1}"
+export UBSAN_OPTIONS="${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}"
+
+failed=()
+for t in $targets; do
+  bin="$(find "$build" -type f -name "$t" -perm -u+x | head -n 1)"
+  [[ -n "$bin" ]] || die "built $t but cannot find its binary under $build"
+  echo "fuzz: running $t for ${seconds}s" >&2
+  dict=()
+  [[ -f "$build/dict/$t.dict" ]] && dict=("-dict=$build/dict/$t.dict")
+  # shellcheck disable=SC2086  # FUZZ_ARGS is a list of flags
+  if TMPDIR="$scratch" "$bin" -max_total_time="$seconds" -timeout=25 -rss_limit_mb=2048 -print_final_stats=1 \
+      "${dict[@]}" -artifact_prefix="$build/artifacts/$t-" ${FUZZ_ARGS:-} "$build/corpus/$t"; then
+    echo "fuzz: $t: nothing found in ${seconds}s" >&2
+  else
+    echo "fuzz: $t FAILED; reproduce with: $bin <input from $build/artifacts/$t-*>" >&2
+    failed+=("$t")
+  fi
+done
+
+if ((${#failed[@]})); then
+  echo "fuzz: findings in: ${failed[*]}" >&2
+  exit 1
+fi
+echo "fuzz: all targets clean (${seconds}s each)" >&2
