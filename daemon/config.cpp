@@ -53,33 +53,31 @@ class Reader {
     return n->as_integer()->get();
   }
 
+  uid_t user(const std::string& key, const std::string& name) const {
+    uid_t id;
+    if (numeric(name, id)) return id;
+    const passwd* pw = getpwnam(name.c_str());
+    if (!pw) fail(key, "no such user '" + name + "' (accepted: user names or numeric uids)");
+    return pw->pw_uid;
+  }
+
+  gid_t group(const std::string& key, const std::string& name) const {
+    gid_t id;
+    if (numeric(name, id)) return id;
+    const ::group* gr = getgrnam(name.c_str());
+    if (!gr) fail(key, "no such group '" + name + "' (accepted: group names or numeric gids)");
+    return gr->gr_gid;
+  }
+
   std::vector<uid_t> users(const toml::table& t, const std::string& where, std::string_view k) const {
     std::vector<uid_t> out;
-    for (const std::string& name : names(t, where, k)) {
-      uid_t id;
-      if (numeric(name, id)) {
-        out.push_back(id);
-        continue;
-      }
-      const passwd* pw = getpwnam(name.c_str());
-      if (!pw) fail(where + "." + std::string(k), "no such user '" + name + "' (accepted: user names or numeric uids)");
-      out.push_back(pw->pw_uid);
-    }
+    for (const std::string& name : names(t, where, k)) out.push_back(user(where + "." + std::string(k), name));
     return out;
   }
 
   std::vector<gid_t> groups(const toml::table& t, const std::string& where, std::string_view k) const {
     std::vector<gid_t> out;
-    for (const std::string& name : names(t, where, k)) {
-      gid_t id;
-      if (numeric(name, id)) {
-        out.push_back(id);
-        continue;
-      }
-      const group* gr = getgrnam(name.c_str());
-      if (!gr) fail(where + "." + std::string(k), "no such group '" + name + "' (accepted: group names or numeric gids)");
-      out.push_back(gr->gr_gid);
-    }
+    for (const std::string& name : names(t, where, k)) out.push_back(group(where + "." + std::string(k), name));
     return out;
   }
 
@@ -131,10 +129,7 @@ void read_daemon(const Reader& r, const toml::table& t, DaemonConfig& d) {
       r.fail(w + ".socket_mode", "must be an octal mode string without access for others, e.g. \"0660\"");
     d.socket_mode = mode;
   }
-  if (t.get("socket_group")) {
-    auto g = r.groups(toml::table{{"g", toml::array{r.required_string(t, w, "socket_group")}}}, w, "g");
-    d.socket_group = g.front();
-  }
+  if (t.get("socket_group")) d.socket_group = r.group(w + ".socket_group", r.required_string(t, w, "socket_group"));
   if (auto s = r.string(t, w, "state_directory")) d.state_directory = *s;
   if (auto v = r.integer(t, w, "max_connections", 1, 65536)) d.max_connections = *v;
   if (auto v = r.integer(t, w, "max_connections_per_peer", 1, 65536)) d.max_connections_per_peer = *v;
