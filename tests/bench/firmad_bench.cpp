@@ -99,7 +99,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   test::TokenRig rig;
-  auto cfg = rig.write_config({{"log_level", "log_level = \"warning\"\nbusy_poll_us = " + std::to_string(busy_poll_us)},
+  auto cfg = rig.write_config({{"log_level", "log_level = \"warning\"\nmax_connections_per_peer = 64\nbusy_poll_us = " + std::to_string(busy_poll_us)},
                                {"sessions", "sessions = " + std::to_string(sessions)}});
   test::Daemon daemon(cfg, rig.socket());
   if (!test::eventually([&] { return firma::Client(rig.socket().string()).status()["tokens"][0]["loggedIn"].get<bool>(); }))
