@@ -36,22 +36,28 @@ struct Figures {
 template <typename MakeWorker>
 Figures measure(int threads, double seconds, MakeWorker make_worker) {
   std::vector<std::vector<double>> lat(threads);
+  std::vector<std::exception_ptr> errors(threads);
   std::atomic<bool> go{false};
   std::atomic<int> ready{0};
   std::vector<std::thread> pool;
   Clock::time_point start, stop;
   for (int t = 0; t < threads; ++t) {
     pool.emplace_back([&, t] {
-      auto op = make_worker(t);
-      lat[t].reserve(200000);
-      ++ready;
-      while (!go.load()) std::this_thread::yield();
-      const auto end = start + std::chrono::duration<double>(seconds);
-      for (auto now = Clock::now(); now < end;) {
-        op();
-        const auto after = Clock::now();
-        lat[t].push_back(std::chrono::duration<double, std::micro>(after - now).count());
-        now = after;
+      try {
+        auto op = make_worker(t);
+        lat[t].reserve(200000);
+        ++ready;
+        while (!go.load()) std::this_thread::yield();
+        const auto end = start + std::chrono::duration<double>(seconds);
+        for (auto now = Clock::now(); now < end;) {
+          op();
+          const auto after = Clock::now();
+          lat[t].push_back(std::chrono::duration<double, std::micro>(after - now).count());
+          now = after;
+        }
+      } catch (...) {
+        errors[t] = std::current_exception();
+        ++ready;
       }
     });
   }
@@ -60,6 +66,8 @@ Figures measure(int threads, double seconds, MakeWorker make_worker) {
   go = true;
   for (auto& th : pool) th.join();
   stop = Clock::now();
+  for (auto& e : errors)
+    if (e) std::rethrow_exception(e);
   std::vector<double> all;
   for (auto& l : lat) all.insert(all.end(), l.begin(), l.end());
   std::sort(all.begin(), all.end());
@@ -87,7 +95,18 @@ struct KeyCase {
 
 }  // namespace
 
+int run(int argc, char** argv);
+
 int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const std::exception& e) {
+    std::cerr << "firmad-bench: " << e.what() << "\n";
+    return 1;
+  }
+}
+
+int run(int argc, char** argv) {
   CLI::App app{"firmad-bench: firmad's signing throughput and latency against direct PKCS#11, on SoftHSM"};
   double seconds = 2.0;
   bool json = false;
