@@ -177,6 +177,7 @@ int main(int argc, char** argv) {
       "4 access denied; 5 a local file could not be read or written.");
   app.set_version_flag("--version", std::string("firmactl ") + FIRMAD_VERSION);
   app.require_subcommand(1);
+  app.fallthrough();  // --socket and --json also after the command: 'firmactl status --json'
   Options opt;
   app.add_option("--socket", opt.socket, "firmad's socket ($FIRMAD_SOCKET)")->capture_default_str();
   app.add_flag("--json", opt.json, "Print replies as JSON");
@@ -245,12 +246,21 @@ int main(int argc, char** argv) {
           result = client.sign_data(key, data, {hash, pss, salt});
         }
       }
-      if (format.empty()) format = (output.empty() || output == "-") && ::isatty(STDOUT_FILENO) ? "base64" : "der";
+      const bool to_file = !output.empty() && output != "-";
+      if (opt.json && !to_file) {
+        // --json without -o: the result as base64 inside a JSON object.
+        std::cout << firma::Json{{cms ? "cms" : "signature", firmad::protocol::base64_encode(result)}}.dump() << "\n";
+        return kOk;
+      }
+      if (format.empty()) format = !to_file && ::isatty(STDOUT_FILENO) ? "base64" : "der";
       std::string out = format == "der"    ? std::string(result.begin(), result.end())
                         : format == "pem"  ? pem(result, "CMS")
                                            : firmad::protocol::base64_encode(result) + "\n";
       write_output(output, out);
-      if (!output.empty() && output != "-" && !opt.json) std::cerr << "wrote " << output << " (" << result.size() << " bytes)\n";
+      if (to_file) {
+        if (opt.json) std::cout << firma::Json{{"output", output}, {"bytes", result.size()}, {"format", format}}.dump() << "\n";
+        else std::cerr << "wrote " << output << " (" << result.size() << " bytes)\n";
+      }
     } else if (login->parsed()) {
       std::optional<std::string> pin;
       firmad::protocol::Secret secret;

@@ -201,6 +201,15 @@ TEST_F(SignThroughDaemon, FirmactlExitCodesAndMessages) {
   r = ctl("status");
   EXPECT_EQ(r.exit_code, 0);
   EXPECT_NE(r.out.find("token demo: logged-in"), std::string::npos) << r.out;
+  r = ctl("status --json");
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_EQ(firma::Json::parse(r.out)["tokens"][0]["name"], "demo");
+  r = ctl("sign firma-ec - --json", "json please");
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_TRUE(protocol::base64_decode(firma::Json::parse(r.out)["signature"].get<std::string>()));
+  r = ctl("--json sign nosuchkey -", "x");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.out.find("\"error\":\"io.firmad.Signer.KeyNotFound\""), std::string::npos) << r.out;
 }
 
 TEST_F(SignThroughDaemon, CExampleProgramSignsThroughLibfirma) {
