@@ -1,6 +1,9 @@
 // firmactl: the administrator's and user's client for firmad.
 #include <CLI/CLI.hpp>
 #include <fcntl.h>
+#include <grp.h>
+#include <pwd.h>
+#include <sys/stat.h>
 #include <termios.h>
 #include <unistd.h>
 
@@ -73,15 +76,16 @@ void write_output(const std::string& path, const std::string& data) {
   if (std::rename(tmp.c_str(), path.c_str()) != 0) throw Failure{kLocalIo, "cannot write " + path + ": " + std::strerror(errno)};
 }
 
-// Reads a PIN without echo from the terminal, or a line from stdin.
-firmad::protocol::Secret read_pin(bool from_stdin, const std::string& token) {
-  firmad::protocol::Secret pin;
-  int fd = from_stdin ? STDIN_FILENO : ::open("/dev/tty", O_RDWR | O_CLOEXEC);
-  if (fd < 0) throw Failure{kUsage, "no terminal to ask for the PIN; use --pin-stdin"};
+// Reads a secret without echo from the terminal, or a line from stdin (or
+// from a file: from_fd). `what` names it in the prompt and the errors.
+firmad::protocol::Secret read_secret(int from_fd, const std::string& what, const char* stdin_option) {
+  firmad::protocol::Secret secret;
+  const int fd = from_fd >= 0 ? from_fd : ::open("/dev/tty", O_RDWR | O_CLOEXEC);
+  if (fd < 0) throw Failure{kUsage, "no terminal to ask for the " + what + "; use " + stdin_option};
   termios saved{};
   const bool tty = ::isatty(fd) && ::tcgetattr(fd, &saved) == 0;
   if (tty) {
-    const std::string prompt = "PIN for token " + token + ": ";
+    const std::string prompt = what + ": ";
     (void)!::write(fd, prompt.data(), prompt.size());
     termios quiet = saved;
     quiet.c_lflag &= ~static_cast<tcflag_t>(ECHO);
@@ -89,16 +93,78 @@ firmad::protocol::Secret read_pin(bool from_stdin, const std::string& token) {
   }
   char c;
   while (::read(fd, &c, 1) == 1 && c != '\n') {
-    if (c != '\r') pin.push_back(c);
+    if (c != '\r') secret.push_back(c);
   }
   c = 0;
   if (tty) {
     ::tcsetattr(fd, TCSAFLUSH, &saved);
     (void)!::write(fd, "\n", 1);
   }
-  if (!from_stdin) ::close(fd);
+  if (from_fd < 0) ::close(fd);
+  return secret;
+}
+
+firmad::protocol::Secret read_pin(bool from_stdin, const std::string& token) {
+  auto pin = read_secret(from_stdin ? STDIN_FILENO : -1, "PIN for token " + token, "--pin-stdin");
   if (pin.empty()) throw Failure{kUsage, "no PIN given"};
   return pin;
+}
+
+// The password of a credential file: --password-file, --password-stdin or a prompt.
+firmad::protocol::Secret read_password(const std::string& file, bool from_stdin) {
+  if (!file.empty()) {
+    const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) throw Failure{kLocalIo, "cannot read " + file + ": " + std::strerror(errno)};
+    auto secret = read_secret(fd, "password", "--password-stdin");
+    ::close(fd);
+    return secret;
+  }
+  return read_secret(from_stdin ? STDIN_FILENO : -1, "Password of the credential file", "--password-stdin");
+}
+
+// Overwrites a file with random bytes, syncs it and removes it: the
+// credential, once on the token, should not stay behind as a copy.
+void shred(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd < 0) throw Failure{kLocalIo, "cannot overwrite " + path + ": " + std::strerror(errno)};
+  struct stat st{};
+  ::fstat(fd, &st);
+  std::vector<unsigned char> noise(static_cast<std::size_t>(st.st_size));
+  std::ifstream("/dev/urandom", std::ios::binary).read(reinterpret_cast<char*>(noise.data()), static_cast<std::streamsize>(noise.size()));
+  const bool ok = ::write(fd, noise.data(), noise.size()) == static_cast<ssize_t>(noise.size()) && ::fsync(fd) == 0;
+  ::close(fd);
+  if (!ok || ::unlink(path.c_str()) != 0) throw Failure{kLocalIo, "cannot overwrite " + path + ": " + std::strerror(errno)};
+}
+
+firma::Json ids_of(const std::vector<std::string>& names, bool groups) {
+  firma::Json out = firma::Json::array();
+  for (const auto& n : names) {
+    char* end = nullptr;
+    const long v = std::strtol(n.c_str(), &end, 10);
+    if (!n.empty() && *end == '\0' && v >= 0) {
+      out.push_back(v);
+    } else if (groups) {
+      const group* g = ::getgrnam(n.c_str());
+      if (!g) throw Failure{kUsage, "no such group '" + n + "'"};
+      out.push_back(g->gr_gid);
+    } else {
+      const passwd* p = ::getpwnam(n.c_str());
+      if (!p) throw Failure{kUsage, "no such user '" + n + "'"};
+      out.push_back(p->pw_uid);
+    }
+  }
+  return out;
+}
+
+bool confirm(const std::string& question, const std::string& expected) {
+  const int fd = ::open("/dev/tty", O_RDWR | O_CLOEXEC);
+  if (fd < 0) throw Failure{kUsage, "no terminal to confirm on; use --yes"};
+  (void)!::write(fd, question.data(), question.size());
+  std::string answer;
+  char c;
+  while (::read(fd, &c, 1) == 1 && c != '\n') answer += c;
+  ::close(fd);
+  return answer == expected;
 }
 
 // A person-readable line for each daemon error; --json prints the raw error.
@@ -120,6 +186,11 @@ std::string explain(const firma::Error& e) {
   if (n == "ContentTooLarge") return "the content is too large to attach; use --detached";
   if (n == "CertificateMissing") return "key " + s("key") + " has no certificate on the token; CMS needs one";
   if (n == "QueueFull") return "token " + s("token") + " is busy; try again shortly";
+  if (n == "InvalidParameter") return "firmad refused the parameter '" + s("parameter") + "' for this request (see 'firmactl " + "sign --help' and the key's schemes in 'firmactl keys')";
+  if (n == "CertificateExpired") return "the certificate of key " + s("key") + " expired on " + s("notAfter") + "; firmad does not sign with it (renew it)";
+  if (n == "KeyCancelled") return "key " + s("key") + " was cancelled on " + s("at") + " and signs no more";
+  if (n == "KeyExists") return "a key named " + s("key") + " already exists; choose another name";
+  if (n == "ImportFailed") return "nothing was imported: " + s("detail");
   if (n == "TokenError") return "token " + s("token") + " failed: " + s("call") + " returned " + s("code");
   return e.what();
 }
@@ -132,20 +203,35 @@ std::string days(const firma::Json& cert) {
 void print_keys(const firma::Json& keys) {
   for (const auto& k : keys) {
     std::cout << "key " << k.value("alias", "") << " (token " << k.value("token", "") << "): ";
-    if (!k.value("found", false)) {
-      std::cout << "not found on the token (" << k.value("uri", "") << ")\n";
-      continue;
-    }
-    std::cout << k.value("type", "") << (k.contains("curve") ? " " + k["curve"].get<std::string>() : "")
+    if (!k.value("found", false)) std::cout << "not found on the token (" << k.value("uri", "") << ")\n";
+    else std::cout << k.value("type", "") << (k.contains("curve") ? " " + k["curve"].get<std::string>() : "")
               << (k.contains("bits") && k.value("type", "") == "rsa" ? " " + std::to_string(k["bits"].get<int>()) : "");
     std::string schemes;
     for (const auto& s : k["schemes"]) schemes += (schemes.empty() ? "" : ",") + s.get<std::string>();
-    std::cout << " [" << schemes << "]\n";
+    if (k.value("found", false)) std::cout << " [" << schemes << "]\n";
     if (k.contains("certificate")) {
       const auto& c = k["certificate"];
-      std::cout << "  certificate " << c.value("subject", "") << "\n  issuer " << c.value("issuer", "") << "\n  serial "
-                << c.value("serial", "") << ", valid " << c.value("notBefore", "") << " to " << c.value("notAfter", "")
-                << " (" << days(c) << ")\n";
+      std::cout << "  holder " << c.value("holderName", "");
+      if (c.contains("rfc")) std::cout << ", RFC " << c["rfc"].get<std::string>();
+      if (c.contains("rfcRepresentative")) std::cout << " / " << c["rfcRepresentative"].get<std::string>();
+      if (c.contains("curp")) std::cout << ", CURP " << c["curp"].get<std::string>();
+      if (c.contains("curpRepresentative")) std::cout << ", representative's CURP " << c["curpRepresentative"].get<std::string>();
+      std::cout << "\n  certificate " << c.value("subject", "") << "\n  issuer " << c.value("issuer", "")
+                << "\n  serial " << c.value("serial", "") << " (decimal " << c.value("serialDecimal", "")
+                << (c.contains("serialText") ? ", " + c["serialText"].get<std::string>() : std::string()) << ")"
+                << "\n  valid " << c.value("notBefore", "") << " to " << c.value("notAfter", "") << " (" << days(c)
+                << "), renewal " << c.value("renewalState", "none") << "\n";
+    }
+    std::cout << "  " << k.value("role", "principal") << " credential" << (k.value("imported", false) ? ", imported" : "");
+    if (k.contains("npie")) std::cout << ", NPIE " << k["npie"].get<std::string>();
+    if (k.contains("registroPatronal")) std::cout << ", registro patronal " << k["registroPatronal"].get<std::string>();
+    std::cout << "\n";
+    if (k.contains("cancelled"))
+      std::cout << "  CANCELLED " << k["cancelled"]["at"].get<std::string>() << ": " << k["cancelled"]["reason"].get<std::string>() << "\n";
+    if (k.contains("request")) {
+      const auto& r = k["request"];
+      std::cout << "  request submitted " << r.value("submitted", "") << ", complete in person by " << r.value("deadline", "")
+                << " (" << r.value("businessDaysLeft", 0) << " business days left, " << r.value("state", "") << ")\n";
     }
   }
 }
@@ -207,6 +293,38 @@ int main(int argc, char** argv) {
   login->add_flag("--force", force, "Try even if one more wrong PIN locks the token");
   login->add_flag("--pin-stdin", pin_stdin, "Read the PIN from standard input instead of the terminal");
   login->add_flag("--from-source", from_source, "Have firmad read its configured PIN file or credential again");
+  auto* import = app.add_subcommand("import", "Bring a .pfx, or a .key with its .cer, onto a token (administrators)");
+  std::string pfx, key_file, cert_file, password_file, npie, registro, role = "principal";
+  bool password_stdin = false, shred_source = false;
+  std::vector<std::string> allow_users, allow_groups;
+  import->add_option("key", key, "Name for the key")->required();
+  import->add_option("--token", token, "Token to put it on")->required();
+  import->add_option("--pfx", pfx, "PKCS#12 file (.pfx/.p12)");
+  import->add_option("--key", key_file, "PKCS#8 private key (.key, DER or PEM)");
+  import->add_option("--cert", cert_file, "Its certificate (.cer, DER or PEM)");
+  import->add_option("--password-file", password_file, "Read the file's password from this file");
+  import->add_flag("--password-stdin", password_stdin, "Read the file's password from standard input");
+  import->add_option("--allow-user", allow_users, "User (name or uid) who may sign with it; repeatable");
+  import->add_option("--allow-group", allow_groups, "Group (name or gid) whose members may sign with it; repeatable");
+  import->add_option("--npie", npie, "The employer's NPIE");
+  import->add_option("--registro-patronal", registro, "The employer's registro patronal");
+  import->add_option("--role", role, "principal or additional (certificado adicional)")->check(CLI::IsMember({"principal", "additional"}));
+  import->add_flag("--shred-source", shred_source, "After a successful import, overwrite and delete the source files");
+
+  auto* cancel = app.add_subcommand("cancel", "Cancel a lost or compromised credential (administrators)");
+  std::string reason;
+  bool yes = false;
+  cancel->add_option("key", key, "Key name")->required();
+  cancel->add_option("--reason", reason, "Why (lost, compromised, ...)")->required();
+  cancel->add_flag("--yes", yes, "Do not ask for confirmation");
+
+  auto* request = app.add_subcommand("request", "Track a certificate request that must be completed in person (administrators)");
+  std::string submitted;
+  bool clear = false;
+  request->add_option("key", key, "Key name")->required();
+  request->add_option("--submitted", submitted, "Date submitted, YYYY-MM-DD (default today)");
+  request->add_flag("--clear", clear, "Stop tracking it");
+
   auto* logout = app.add_subcommand("logout", "Log firmad out of a token (administrators)");
   logout->add_option("token", token, "Token name")->required();
 
@@ -272,6 +390,63 @@ int main(int argc, char** argv) {
       if (pin) firmad::protocol::wipe(*pin);
       opt.json ? void(std::cout << firma::Json{{"loginState", state}}.dump() << "\n")
                : void(std::cout << "token " << token << ": " << state << "\n");
+    } else if (import->parsed()) {
+      if (pfx.empty() == (key_file.empty() && cert_file.empty()))
+        throw Failure{kUsage, "give either --pfx FILE or --key FILE --cert FILE"};
+      if (pfx.empty() && (key_file.empty() || cert_file.empty())) throw Failure{kUsage, "--key and --cert go together"};
+      firma::Json params = {{"key", key}, {"token", token}, {"role", role},
+                            {"allowUsers", ids_of(allow_users, false)}, {"allowGroups", ids_of(allow_groups, true)}};
+      if (!npie.empty()) params["npie"] = npie;
+      if (!registro.empty()) params["registroPatronal"] = registro;
+      if (!pfx.empty()) params["pfx"] = firmad::protocol::base64_encode(read_input(pfx));
+      else {
+        params["privateKey"] = firmad::protocol::base64_encode(read_input(key_file));
+        params["certificate"] = firmad::protocol::base64_encode(read_input(cert_file));
+      }
+      {
+        auto password = read_password(password_file, password_stdin);
+        params["password"] = std::string(password.view());
+      }
+      firma::Json reply;
+      try {
+        reply = client.call("io.firmad.Signer.Import", params);
+      } catch (...) {
+        firmad::protocol::wipe(params["password"].get_ref<std::string&>());
+        throw;
+      }
+      firmad::protocol::wipe(params["password"].get_ref<std::string&>());
+      if (shred_source) {
+        for (const auto& f : {pfx, key_file, cert_file})
+          if (!f.empty()) shred(f);
+      }
+      if (opt.json) std::cout << reply.dump(2) << "\n";
+      else {
+        std::cout << "imported " << key << " onto token " << token << (shred_source ? " and shredded the source files" : "") << "\n";
+        print_keys(firma::Json::array({reply["key"]}));
+      }
+    } else if (cancel->parsed()) {
+      if (!yes && !confirm("Cancel key " + key + "? Signing stops and its key and certificate are destroyed on the token. Type the key name to confirm: ", key))
+        throw Failure{kUsage, "not confirmed; nothing was changed"};
+      auto reply = client.call("io.firmad.Signer.Cancel", {{"key", key}, {"reason", reason}});
+      if (opt.json) std::cout << reply.dump(2) << "\n";
+      else {
+        std::cout << "key " << key << " cancelled at " << reply["cancelledAt"].get<std::string>() << "; "
+                  << reply["objectsDestroyed"].get<int>() << " object(s) destroyed on the token.\nStill to do in person:\n";
+        for (const auto& line : reply["instructions"]) std::cout << "  - " << line.get<std::string>() << "\n";
+      }
+    } else if (request->parsed()) {
+      firma::Json params = {{"key", key}};
+      if (!submitted.empty()) params["submitted"] = submitted;
+      if (clear) params["clear"] = true;
+      auto reply = client.call("io.firmad.Signer.TrackRequest", params);
+      if (opt.json) std::cout << reply.dump(2) << "\n";
+      else if (reply["request"].is_null()) std::cout << "no request tracked for " << key << "\n";
+      else {
+        const auto& r = reply["request"];
+        std::cout << "request for " << key << " submitted " << r["submitted"].get<std::string>() << ": complete it in person by "
+                  << r["deadline"].get<std::string>() << " (" << r["businessDaysLeft"].get<int>() << " business days left, "
+                  << r["state"].get<std::string>() << ")\n";
+      }
     } else if (logout->parsed()) {
       std::string state = client.logout(token);
       opt.json ? void(std::cout << firma::Json{{"loginState", state}}.dump() << "\n")

@@ -9,6 +9,8 @@
 #include <set>
 #include <toml++/toml.h>
 
+#include "daemon/business_days.hpp"
+
 namespace firmad {
 namespace {
 
@@ -174,7 +176,7 @@ TokenConfig read_token(const Reader& r, std::string name, const toml::table& t) 
 
 KeyConfig read_key(const Reader& r, std::string alias, const toml::table& t) {
   const std::string w = "keys." + alias;
-  r.only(t, w, {"token", "uri", "allow_users", "allow_groups"});
+  r.only(t, w, {"token", "uri", "allow_users", "allow_groups", "npie", "registro_patronal", "role"});
   KeyConfig k;
   k.alias = std::move(alias);
   k.token = r.required_string(t, w, "token");
@@ -182,16 +184,26 @@ KeyConfig read_key(const Reader& r, std::string alias, const toml::table& t) {
   if (k.uri.rfind("pkcs11:", 0) != 0) r.fail(w + ".uri", "must be a PKCS#11 URI starting with \"pkcs11:\"");
   k.allow.users = r.users(t, w, "allow_users");
   k.allow.groups = r.groups(t, w, "allow_groups");
+  k.npie = r.string(t, w, "npie").value_or("");
+  k.registro_patronal = r.string(t, w, "registro_patronal").value_or("");
+  k.role = r.string(t, w, "role").value_or("principal");
+  if (k.role != "principal" && k.role != "additional") r.fail(w + ".role", "accepted: \"principal\", \"additional\"");
+  for (const auto* field : {&k.npie, &k.registro_patronal}) {
+    if (field->size() > 64 || field->find_first_of("\n\r\t") != std::string::npos)
+      r.fail(w + "." + (field == &k.npie ? "npie" : "registro_patronal"), "must be a single line of at most 64 characters");
+  }
   return k;
 }
 
-bool valid_name(std::string_view s) {
+bool valid_date(std::string_view s) { return Date::parse(s).has_value(); }
+
+}  // namespace
+
+bool valid_key_name(std::string_view s) {
   return !s.empty() && s.size() <= 64 && std::all_of(s.begin(), s.end(), [](char c) {
     return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.';
   });
 }
-
-}  // namespace
 
 const TokenConfig* Config::token(const std::string& name) const {
   for (const auto& t : tokens)
@@ -218,7 +230,7 @@ Config load_config(const std::string& path) {
   }
   Config cfg;
   cfg.path = path;
-  r.only(root, "", {"daemon", "access", "tokens", "keys"});
+  r.only(root, "", {"daemon", "access", "tokens", "keys", "calendar"});
   if (const toml::table* d = subtable(r, root, "daemon")) read_daemon(r, *d, cfg.daemon);
   if (const toml::table* a = subtable(r, root, "access")) {
     r.only(*a, "access", {"admin_users", "admin_groups"});
@@ -230,15 +242,27 @@ Config load_config(const std::string& path) {
   if (const toml::table* tokens = subtable(r, root, "tokens")) {
     for (const auto& [name, node] : *tokens) {
       if (!node.is_table()) r.fail("tokens." + std::string(name.str()), "must be a table");
-      if (!valid_name(name.str())) r.fail("tokens." + std::string(name.str()), "names use letters, digits, '-', '_', '.'");
+      if (!valid_key_name(name.str())) r.fail("tokens." + std::string(name.str()), "names use letters, digits, '-', '_', '.'");
       cfg.tokens.push_back(read_token(r, std::string(name.str()), *node.as_table()));
     }
   }
   if (cfg.tokens.empty()) r.fail("tokens", "at least one [tokens.<name>] table is required");
+  if (const toml::table* cal = subtable(r, root, "calendar")) {
+    r.only(*cal, "calendar", {"extra_non_working_days"});
+    if (const toml::node* n = cal->get("extra_non_working_days")) {
+      const toml::array* a = n->as_array();
+      if (!a) r.fail("calendar.extra_non_working_days", "must be an array of \"YYYY-MM-DD\" dates");
+      for (const toml::node& e : *a) {
+        if (!e.is_string() || !valid_date(e.as_string()->get()))
+          r.fail("calendar.extra_non_working_days", "must be an array of \"YYYY-MM-DD\" dates");
+        cfg.calendar.extra_non_working_days.emplace_back(e.as_string()->get());
+      }
+    }
+  }
   if (const toml::table* keys = subtable(r, root, "keys")) {
     for (const auto& [alias, node] : *keys) {
       if (!node.is_table()) r.fail("keys." + std::string(alias.str()), "must be a table");
-      if (!valid_name(alias.str())) r.fail("keys." + std::string(alias.str()), "aliases use letters, digits, '-', '_', '.'");
+      if (!valid_key_name(alias.str())) r.fail("keys." + std::string(alias.str()), "aliases use letters, digits, '-', '_', '.'");
       KeyConfig k = read_key(r, std::string(alias.str()), *node.as_table());
       if (!cfg.token(k.token)) {
         std::string names;

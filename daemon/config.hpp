@@ -40,6 +40,16 @@ struct KeyConfig {
   std::string token;  // a [tokens.<name>]
   std::string uri;    // RFC 7512 URI selecting the key's objects on that token
   AccessList allow;   // who may sign with it
+  // The employer's registration this credential belongs to (shown in status).
+  std::string npie;               // Número Patronal de Identificación Electrónica
+  std::string registro_patronal;  // the IMSS employer registration number
+  std::string role = "principal"; // "principal" or "additional" (certificado adicional)
+  bool imported = false;          // added by 'firmactl import', kept in the state directory
+};
+
+// Days besides weekends and the federal holidays on which requests do not advance.
+struct CalendarConfig {
+  std::vector<std::string> extra_non_working_days;  // "YYYY-MM-DD"
 };
 
 struct DaemonConfig {
@@ -62,6 +72,7 @@ struct Config {
   AccessList admins;  // [access] admin_users / admin_groups
   std::vector<TokenConfig> tokens;
   std::vector<KeyConfig> keys;
+  CalendarConfig calendar;
 
   const TokenConfig* token(const std::string& name) const;
   const KeyConfig* key(const std::string& alias) const;
@@ -72,6 +83,9 @@ class ConfigError : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
 };
+
+// Whether a token name or key alias is acceptable: 1-64 of letters, digits, '-', '_', '.'.
+bool valid_key_name(std::string_view name);
 
 // Reads and validates the file. Throws ConfigError naming the file, the key
 // and the accepted values for anything wrong, unknown keys included.

@@ -46,6 +46,50 @@ void harden_process() {
   ::prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
 }
 
+// Adds the keys brought in with 'firmactl import', kept in the state directory.
+void add_imported_keys(firmad::Config& cfg, const nlohmann::json& state) {
+  auto keys = state.find("keys");
+  if (keys == state.end() || !keys->is_object()) return;
+  for (const auto& [alias, k] : keys->items()) {
+    try {
+      firmad::KeyConfig key;
+      key.alias = alias;
+      key.token = k.at("token").get<std::string>();
+      key.uri = k.at("uri").get<std::string>();
+      key.allow.users = k.value("allowUsers", std::vector<uid_t>{});
+      key.allow.groups = k.value("allowGroups", std::vector<gid_t>{});
+      key.npie = k.value("npie", "");
+      key.registro_patronal = k.value("registroPatronal", "");
+      key.role = k.value("role", "principal");
+      key.imported = true;
+      if (cfg.key(alias) || !cfg.token(key.token)) {
+        firmad::log::warning("imported-key-skipped", {{"key", alias}, {"why", cfg.key(alias) ? "alias also in the configuration" : "token not configured"}});
+        continue;
+      }
+      cfg.keys.push_back(std::move(key));
+    } catch (const std::exception& e) {
+      firmad::log::error("imported-key-unreadable", {{"key", alias}, {"error", e.what()}});
+    }
+  }
+}
+
+// Keys cancelled earlier stay cancelled across restarts.
+void restore_cancellations(std::vector<std::unique_ptr<firmad::TokenWorker>>& workers, const nlohmann::json& state) {
+  auto cancelled = state.find("cancelled");
+  if (cancelled == state.end() || !cancelled->is_object()) return;
+  for (const auto& [alias, c] : cancelled->items()) {
+    for (auto& w : workers)
+      if (w->config().name == c.value("token", "")) w->mark_cancelled(alias, {c.value("time", std::time_t{0}), c.value("reason", "")});
+  }
+}
+
+firmad::BusinessCalendar calendar_of(const firmad::Config& cfg) {
+  std::vector<firmad::Date> extra;
+  for (const auto& d : cfg.calendar.extra_non_working_days)
+    if (auto date = firmad::Date::parse(d)) extra.push_back(*date);
+  return firmad::BusinessCalendar(std::move(extra));
+}
+
 std::vector<std::unique_ptr<firmad::TokenWorker>> make_workers(const firmad::Config& cfg) {
   std::vector<std::unique_ptr<firmad::TokenWorker>> workers;
   for (const auto& t : cfg.tokens) {
@@ -65,6 +109,8 @@ std::vector<std::unique_ptr<firmad::TokenWorker>> make_workers(const firmad::Con
 
 int main(int argc, char** argv) {
   CLI::App app{"firmad: signs for local programs with keys kept on PKCS#11 tokens"};
+  app.footer("Exit codes: 0 stopped cleanly (or --check-config: valid); 1 could not start or run; 2 configuration invalid.\n"
+             "Signals: SIGTERM/SIGINT finish in-flight requests, log out of the tokens and exit 0.");
   std::string config_path = firmad::kDefaultConfigPath;
   bool check_only = false;
   app.add_option("-c,--config", config_path, "Configuration file")->capture_default_str();
@@ -92,11 +138,16 @@ int main(int argc, char** argv) {
   harden_process();
 
   try {
+    firmad::StateStore state(cfg.daemon.state_directory);
+    const nlohmann::json saved = state.read();
+    add_imported_keys(cfg, saved);
+    workers = make_workers(cfg);
+    restore_cancellations(workers, saved);
     boost::asio::io_context io(1);
-    firmad::Service service(cfg, workers);
+    firmad::Service service(cfg, workers, state, calendar_of(cfg));
     firmad::Server server(io, cfg, service);
+    server.open();  // first: a second daemon on the same socket stops before touching the token
     for (auto& w : workers) w->start();
-    server.open();
     // Serve once every token has been scanned and, where the PIN source is
     // unattended, logged in: the first client sees the settled state.
     for (auto& w : workers) w->wait_discovered();

@@ -20,10 +20,24 @@ using protocol::Json;
 using protocol::Params;
 using protocol::VarlinkError;
 
-Service::Service(const Config& config, std::vector<std::unique_ptr<TokenWorker>>& tokens)
-    : config_(config), tokens_(tokens) {}
+Service::Service(const Config& config, std::vector<std::unique_ptr<TokenWorker>>& tokens, StateStore& state,
+                 BusinessCalendar calendar)
+    : config_(config), tokens_(tokens), state_(state), calendar_(std::move(calendar)) {
+  const Json doc = state_.read();
+  if (auto it = doc.find("requests"); it != doc.end() && it->is_object()) {
+    for (const auto& [alias, r] : it->items())
+      if (r.is_object() && r.contains("submitted") && r["submitted"].is_string()) requests_[alias] = r["submitted"];
+  }
+}
 
-Json key_json(const KeyState& key, const std::string& token, std::time_t now) {
+const KeyConfig* Service::find_key(const std::string& alias) const {
+  if (const KeyConfig* k = config_.key(alias)) return k;
+  for (const auto& k : imported_)
+    if (k.alias == alias) return &k;
+  return nullptr;
+}
+
+Json Service::key_json(const KeyState& key, const std::string& token, std::time_t now) const {
   Json j = {{"alias", key.config.alias}, {"token", token}, {"uri", key.config.uri}, {"found", key.info.has_value()},
             {"schemes", Json::array()}};
   if (key.info) {
@@ -35,13 +49,31 @@ Json key_json(const KeyState& key, const std::string& token, std::time_t now) {
   }
   if (key.certificate) {
     const auto& c = *key.certificate;
-    j["certificate"] = {{"subject", c.subject},
-                        {"issuer", c.issuer},
-                        {"serial", c.serial},
-                        {"notBefore", iso8601(c.not_before)},
-                        {"notAfter", iso8601(c.not_after)},
-                        {"daysLeft", static_cast<long long>((c.not_after - now) / 86400)}};
+    Json cert = {{"subject", c.subject},
+                 {"holderName", c.holder_name},
+                 {"issuer", c.issuer},
+                 {"serial", c.serial_hex},
+                 {"serialDecimal", c.serial_decimal},
+                 {"notBefore", iso8601(c.not_before)},
+                 {"notAfter", iso8601(c.not_after)},
+                 {"daysLeft", static_cast<long long>((c.not_after - now) / 86400)},
+                 {"renewalState", "none"}};
+    auto put = [&cert](const char* name, const std::optional<std::string>& v) {
+      if (v) cert[name] = *v;
+    };
+    put("rfc", c.rfc);
+    put("rfcRepresentative", c.rfc_representative);
+    put("curp", c.curp);
+    put("curpRepresentative", c.curp_representative);
+    put("serialText", c.serial_ascii);
+    j["certificate"] = std::move(cert);
   }
+  j["role"] = key.config.role;
+  j["imported"] = key.config.imported;
+  if (!key.config.npie.empty()) j["npie"] = key.config.npie;
+  if (!key.config.registro_patronal.empty()) j["registroPatronal"] = key.config.registro_patronal;
+  if (key.cancelled) j["cancelled"] = {{"at", iso8601(key.cancelled->at)}, {"reason", key.cancelled->reason}};
+  if (Json r = request_json(key.config.alias, local_today()); !r.is_null()) j["request"] = std::move(r);
   return j;
 }
 
@@ -159,12 +191,15 @@ boost::asio::awaitable<Json> Service::dispatch(const protocol::Call& call, const
       const Json& params = call.parameters;
       auto it = params.find("key");
       if (it == params.end() || !it->is_string()) throw protocol::invalid_parameter("key");
-      const KeyConfig* key = config_.key(it->get<std::string>());
+      const KeyConfig* key = find_key(it->get<std::string>());
       if (!key) throw VarlinkError(perr::kKeyNotFound, {{"key", it->get<std::string>()}});
       TokenWorker& worker = token_named(key->token);
       if (method == "Sign") co_return co_await sign(worker, *key, params, peer);
       co_return co_await sign_cms(worker, *key, params, peer);
     }
+    if (method == "Import") co_return co_await import_credential(call.parameters, peer);
+    if (method == "Cancel") co_return co_await cancel(call.parameters, peer);
+    if (method == "TrackRequest") co_return track_request(call.parameters, peer);
     if (method == "Login") co_return co_await login(call.parameters, peer);
     if (method == "Logout") co_return co_await logout(call.parameters, peer);
   } else {

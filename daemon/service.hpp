@@ -2,21 +2,30 @@
 #pragma once
 #include "daemon/asio.hpp"
 
+#include <deque>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "daemon/access.hpp"
+#include "daemon/business_days.hpp"
 #include "daemon/config.hpp"
+#include "daemon/state.hpp"
 #include "daemon/token_worker.hpp"
 #include "protocol/message.hpp"
 
 namespace firmad {
 
+// Today's date on this machine's clock and time zone.
+Date local_today();
+
 class Service {
  public:
-  // tokens: one worker per [tokens.<name>], in configuration order.
-  Service(const Config& config, std::vector<std::unique_ptr<TokenWorker>>& tokens);
+  // tokens: one worker per [tokens.<name>], in configuration order; state:
+  // where imports, cancellations and tracked requests are kept.
+  Service(const Config& config, std::vector<std::unique_ptr<TokenWorker>>& tokens, StateStore& state,
+          BusinessCalendar calendar);
 
   // Answers one call: returns the encoded reply or error (with its NUL), or
   // an empty string for a oneway call. Never throws.
@@ -30,14 +39,24 @@ class Service {
   boost::asio::awaitable<protocol::Json> dispatch(const protocol::Call& call, const Peer& peer);
   boost::asio::awaitable<protocol::Json> login(const protocol::Json& params, const Peer& peer);
   boost::asio::awaitable<protocol::Json> logout(const protocol::Json& params, const Peer& peer);
+  // Credential lifecycle (daemon/lifecycle.cpp).
+  boost::asio::awaitable<protocol::Json> import_credential(const protocol::Json& params, const Peer& peer);
+  boost::asio::awaitable<protocol::Json> cancel(const protocol::Json& params, const Peer& peer);
+  protocol::Json track_request(const protocol::Json& params, const Peer& peer);
+  // The tracked request of a key as Status shows it, or null.
+  protocol::Json request_json(const std::string& alias, const Date& today) const;
+
+  protocol::Json key_json(const KeyState& key, const std::string& token, std::time_t now) const;
+  const KeyConfig* find_key(const std::string& alias) const;
   TokenWorker& token_named(const std::string& name) const;
   void require_admin(const char* method, const Peer& peer) const;
 
   const Config& config_;
   std::vector<std::unique_ptr<TokenWorker>>& tokens_;
+  StateStore& state_;
+  BusinessCalendar calendar_;
+  std::deque<KeyConfig> imported_;                 // keys imported since start (stable addresses)
+  std::map<std::string, std::string> requests_;    // alias -> submitted "YYYY-MM-DD"
 };
-
-// Returns the JSON of one key as Status and ListKeys show it.
-protocol::Json key_json(const KeyState& key, const std::string& token, std::time_t now);
 
 }  // namespace firmad

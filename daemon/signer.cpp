@@ -44,7 +44,13 @@ const KeyState& usable_key(const TokenSnapshot& snap, const TokenWorker& token, 
   if (!snap.present) throw VarlinkError(perr::kTokenAbsent, {{"token", name}});
   if (!snap.logged_in) throw VarlinkError(perr::kNotLoggedIn, {{"token", name}, {"loginState", snap.login_state}});
   const KeyState* k = snap.key(key.alias);
+  if (k && k->cancelled)
+    throw VarlinkError(perr::kKeyCancelled, {{"key", key.alias}, {"at", iso8601(k->cancelled->at)}});
   if (!k || !k->info || !k->info->private_key) throw VarlinkError(perr::kKeyNotFound, {{"key", key.alias}});
+  // The one signature IMSS requires from an expired certificate, the
+  // renewal's acceptance, is made by the renewal itself, not through Sign.
+  if (k->certificate && std::time(nullptr) > k->certificate->not_after)
+    throw VarlinkError(perr::kCertificateExpired, {{"key", key.alias}, {"notAfter", iso8601(k->certificate->not_after)}});
   return *k;
 }
 
@@ -60,6 +66,8 @@ pkcs11::Bytes sign_now(const WorkContext& ctx, const TokenWorker& token, const s
                        const pkcs11::SignRequest& req) {
   const KeyState* k = ctx.snapshot->key(alias);
   if (!ctx.snapshot->present || !ctx.session) throw VarlinkError(perr::kTokenAbsent, {{"token", token.config().name}});
+  // Cancelled while this request waited in the queue.
+  if (k && k->cancelled) throw VarlinkError(perr::kKeyCancelled, {{"key", alias}, {"at", iso8601(k->cancelled->at)}});
   if (!ctx.snapshot->logged_in || !k || !k->info || !k->info->private_key)
     throw VarlinkError(perr::kNotLoggedIn, {{"token", token.config().name}, {"loginState", ctx.snapshot->login_state}});
   try {

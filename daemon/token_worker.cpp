@@ -5,6 +5,7 @@
 #include "daemon/log.hpp"
 #include "daemon/pin_source.hpp"
 #include "pkcs11/error.hpp"
+#include "pkcs11/import.hpp"
 #include "pkcs11/key.hpp"
 
 namespace firmad {
@@ -46,7 +47,7 @@ TokenWorker::TokenWorker(TokenConfig config, std::vector<KeyConfig> keys, std::c
       snapshot_(std::make_shared<TokenSnapshot>()) {
   for (const auto& k : key_configs_) key_uris_.push_back(pkcs11::Uri::parse(k.uri));
   auto snap = std::make_shared<TokenSnapshot>();
-  for (const auto& k : key_configs_) snap->keys.push_back(KeyState{k, std::nullopt, std::nullopt});
+  for (const auto& k : key_configs_) snap->keys.push_back(KeyState{k, std::nullopt, std::nullopt, std::nullopt});
   snap->reason = "not scanned yet";
   snapshot_ = std::move(snap);
 }
@@ -262,7 +263,7 @@ void TokenWorker::rescan_keys(TokenSnapshot& snap) {
       k.info.reset();
       log::warning("key-scan-failed", {{"token", config_.name}, {"key", k.config.alias}, {"error", e.what()}});
     }
-    k.certificate = k.info && !k.info->certificate.empty() ? summarize_certificate(k.info->certificate) : std::nullopt;
+    k.certificate = k.info && !k.info->certificate.empty() ? identify_certificate(k.info->certificate) : std::nullopt;
   }
 }
 
@@ -320,6 +321,69 @@ std::string TokenWorker::login(std::optional<protocol::Secret> pin, bool force, 
   });
   log::notice("token-login", {{"token", name}, {"automatic", automatic ? "yes" : "no"}});
   return "logged-in";
+}
+
+void TokenWorker::mark_cancelled(const std::string& alias, Cancellation cancellation) {
+  publish([&](TokenSnapshot& s) {
+    for (auto& k : s.keys)
+      if (k.config.alias == alias) k.cancelled = cancellation;
+  });
+}
+
+int TokenWorker::destroy_key_objects(const std::string& alias) {
+  const std::string& name = config_.name;
+  if (!control_session_) throw VarlinkError(perr::kTokenAbsent, {{"token", name}});
+  const auto snap = snapshot();
+  const KeyState* key = snap->key(alias);
+  if (!key) throw VarlinkError(perr::kKeyNotFound, {{"key", alias}});
+  if (!snap->logged_in) throw VarlinkError(perr::kNotLoggedIn, {{"token", name}, {"loginState", snap->login_state}});
+  if (!key->info) return 0;  // nothing of it on the token
+  {
+    std::unique_lock lock(mutex_);
+    idle_cv_.wait(lock, [this] { return active_ == 0; });
+  }
+  int destroyed = 0;
+  try {
+    pkcs11::Session rw(module_, control_session_->slot(), pkcs11::Session::Access::ReadWrite);
+    destroyed = pkcs11::destroy_key_objects(rw, *key->info);
+  } catch (const std::exception& e) {
+    throw token_failure(name, e);
+  }
+  publish([&](TokenSnapshot& s) { rescan_keys(s); });
+  log::notice("key-objects-destroyed", {{"token", name}, {"key", alias}, {"objects", destroyed}});
+  return destroyed;
+}
+
+KeyConfig TokenWorker::import_credential(const Credential& credential, KeyConfig key) {
+  const std::string& name = config_.name;
+  if (!control_session_) throw VarlinkError(perr::kTokenAbsent, {{"token", name}});
+  const auto snap = snapshot();
+  if (!snap->logged_in) throw VarlinkError(perr::kNotLoggedIn, {{"token", name}, {"loginState", snap->login_state}});
+  try {
+    pkcs11::Session rw(module_, control_session_->slot(), pkcs11::Session::Access::ReadWrite);
+    const pkcs11::Bytes id = pkcs11::new_object_id(rw);
+    pkcs11::import_credential(rw, credential.key.get(), credential.certificate.get(), key.alias, id);
+    std::string uri = "pkcs11:object=" + key.alias + ";id=";
+    static constexpr char kHex[] = "0123456789abcdef";
+    for (auto b : id) uri += '%', uri += kHex[b >> 4], uri += kHex[b & 15];
+    key.uri = std::move(uri);
+  } catch (const VarlinkError&) {
+    throw;
+  } catch (const std::exception& e) {
+    log::error("import-failed", {{"token", name}, {"key", key.alias}, {"error", e.what()}});
+    throw VarlinkError(perr::kImportFailed, {{"reason", "token"}, {"detail", e.what()}});
+  }
+  add_key(key);
+  return key;
+}
+
+void TokenWorker::add_key(const KeyConfig& key) {
+  key_configs_.push_back(key);
+  key_uris_.push_back(pkcs11::Uri::parse(key.uri));
+  publish([&](TokenSnapshot& s) {
+    s.keys.push_back(KeyState{key, std::nullopt, std::nullopt, std::nullopt});
+    rescan_keys(s);
+  });
 }
 
 std::string TokenWorker::logout() {

@@ -13,8 +13,9 @@
 #include <thread>
 #include <vector>
 
-#include "daemon/certificate.hpp"
+#include "daemon/identity.hpp"
 #include "daemon/config.hpp"
+#include "daemon/credential.hpp"
 #include "pkcs11/module.hpp"
 #include "pkcs11/session.hpp"
 #include "pkcs11/types.hpp"
@@ -24,10 +25,16 @@
 
 namespace firmad {
 
+struct Cancellation {
+  std::time_t at = 0;
+  std::string reason;
+};
+
 struct KeyState {
   KeyConfig config;
   std::optional<pkcs11::KeyInfo> info;        // nullopt: not on the token (or not visible)
-  std::optional<CertificateSummary> certificate;
+  std::optional<CertificateIdentity> certificate;
+  std::optional<Cancellation> cancelled;      // set: signs no more
 };
 
 // The token as last seen. Immutable once published: readers keep a
@@ -94,6 +101,18 @@ class TokenWorker {
   // Control thread only. Waits for in-flight signatures, then logs out.
   std::string logout();
 
+  // Stops all signing with a key at once: jobs not yet started (queued
+  // included) see the cancellation and refuse. Any thread.
+  void mark_cancelled(const std::string& alias, Cancellation cancellation);
+  // Control thread only. Waits for in-flight signatures, then destroys the
+  // key's private key, public key and certificate objects on the token.
+  // Returns how many objects were destroyed; throws VarlinkError.
+  int destroy_key_objects(const std::string& alias);
+  // Control thread only. Writes the credential to the token under a new
+  // CKA_ID and `key.alias` as label (nothing left behind on failure) and
+  // serves it; returns `key` with its URI set. Throws VarlinkError.
+  KeyConfig import_credential(const Credential& credential, KeyConfig key);
+
  private:
   void control_loop();
   void sign_loop(std::size_t index);
@@ -101,6 +120,7 @@ class TokenWorker {
   void refresh();
   void rescan_keys(TokenSnapshot& snap);
   void publish(const std::function<void(TokenSnapshot&)>& change);
+  void add_key(const KeyConfig& key);
 
   TokenConfig config_;
   std::vector<KeyConfig> key_configs_;

@@ -177,4 +177,17 @@ std::optional<KeyInfo> find_key(const Session& s, const Uri& uri) {
   return key;
 }
 
+int destroy_key_objects(const Session& s, const KeyInfo& key) {
+  const std::optional<Bytes> id = key.id.empty() ? std::nullopt : std::optional<Bytes>(key.id);
+  const std::optional<std::string> label = key.id.empty() ? std::optional<std::string>(key.label) : std::nullopt;
+  int destroyed = 0;
+  for (CK_OBJECT_CLASS cls : {CKO_PRIVATE_KEY, CKO_PUBLIC_KEY, CKO_CERTIFICATE}) {
+    for (ObjectHandle h : s.find(cls, label, id, 16)) {
+      check(s.module().fn()->C_DestroyObject(s.handle(), h), "C_DestroyObject");
+      ++destroyed;
+    }
+  }
+  return destroyed;
+}
+
 }  // namespace firmad::pkcs11

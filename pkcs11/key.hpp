@@ -14,4 +14,10 @@ namespace firmad::pkcs11 {
 // or std::runtime_error when the URI matches more than one private key.
 std::optional<KeyInfo> find_key(const Session& session, const Uri& uri);
 
+// Destroys every object of the key on the token: its private key, public
+// key and certificate, found by the key's CKA_ID (or label when it has no id).
+// The session must be read-write and logged in. Returns how many objects
+// were destroyed. Throws Error.
+int destroy_key_objects(const Session& session, const KeyInfo& key);
+
 }  // namespace firmad::pkcs11

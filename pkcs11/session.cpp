@@ -5,9 +5,12 @@
 
 namespace firmad::pkcs11 {
 
-Session::Session(std::shared_ptr<Module> module, SlotId slot)
+Session::Session(std::shared_ptr<Module> module, SlotId slot) : Session(std::move(module), slot, Access::ReadOnly) {}
+
+Session::Session(std::shared_ptr<Module> module, SlotId slot, Access access)
     : module_(std::move(module)), slot_(slot), handle_(CK_INVALID_HANDLE) {
-  check(module_->fn()->C_OpenSession(slot_, CKF_SERIAL_SESSION, nullptr, nullptr, &handle_), "C_OpenSession");
+  const CK_FLAGS flags = CKF_SERIAL_SESSION | (access == Access::ReadWrite ? CKF_RW_SESSION : 0);
+  check(module_->fn()->C_OpenSession(slot_, flags, nullptr, nullptr, &handle_), "C_OpenSession");
 }
 
 Session::Session(Session&& other) noexcept
@@ -75,6 +78,10 @@ std::optional<unsigned long> Session::ulong_attribute(ObjectHandle object, CK_AT
   if (rv == CKR_ATTRIBUTE_SENSITIVE || rv == CKR_ATTRIBUTE_TYPE_INVALID) return std::nullopt;
   check(rv, "C_GetAttributeValue");
   return v;
+}
+
+void Session::destroy(ObjectHandle object) const {
+  check(module_->fn()->C_DestroyObject(handle_, object), "C_DestroyObject");
 }
 
 }  // namespace firmad::pkcs11

@@ -14,8 +14,15 @@ namespace firmad::pkcs11 {
 // re-entrant); the daemon gives each worker its own.
 class Session {
  public:
+  // Whether the session may create and destroy token objects (import, key
+  // removal) or only read them and sign.
+  enum class Access { ReadOnly, ReadWrite };
+
   // Opens a read-only serial session on the slot. Throws Error.
   Session(std::shared_ptr<Module> module, SlotId slot);
+  // Opens a serial session with the given access. Throws Error (for
+  // ReadWrite, CKR_TOKEN_WRITE_PROTECTED when the token is write-protected).
+  Session(std::shared_ptr<Module> module, SlotId slot, Access access);
   Session(const Session&) = delete;  // one handle, one owner
   Session& operator=(const Session&) = delete;
   Session(Session&& other) noexcept;
@@ -42,6 +49,9 @@ class Session {
   std::optional<Bytes> attribute(ObjectHandle object, CK_ATTRIBUTE_TYPE type) const;
   // Returns a CK_ULONG attribute, or nullopt.
   std::optional<unsigned long> ulong_attribute(ObjectHandle object, CK_ATTRIBUTE_TYPE type) const;
+  // Destroys an object. Token objects need a ReadWrite session, private ones
+  // a logged-in user as well. Throws Error.
+  void destroy(ObjectHandle object) const;
 
   CK_SESSION_HANDLE handle() const noexcept { return handle_; }
 

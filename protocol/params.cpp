@@ -49,6 +49,20 @@ std::optional<std::int64_t> Params::optional_int(const std::string& name) {
   return v->get<std::int64_t>();
 }
 
+std::optional<std::vector<std::int64_t>> Params::optional_int_array(const std::string& name) {
+  const Json* v = find(name);
+  if (!v) return std::nullopt;
+  if (!v->is_array() || v->size() > 1024) throw invalid_parameter(name);
+  std::vector<std::int64_t> out;
+  for (const auto& e : *v) {
+    if (!e.is_number_integer() ||
+        (e.is_number_unsigned() && e.get<std::uint64_t>() > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())))
+      throw invalid_parameter(name);
+    out.push_back(e.get<std::int64_t>());
+  }
+  return out;
+}
+
 std::optional<std::vector<std::uint8_t>> Params::optional_base64(const std::string& name) {
   auto text = optional_string(name);
   if (!text) return std::nullopt;

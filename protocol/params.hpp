@@ -21,6 +21,8 @@ class Params {
   std::optional<std::string> optional_string(const std::string& name);
   bool optional_bool(const std::string& name, bool fallback);
   std::optional<std::int64_t> optional_int(const std::string& name);
+  // An array of integers (at most 1024 of them).
+  std::optional<std::vector<std::int64_t>> optional_int_array(const std::string& name);
   std::vector<std::uint8_t> required_base64(const std::string& name);
   std::optional<std::vector<std::uint8_t>> optional_base64(const std::string& name);
   void finish() const;

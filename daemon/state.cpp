@@ -1,0 +1,80 @@
+// Atomic write-through of the state document.
+#include "daemon/state.hpp"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+namespace firmad {
+namespace {
+
+[[noreturn]] void fail(const std::string& what, const std::filesystem::path& path) {
+  throw StateError(what + " " + path.string() + ": " + std::strerror(errno));
+}
+
+void write_all(int fd, const std::string& data, const std::filesystem::path& path) {
+  std::size_t off = 0;
+  while (off < data.size()) {
+    const ssize_t n = ::write(fd, data.data() + off, data.size() - off);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) fail("cannot write", path);
+    off += static_cast<std::size_t>(n);
+  }
+}
+
+}  // namespace
+
+StateStore::StateStore(std::filesystem::path directory)
+    : directory_(std::move(directory)), file_(directory_ / "state.json"), doc_(nlohmann::json::object()) {
+  if (::mkdir(directory_.c_str(), 0700) != 0 && errno != EEXIST) fail("cannot create state directory", directory_);
+  std::ifstream in(file_, std::ios::binary);
+  if (!in) {
+    if (errno == ENOENT) return;
+    fail("cannot read", file_);
+  }
+  std::stringstream text;
+  text << in.rdbuf();
+  nlohmann::json doc = nlohmann::json::parse(text.str(), nullptr, false);
+  if (doc.is_discarded() || !doc.is_object())
+    throw StateError(file_.string() + " is not a JSON object; move it aside to start afresh");
+  doc_ = std::move(doc);
+}
+
+nlohmann::json StateStore::read() const {
+  std::lock_guard lock(mutex_);
+  return doc_;
+}
+
+void StateStore::write(const nlohmann::json& doc) const {
+  const std::filesystem::path tmp = file_.string() + ".tmp";
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) fail("cannot create", tmp);
+  try {
+    write_all(fd, doc.dump(2) + "\n", tmp);
+    if (::fsync(fd) != 0) fail("cannot sync", tmp);
+  } catch (...) {
+    ::close(fd);
+    ::unlink(tmp.c_str());
+    throw;
+  }
+  ::close(fd);
+  if (::rename(tmp.c_str(), file_.c_str()) != 0) {
+    const int err = errno;
+    ::unlink(tmp.c_str());
+    errno = err;
+    fail("cannot replace", file_);
+  }
+  // The rename is durable only once the directory entry is.
+  const int dir = ::open(directory_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir < 0) fail("cannot open", directory_);
+  const int rc = ::fsync(dir);
+  ::close(dir);
+  if (rc != 0) fail("cannot sync", directory_);
+}
+
+}  // namespace firmad

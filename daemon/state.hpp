@@ -1,0 +1,50 @@
+// firmad's persistent state: one JSON document in the state directory, replaced atomically.
+#pragma once
+#include <filesystem>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <stdexcept>
+#include <string>
+
+namespace firmad {
+
+class StateError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// Holds the document in memory; every update writes it through to
+// <directory>/state.json with write-to-temporary, fsync, rename, fsync of the
+// directory, so a crash leaves either the old or the new document, never half.
+// Thread-safe.
+class StateStore {
+ public:
+  // Creates the directory (0700) if missing and reads state.json if present.
+  // Throws StateError naming the path if it cannot, or if the file is not a
+  // JSON object (it is then left untouched for an administrator to inspect).
+  explicit StateStore(std::filesystem::path directory);
+
+  // Returns a copy of the document.
+  nlohmann::json read() const;
+  // Applies `change` to a copy and persists it; the in-memory document
+  // changes only if the write succeeded. Throws StateError.
+  template <typename Change>
+  void update(Change&& change) {
+    std::lock_guard lock(mutex_);
+    nlohmann::json next = doc_;
+    change(next);
+    write(next);
+    doc_ = std::move(next);
+  }
+
+  const std::filesystem::path& file() const noexcept { return file_; }
+
+ private:
+  void write(const nlohmann::json& doc) const;
+  std::filesystem::path directory_;
+  std::filesystem::path file_;
+  mutable std::mutex mutex_;
+  nlohmann::json doc_;
+};
+
+}  // namespace firmad

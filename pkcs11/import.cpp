@@ -1,0 +1,250 @@
+// C_CreateObject for an imported key pair and its certificate, all or nothing.
+#include "pkcs11/import.hpp"
+
+#include <openssl/core_names.h>
+#include <openssl/rand.h>
+
+#include <cstring>
+#include <list>
+#include <stdexcept>
+
+#include "pkcs11/error.hpp"
+#include "pkcs11/openssl.hpp"
+
+namespace firmad::pkcs11 {
+namespace {
+
+using SecretBn = std::unique_ptr<BIGNUM, ossl::Deleter<BN_clear_free>>;
+
+// A C_CreateObject template that owns its attribute values. Some values are
+// private key components, so all of them are wiped on destruction.
+class Template {
+ public:
+  Template() = default;
+  Template(const Template&) = delete;  // its attributes point into its own storage
+  Template& operator=(const Template&) = delete;
+  ~Template() {
+    for (auto& v : values_) OPENSSL_cleanse(v.data(), v.size());
+  }
+
+  // Takes the value over (moved, so no copy of a secret is left behind).
+  void add(CK_ATTRIBUTE_TYPE type, Bytes&& value) {
+    Bytes& v = values_.emplace_back(std::move(value));
+    attributes_.push_back({type, v.empty() ? nullptr : v.data(), static_cast<CK_ULONG>(v.size())});
+  }
+  void add_bool(CK_ATTRIBUTE_TYPE type, bool value) { add(type, Bytes{static_cast<std::uint8_t>(value ? CK_TRUE : CK_FALSE)}); }
+  void add_ulong(CK_ATTRIBUTE_TYPE type, CK_ULONG value) {
+    Bytes b(sizeof value);
+    std::memcpy(b.data(), &value, sizeof value);
+    add(type, std::move(b));
+  }
+  void add_copy(CK_ATTRIBUTE_TYPE type, const Bytes& value) { add(type, Bytes(value)); }
+
+  CK_ATTRIBUTE* data() noexcept { return attributes_.data(); }
+  CK_ULONG size() const noexcept { return static_cast<CK_ULONG>(attributes_.size()); }
+
+ private:
+  std::list<Bytes> values_;  // a list: a value stays where its attribute points
+  std::vector<CK_ATTRIBUTE> attributes_;
+};
+
+// Destroys the objects created so far unless released, newest first: an
+// import leaves all of its objects on the token or none.
+class ObjectGuard {
+ public:
+  explicit ObjectGuard(const Session& session) : session_(session) { objects_.reserve(3); }
+  ObjectGuard(const ObjectGuard&) = delete;  // destroys its objects once
+  ObjectGuard& operator=(const ObjectGuard&) = delete;
+  ~ObjectGuard() {
+    for (auto it = objects_.rbegin(); it != objects_.rend(); ++it) {
+      try {
+        session_.destroy(*it);
+      } catch (...) {
+        // Best effort, and a destructor must not throw: the failure being
+        // unwound is the one to report.
+      }
+    }
+  }
+  void add(ObjectHandle object) { objects_.push_back(object); }  // never reallocates: reserved
+  void release() noexcept { objects_.clear(); }
+
+ private:
+  const Session& session_;
+  std::vector<ObjectHandle> objects_;
+};
+
+template <typename T>
+Bytes encode(int (*i2d)(const T*, unsigned char**), const T* value, const char* what) {
+  const int len = value ? i2d(value, nullptr) : -1;
+  if (len <= 0) ossl::fail(std::string("cannot encode the ") + what);
+  Bytes out(static_cast<std::size_t>(len));
+  unsigned char* p = out.data();
+  if (i2d(value, &p) != len) ossl::fail(std::string("cannot encode the ") + what);
+  return out;
+}
+
+// Returns a key component as an unsigned big-endian integer, left-padded to
+// `width` bytes when width is given.
+Bytes component(EVP_PKEY* key, const char* name, int width = 0) {
+  BIGNUM* raw = nullptr;
+  if (EVP_PKEY_get_bn_param(key, name, &raw) != 1 || !raw)
+    ossl::fail(std::string("cannot read the key's ") + name);
+  const SecretBn bn(raw);  // cleared on release: it may be a private component
+  const int len = width ? width : BN_num_bytes(bn.get());
+  Bytes out(static_cast<std::size_t>(len));
+  if (BN_bn2binpad(bn.get(), out.data(), len) != len) {
+    OPENSSL_cleanse(out.data(), out.size());
+    ossl::fail(std::string("cannot encode the key's ") + name);
+  }
+  return out;
+}
+
+bool has_component(EVP_PKEY* key, const char* name) {
+  BIGNUM* raw = nullptr;
+  const bool has = EVP_PKEY_get_bn_param(key, name, &raw) == 1 && raw;
+  BN_clear_free(raw);
+  ERR_clear_error();
+  return has;
+}
+
+void rsa_parts(EVP_PKEY* key, Template& priv, Template& pub) {
+  if (has_component(key, OSSL_PKEY_PARAM_RSA_FACTOR3))
+    throw std::invalid_argument("cannot import a multi-prime RSA key: PKCS#11 holds two-prime keys only");
+  for (Template* t : {&priv, &pub}) {
+    t->add_ulong(CKA_KEY_TYPE, CKK_RSA);
+    t->add(CKA_MODULUS, component(key, OSSL_PKEY_PARAM_RSA_N));
+    t->add(CKA_PUBLIC_EXPONENT, component(key, OSSL_PKEY_PARAM_RSA_E));
+  }
+  priv.add(CKA_PRIVATE_EXPONENT, component(key, OSSL_PKEY_PARAM_RSA_D));
+  priv.add(CKA_PRIME_1, component(key, OSSL_PKEY_PARAM_RSA_FACTOR1));
+  priv.add(CKA_PRIME_2, component(key, OSSL_PKEY_PARAM_RSA_FACTOR2));
+  priv.add(CKA_EXPONENT_1, component(key, OSSL_PKEY_PARAM_RSA_EXPONENT1));
+  priv.add(CKA_EXPONENT_2, component(key, OSSL_PKEY_PARAM_RSA_EXPONENT2));
+  priv.add(CKA_COEFFICIENT, component(key, OSSL_PKEY_PARAM_RSA_COEFFICIENT1));
+}
+
+void ec_parts(EVP_PKEY* key, Template& priv, Template& pub) {
+  char group[80] = {};
+  std::size_t len = 0;
+  if (!EVP_PKEY_get_utf8_string_param(key, OSSL_PKEY_PARAM_GROUP_NAME, group, sizeof group, &len)) {
+    ERR_clear_error();
+    throw std::invalid_argument("cannot import an EC key with explicit curve parameters: a named curve is needed");
+  }
+  int nid = OBJ_txt2nid(group);
+  if (nid == NID_undef) nid = EC_curve_nist2nid(group);
+  if (nid != NID_X9_62_prime256v1 && nid != NID_secp384r1)
+    throw std::invalid_argument(std::string("cannot import an EC key on curve ") + group + " (P-256 and P-384 only)");
+  const int width = nid == NID_secp384r1 ? 48 : 32;
+
+  const Bytes params = encode(i2d_ASN1_OBJECT, static_cast<const ASN1_OBJECT*>(OBJ_nid2obj(nid)), "curve OID");
+  // CKA_EC_POINT: the uncompressed point (04 || X || Y) in a DER OCTET STRING.
+  Bytes point{0x04};
+  for (const char* coordinate : {OSSL_PKEY_PARAM_EC_PUB_X, OSSL_PKEY_PARAM_EC_PUB_Y}) {
+    const Bytes c = component(key, coordinate, width);
+    point.insert(point.end(), c.begin(), c.end());
+  }
+  ossl::Asn1OctetString os(ASN1_OCTET_STRING_new());
+  if (!os || !ASN1_OCTET_STRING_set(os.get(), point.data(), static_cast<int>(point.size())))
+    ossl::fail("cannot encode the EC point");
+
+  for (Template* t : {&priv, &pub}) {
+    t->add_ulong(CKA_KEY_TYPE, CKK_EC);
+    t->add_copy(CKA_EC_PARAMS, params);
+  }
+  pub.add(CKA_EC_POINT, encode(i2d_ASN1_OCTET_STRING, static_cast<const ASN1_OCTET_STRING*>(os.get()), "EC point"));
+  priv.add(CKA_VALUE, component(key, OSSL_PKEY_PARAM_PRIV_KEY, width));
+}
+
+ObjectHandle create(const Session& session, Template& t, const char* call) {
+  CK_OBJECT_HANDLE object = CK_INVALID_HANDLE;
+  check(session.module().fn()->C_CreateObject(session.handle(), t.data(), t.size(), &object), call);
+  return object;
+}
+
+bool id_in_use(const Session& session, Bytes& id) {
+  CK_ATTRIBUTE match{CKA_ID, id.data(), static_cast<CK_ULONG>(id.size())};
+  auto* fn = session.module().fn();
+  check(fn->C_FindObjectsInit(session.handle(), &match, 1), "C_FindObjectsInit");
+  CK_OBJECT_HANDLE found = CK_INVALID_HANDLE;
+  CK_ULONG count = 0;
+  const CK_RV rv = fn->C_FindObjects(session.handle(), &found, 1, &count);
+  fn->C_FindObjectsFinal(session.handle());
+  check(rv, "C_FindObjects");
+  return count > 0;
+}
+
+}  // namespace
+
+ImportedObjects import_credential(const Session& session, EVP_PKEY* key, X509* certificate, const std::string& label,
+                                  const Bytes& id) {
+  if (!key || !certificate) throw std::invalid_argument("an import needs both a key and its certificate");
+  if (id.empty()) throw std::invalid_argument("an imported key needs a non-empty object id");
+  if (X509_check_private_key(certificate, key) != 1) {
+    ERR_clear_error();
+    throw std::invalid_argument("the certificate does not belong to the key");
+  }
+
+  // Everything is encoded before anything is written to the token.
+  const Bytes label_bytes(label.begin(), label.end());
+  const Bytes subject = encode(i2d_X509_NAME, static_cast<const X509_NAME*>(X509_get_subject_name(certificate)),
+                               "certificate's subject");
+  Template priv, pub, cert;
+  priv.add_ulong(CKA_CLASS, CKO_PRIVATE_KEY);
+  priv.add_bool(CKA_TOKEN, true);
+  priv.add_bool(CKA_PRIVATE, true);
+  priv.add_bool(CKA_SENSITIVE, true);
+  priv.add_bool(CKA_EXTRACTABLE, false);
+  priv.add_bool(CKA_SIGN, true);
+  pub.add_ulong(CKA_CLASS, CKO_PUBLIC_KEY);
+  pub.add_bool(CKA_TOKEN, true);
+  pub.add_bool(CKA_PRIVATE, false);
+  pub.add_bool(CKA_VERIFY, true);
+  for (Template* t : {&priv, &pub}) {
+    t->add_copy(CKA_LABEL, label_bytes);
+    t->add_copy(CKA_ID, id);
+    t->add_copy(CKA_SUBJECT, subject);
+  }
+  if (EVP_PKEY_is_a(key, "RSA")) {
+    rsa_parts(key, priv, pub);
+  } else if (EVP_PKEY_is_a(key, "EC")) {
+    ec_parts(key, priv, pub);
+  } else {
+    const char* name = EVP_PKEY_get0_type_name(key);
+    throw std::invalid_argument(std::string("cannot import a ") + (name ? name : "(unknown)") +
+                                " key: RSA and EC P-256/P-384 only");
+  }
+
+  cert.add_ulong(CKA_CLASS, CKO_CERTIFICATE);
+  cert.add_ulong(CKA_CERTIFICATE_TYPE, CKC_X_509);
+  cert.add_bool(CKA_TOKEN, true);
+  cert.add_bool(CKA_PRIVATE, false);
+  cert.add_copy(CKA_LABEL, label_bytes);
+  cert.add_copy(CKA_ID, id);
+  cert.add_copy(CKA_SUBJECT, subject);
+  cert.add(CKA_ISSUER, encode(i2d_X509_NAME, static_cast<const X509_NAME*>(X509_get_issuer_name(certificate)),
+                              "certificate's issuer"));
+  cert.add(CKA_SERIAL_NUMBER, encode(i2d_ASN1_INTEGER, X509_get0_serialNumber(certificate), "certificate's serial number"));
+  cert.add(CKA_VALUE, encode(i2d_X509, static_cast<const X509*>(certificate), "certificate"));
+
+  ObjectGuard guard(session);
+  ImportedObjects out;
+  out.private_key = create(session, priv, "C_CreateObject(private key)");
+  guard.add(out.private_key);
+  out.public_key = create(session, pub, "C_CreateObject(public key)");
+  guard.add(out.public_key);
+  out.certificate = create(session, cert, "C_CreateObject(certificate)");
+  guard.release();
+  return out;
+}
+
+Bytes new_object_id(const Session& session) {
+  // 64 random bits: a collision is all but impossible, but checked anyway.
+  for (int attempt = 0; attempt < 8; ++attempt) {
+    Bytes id(8);
+    if (RAND_bytes(id.data(), static_cast<int>(id.size())) != 1) ossl::fail("cannot draw a random object id");
+    if (!id_in_use(session, id)) return id;
+  }
+  throw std::runtime_error("no unused random object id found in 8 draws");
+}
+
+}  // namespace firmad::pkcs11
