@@ -121,7 +121,10 @@ std::string Client::receive_frame() {
 
 Json Client::call(const std::string& method, const Json& parameters) {
   if (fd_ < 0) throw ConnectionError("not connected");
-  std::string frame = firmad::protocol::encode_call({method, parameters, false, false});
+  firmad::protocol::Call request{method, parameters, false, false};
+  std::string frame = firmad::protocol::encode_call(request);
+  if (auto it = request.parameters.find("pin"); it != request.parameters.end() && it->is_string())
+    firmad::protocol::wipe(it->get_ref<std::string&>());
   send_all(frame);
   firmad::protocol::secure_zero(frame.data(), frame.size());  // it may carry a PIN
   firmad::protocol::Reply reply;
@@ -183,9 +186,13 @@ std::string Client::login(const std::string& token, const std::optional<std::str
   Json params = {{"token", token}};
   if (pin) params["pin"] = *pin;
   if (force) params["force"] = true;
-  Json reply = call("io.firmad.Signer.Login", params);
-  if (pin) firmad::protocol::wipe(params["pin"].get_ref<std::string&>());
-  return reply.value("loginState", "");
+  struct Wipe {
+    Json& params;
+    ~Wipe() {
+      if (auto it = params.find("pin"); it != params.end()) firmad::protocol::wipe(it->get_ref<std::string&>());
+    }
+  } wipe{params};  // on every path, errors included
+  return call("io.firmad.Signer.Login", params).value("loginState", "");
 }
 
 std::string Client::logout(const std::string& token) {

@@ -92,8 +92,11 @@ firmad::protocol::Secret read_secret(int from_fd, const std::string& what, const
     ::tcsetattr(fd, TCSAFLUSH, &quiet);
   }
   char c;
+  bool too_long = false;
   while (::read(fd, &c, 1) == 1 && c != '\n') {
-    if (c != '\r') secret.push_back(c);
+    if (c == '\r') continue;
+    if (secret.size() == firmad::protocol::Secret::kCapacity) too_long = true;
+    else secret.push_back(c);
   }
   c = 0;
   if (tty) {
@@ -101,6 +104,7 @@ firmad::protocol::Secret read_secret(int from_fd, const std::string& what, const
     (void)!::write(fd, "\n", 1);
   }
   if (from_fd < 0) ::close(fd);
+  if (too_long) throw Failure{kUsage, "the " + what + " is longer than " + std::to_string(firmad::protocol::Secret::kCapacity) + " characters"};
   return secret;
 }
 
@@ -386,7 +390,13 @@ int main(int argc, char** argv) {
         secret = read_pin(pin_stdin, token);
         pin.emplace(secret.view());
       }
-      std::string state = client.login(token, pin, force);
+      std::string state;
+      try {
+        state = client.login(token, pin, force);
+      } catch (...) {
+        if (pin) firmad::protocol::wipe(*pin);
+        throw;
+      }
       if (pin) firmad::protocol::wipe(*pin);
       opt.json ? void(std::cout << firma::Json{{"loginState", state}}.dump() << "\n")
                : void(std::cout << "token " << token << ": " << state << "\n");

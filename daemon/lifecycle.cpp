@@ -108,8 +108,7 @@ boost::asio::awaitable<Json> Service::cancel(const Json& params, const Peer& pee
   // Stop signing first, record it, then destroy: a crash in between leaves a
   // cancelled key whose objects the next Cancel destroys.
   Cancellation c{std::time(nullptr), reason};
-  const KeyState* current = worker.snapshot()->key(alias);
-  if (current && current->cancelled) c = *current->cancelled;
+  if (auto earlier = worker.cancellation(alias)) c = *earlier;
   worker.mark_cancelled(alias, c);
   try {
     state_.update([&](Json& doc) {

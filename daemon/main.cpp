@@ -146,12 +146,8 @@ int main(int argc, char** argv) {
     boost::asio::io_context io(1);
     firmad::Service service(cfg, workers, state, calendar_of(cfg));
     firmad::Server server(io, cfg, service);
-    server.open();  // first: a second daemon on the same socket stops before touching the token
-    for (auto& w : workers) w->start();
-    // Serve once every token has been scanned and, where the PIN source is
-    // unattended, logged in: the first client sees the settled state.
-    for (auto& w : workers) w->wait_discovered();
-    server.start();
+    // Signals are caught from here on: a SIGTERM during start-up (a token
+    // slow to log in) still ends in an orderly stop.
     boost::asio::signal_set signals(io, SIGTERM, SIGINT);
     signals.async_wait([&](const boost::system::error_code& ec, int sig) {
       if (ec) return;
@@ -159,6 +155,12 @@ int main(int argc, char** argv) {
       firmad::systemd::notify("STOPPING=1");
       server.shutdown();
     });
+    server.open();  // first: a second daemon on the same socket stops before touching the token
+    for (auto& w : workers) w->start();
+    // Serve once every token has been scanned and, where the PIN source is
+    // unattended, logged in: the first client sees the settled state.
+    for (auto& w : workers) w->wait_discovered();
+    server.start();
     ::signal(SIGPIPE, SIG_IGN);
     firmad::log::notice("started", {{"version", FIRMAD_VERSION}, {"config", config_path}, {"tokens", cfg.tokens.size()},
                                     {"keys", cfg.keys.size()}});

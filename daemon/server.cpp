@@ -30,8 +30,10 @@ struct Server::Connection {
   local::socket socket;
   Peer peer;
   asio::steady_timer timer;
+  // Reading and Writing wait on the peer: the deadline applies. Working waits
+  // for the token: no deadline, and shutdown lets it finish.
+  enum class Phase { Reading, Working, Writing } phase = Phase::Reading;
   Clock::time_point deadline = Clock::time_point::max();
-  bool busy = false;    // a request is being answered
   bool closed = false;
 };
 
@@ -115,8 +117,10 @@ void Server::shutdown() {
     boost::system::error_code ec;
     a->close(ec);
   }
+  // Idle connections go now; one being answered finishes its reply (a
+  // writer whose peer does not read is cut at its deadline by the watchdog).
   for (const auto& c : connections_) {
-    if (!c->busy) {
+    if (c->phase == Connection::Phase::Reading) {
       boost::system::error_code ec;
       c->socket.close(ec);
     }
@@ -169,41 +173,75 @@ asio::awaitable<void> Server::listen(local::acceptor& acceptor) {
 asio::awaitable<void> Server::watchdog(std::shared_ptr<Connection> c) {
   while (!c->closed) {
     const auto now = Clock::now();
-    if (!c->busy && c->deadline <= now) {
-      log::info("connection-timeout", {{"uid", c->peer.uid}, {"pid", c->peer.pid}});
+    const bool waiting_on_peer = c->phase != Connection::Phase::Working;
+    if (waiting_on_peer && c->deadline <= now) {
+      log::info("connection-timeout", {{"uid", c->peer.uid}, {"pid", c->peer.pid},
+                                       {"while", c->phase == Connection::Phase::Reading ? "reading" : "writing"}});
       boost::system::error_code ec;
       c->socket.close(ec);  // the reader sees it and ends the connection
       co_return;
     }
-    c->timer.expires_at(c->busy ? now + config_.daemon.idle_timeout : c->deadline);
+    c->timer.expires_at(waiting_on_peer ? c->deadline : now + config_.daemon.idle_timeout);
     boost::system::error_code ec;
     co_await c->timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
   }
 }
 
+namespace {
+
+// Frees a grown read buffer without leaving its old bytes (perhaps a PIN of
+// a pipelined Login) in freed memory.
+void compact(std::string& buffer) {
+  std::string fresh(buffer);
+  protocol::secure_zero(buffer.data(), buffer.capacity());
+  buffer.swap(fresh);
+}
+
+// ShuttingDown errors for the complete calls still buffered at shutdown:
+// every call the daemon received gets an answer.
+std::string refuse_buffered(const std::string& buffer) {
+  std::string out;
+  for (std::size_t start = 0, nul; (nul = buffer.find('\0', start)) != std::string::npos; start = nul + 1) {
+    try {
+      if (!protocol::parse_call(std::string_view(buffer).substr(start, nul - start)).oneway)
+        out += protocol::encode_error(protocol::error::kShuttingDown, protocol::Json::object());
+    } catch (const protocol::VarlinkError&) {
+      break;  // the peer broke the framing: nothing after it is a call
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
 asio::awaitable<void> Server::serve(std::shared_ptr<Connection> c) {
+  using Phase = Connection::Phase;
   std::string buffer;
-  std::string violation;  // set when the peer broke the protocol: answer, then close
+  std::string last_words;  // a protocol violation or ShuttingDown errors: written, then the connection closes
   try {
     while (!stopping_) {
+      c->phase = Phase::Reading;
       c->deadline = Clock::now() + config_.daemon.idle_timeout;
       boost::system::error_code ec;
       const std::size_t n = co_await asio::async_read_until(
           c->socket, asio::dynamic_buffer(buffer, protocol::kMaxMessageBytes + 1), '\0',
           asio::redirect_error(asio::use_awaitable, ec));
       if (ec) {
-        if (ec == asio::error::not_found)
-          violation = protocol::encode_error(protocol::error::kProtocolViolation,
-                                             {{"reason", "message exceeds " + std::to_string(protocol::kMaxMessageBytes) + " bytes"}});
+        if (ec == asio::error::not_found) {
+          log::warning("protocol-violation", {{"uid", c->peer.uid}, {"pid", c->peer.pid}, {"why", "oversize"}});
+          last_words = protocol::encode_error(
+              protocol::error::kProtocolViolation,
+              {{"reason", "message exceeds " + std::to_string(protocol::kMaxMessageBytes) + " bytes"}});
+        }
         break;  // EOF, reset, timeout (closed by the watchdog) or oversize
       }
-      c->busy = true;
+      c->phase = Phase::Working;
       protocol::Call call;
       try {
         call = protocol::parse_call(std::string_view(buffer.data(), n - 1));
       } catch (const protocol::VarlinkError& e) {
-        violation = protocol::encode_error(e.name(), e.parameters());
-        protocol::secure_zero(buffer.data(), buffer.size());
+        log::warning("protocol-violation", {{"uid", c->peer.uid}, {"pid", c->peer.pid}});
+        last_words = protocol::encode_error(e.name(), e.parameters());
         break;
       }
       std::string reply = co_await service_.handle(call, c->peer);
@@ -212,17 +250,23 @@ asio::awaitable<void> Server::serve(std::shared_ptr<Connection> c) {
         protocol::wipe(it->get_ref<std::string&>());
       protocol::secure_zero(buffer.data(), n);
       buffer.erase(0, n);
-      if (buffer.capacity() > 64 * 1024 && buffer.size() < 4096) buffer.shrink_to_fit();
-      if (!reply.empty()) co_await asio::async_write(c->socket, asio::buffer(reply), asio::use_awaitable);
-      c->busy = false;
+      if (buffer.capacity() > 64 * 1024 && buffer.size() < 4096) compact(buffer);
+      if (!reply.empty()) {
+        c->phase = Phase::Writing;
+        c->deadline = Clock::now() + config_.daemon.idle_timeout;
+        co_await asio::async_write(c->socket, asio::buffer(reply), asio::use_awaitable);
+      }
     }
+    if (stopping_ && last_words.empty()) last_words = refuse_buffered(buffer);
   } catch (const std::exception& e) {
     log::debug("connection-error", {{"uid", c->peer.uid}, {"pid", c->peer.pid}, {"error", e.what()}});
   }
-  if (!violation.empty() && c->socket.is_open()) {
-    log::warning("protocol-violation", {{"uid", c->peer.uid}, {"pid", c->peer.pid}});
+  protocol::secure_zero(buffer.data(), buffer.capacity());
+  if (!last_words.empty() && c->socket.is_open()) {
+    c->phase = Phase::Writing;
+    c->deadline = Clock::now() + config_.daemon.idle_timeout;
     boost::system::error_code ec;
-    co_await asio::async_write(c->socket, asio::buffer(violation), asio::redirect_error(asio::use_awaitable, ec));
+    co_await asio::async_write(c->socket, asio::buffer(last_words), asio::redirect_error(asio::use_awaitable, ec));
   }
   forget(c);
 }

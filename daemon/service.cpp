@@ -37,6 +37,14 @@ const KeyConfig* Service::find_key(const std::string& alias) const {
   return nullptr;
 }
 
+namespace {
+// Whole days until t, rounded down: -1 from the first second after expiry.
+long long days_until(std::time_t t, std::time_t now) {
+  const long long secs = static_cast<long long>(t) - static_cast<long long>(now);
+  return secs >= 0 ? secs / 86400 : -((-secs + 86399) / 86400);
+}
+}  // namespace
+
 Json Service::key_json(const KeyState& key, const std::string& token, std::time_t now) const {
   Json j = {{"alias", key.config.alias}, {"token", token}, {"uri", key.config.uri}, {"found", key.info.has_value()},
             {"schemes", Json::array()}};
@@ -56,7 +64,7 @@ Json Service::key_json(const KeyState& key, const std::string& token, std::time_
                  {"serialDecimal", c.serial_decimal},
                  {"notBefore", iso8601(c.not_before)},
                  {"notAfter", iso8601(c.not_after)},
-                 {"daysLeft", static_cast<long long>((c.not_after - now) / 86400)},
+                 {"daysLeft", days_until(c.not_after, now)},
                  {"renewalState", "none"}};
     auto put = [&cert](const char* name, const std::optional<std::string>& v) {
       if (v) cert[name] = *v;
@@ -72,7 +80,7 @@ Json Service::key_json(const KeyState& key, const std::string& token, std::time_
   j["imported"] = key.config.imported;
   if (!key.config.npie.empty()) j["npie"] = key.config.npie;
   if (!key.config.registro_patronal.empty()) j["registroPatronal"] = key.config.registro_patronal;
-  if (key.cancelled) j["cancelled"] = {{"at", iso8601(key.cancelled->at)}, {"reason", key.cancelled->reason}};
+  if (auto c = token_named(token).cancellation(key.config.alias)) j["cancelled"] = {{"at", iso8601(c->at)}, {"reason", c->reason}};
   if (Json r = request_json(key.config.alias, local_today()); !r.is_null()) j["request"] = std::move(r);
   return j;
 }
@@ -132,8 +140,10 @@ boost::asio::awaitable<Json> Service::login(const Json& params, const Peer& peer
   const std::string token = p.required_string("token");
   std::optional<protocol::Secret> pin;
   if (auto v = p.optional_string("pin")) {
-    pin.emplace(*v);
+    const bool too_long = v->size() > protocol::Secret::kCapacity;
+    if (!too_long) pin.emplace(*v);
     protocol::wipe(*v);
+    if (too_long) throw protocol::invalid_parameter("pin");  // never tried cut short
   }
   const bool force = p.optional_bool("force", false);
   p.finish();

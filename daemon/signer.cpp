@@ -43,9 +43,9 @@ const KeyState& usable_key(const TokenSnapshot& snap, const TokenWorker& token, 
   const std::string& name = token.config().name;
   if (!snap.present) throw VarlinkError(perr::kTokenAbsent, {{"token", name}});
   if (!snap.logged_in) throw VarlinkError(perr::kNotLoggedIn, {{"token", name}, {"loginState", snap.login_state}});
+  if (auto c = token.cancellation(key.alias))
+    throw VarlinkError(perr::kKeyCancelled, {{"key", key.alias}, {"at", iso8601(c->at)}});
   const KeyState* k = snap.key(key.alias);
-  if (k && k->cancelled)
-    throw VarlinkError(perr::kKeyCancelled, {{"key", key.alias}, {"at", iso8601(k->cancelled->at)}});
   if (!k || !k->info || !k->info->private_key) throw VarlinkError(perr::kKeyNotFound, {{"key", key.alias}});
   // The one signature IMSS requires from an expired certificate, the
   // renewal's acceptance, is made by the renewal itself, not through Sign.
@@ -67,7 +67,7 @@ pkcs11::Bytes sign_now(const WorkContext& ctx, const TokenWorker& token, const s
   const KeyState* k = ctx.snapshot->key(alias);
   if (!ctx.snapshot->present || !ctx.session) throw VarlinkError(perr::kTokenAbsent, {{"token", token.config().name}});
   // Cancelled while this request waited in the queue.
-  if (k && k->cancelled) throw VarlinkError(perr::kKeyCancelled, {{"key", alias}, {"at", iso8601(k->cancelled->at)}});
+  if (auto c = token.cancellation(alias)) throw VarlinkError(perr::kKeyCancelled, {{"key", alias}, {"at", iso8601(c->at)}});
   if (!ctx.snapshot->logged_in || !k || !k->info || !k->info->private_key)
     throw VarlinkError(perr::kNotLoggedIn, {{"token", token.config().name}, {"loginState", ctx.snapshot->login_state}});
   try {

@@ -47,7 +47,7 @@ TokenWorker::TokenWorker(TokenConfig config, std::vector<KeyConfig> keys, std::c
       snapshot_(std::make_shared<TokenSnapshot>()) {
   for (const auto& k : key_configs_) key_uris_.push_back(pkcs11::Uri::parse(k.uri));
   auto snap = std::make_shared<TokenSnapshot>();
-  for (const auto& k : key_configs_) snap->keys.push_back(KeyState{k, std::nullopt, std::nullopt, std::nullopt});
+  for (const auto& k : key_configs_) snap->keys.push_back(KeyState{k, std::nullopt, std::nullopt});
   snap->reason = "not scanned yet";
   snapshot_ = std::move(snap);
 }
@@ -87,9 +87,10 @@ std::size_t TokenWorker::queued() const {
 }
 
 void TokenWorker::publish(const std::function<void(TokenSnapshot&)>& change) {
+  std::lock_guard writer(publish_mutex_);
+  auto next = std::make_shared<TokenSnapshot>(*snapshot());
+  change(*next);  // may talk to the token (a rescan): readers keep the old state meanwhile
   std::lock_guard lock(snap_mutex_);
-  auto next = std::make_shared<TokenSnapshot>(*snapshot_);
-  change(*next);
   snapshot_ = std::move(next);
 }
 
@@ -277,7 +278,14 @@ std::string TokenWorker::login(std::optional<protocol::Secret> pin, bool force, 
     return VarlinkError(error, std::move(params));
   };
   try {
-    if (control_session_->logged_in()) return "logged-in";
+    if (control_session_->logged_in()) {
+      // Logged in already (a failed logout, another login): say so everywhere.
+      publish([&](TokenSnapshot& s) {
+        s.logged_in = true, s.login_state = "logged-in", s.reason.clear();
+        rescan_keys(s);
+      });
+      return "logged-in";
+    }
     const auto info = module_->token_info(control_session_->slot());
     publish([&](TokenSnapshot& s) { s.info = info; });
     if (info.pin.locked)
@@ -324,10 +332,15 @@ std::string TokenWorker::login(std::optional<protocol::Secret> pin, bool force, 
 }
 
 void TokenWorker::mark_cancelled(const std::string& alias, Cancellation cancellation) {
-  publish([&](TokenSnapshot& s) {
-    for (auto& k : s.keys)
-      if (k.config.alias == alias) k.cancelled = cancellation;
-  });
+  std::lock_guard lock(cancel_mutex_);
+  cancelled_[alias] = std::move(cancellation);
+}
+
+std::optional<Cancellation> TokenWorker::cancellation(const std::string& alias) const {
+  std::lock_guard lock(cancel_mutex_);
+  auto it = cancelled_.find(alias);
+  if (it == cancelled_.end()) return std::nullopt;
+  return it->second;
 }
 
 int TokenWorker::destroy_key_objects(const std::string& alias) {
@@ -381,7 +394,7 @@ void TokenWorker::add_key(const KeyConfig& key) {
   key_configs_.push_back(key);
   key_uris_.push_back(pkcs11::Uri::parse(key.uri));
   publish([&](TokenSnapshot& s) {
-    s.keys.push_back(KeyState{key, std::nullopt, std::nullopt, std::nullopt});
+    s.keys.push_back(KeyState{key, std::nullopt, std::nullopt});
     rescan_keys(s);
   });
 }
@@ -399,6 +412,13 @@ std::string TokenWorker::logout() {
   try {
     control_session_->logout();
   } catch (const std::exception& e) {
+    // Say what the token says, not what was hoped.
+    bool still = false;
+    try {
+      still = control_session_->logged_in();
+    } catch (const std::exception&) {
+    }
+    if (still) publish([&](TokenSnapshot& s) { s.logged_in = true, s.login_state = "logged-in", s.reason.clear(); });
     throw token_failure(config_.name, e);
   }
   publish([&](TokenSnapshot& s) { rescan_keys(s); });

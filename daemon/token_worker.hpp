@@ -5,6 +5,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <map>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -34,7 +35,6 @@ struct KeyState {
   KeyConfig config;
   std::optional<pkcs11::KeyInfo> info;        // nullopt: not on the token (or not visible)
   std::optional<CertificateIdentity> certificate;
-  std::optional<Cancellation> cancelled;      // set: signs no more
 };
 
 // The token as last seen. Immutable once published: readers keep a
@@ -102,8 +102,11 @@ class TokenWorker {
   std::string logout();
 
   // Stops all signing with a key at once: jobs not yet started (queued
-  // included) see the cancellation and refuse. Any thread.
+  // included) see the cancellation and refuse. Any thread; never waits for
+  // the token.
   void mark_cancelled(const std::string& alias, Cancellation cancellation);
+  // The key's cancellation, if it was cancelled. Any thread.
+  std::optional<Cancellation> cancellation(const std::string& alias) const;
   // Control thread only. Waits for in-flight signatures, then destroys the
   // key's private key, public key and certificate objects on the token.
   // Returns how many objects were destroyed; throws VarlinkError.
@@ -147,7 +150,11 @@ class TokenWorker {
   std::size_t active_ = 0;
   bool stopping_ = false;
 
-  mutable std::mutex snap_mutex_;
+  mutable std::mutex cancel_mutex_;
+  std::map<std::string, Cancellation> cancelled_;
+
+  std::mutex publish_mutex_;      // one writer of the snapshot at a time
+  mutable std::mutex snap_mutex_;  // guards only the pointer: readers never wait for the token
   std::shared_ptr<const TokenSnapshot> snapshot_;
 };
 

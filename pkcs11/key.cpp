@@ -41,11 +41,13 @@ Bytes rsa_spki(const Bytes& n, const Bytes& e) {
 }
 
 // CKA_EC_POINT holds the point wrapped in a DER OCTET STRING (some modules
-// give it bare); returns the bare point.
-Bytes unwrap_point(const Bytes& attr) {
+// give it bare); returns the bare point. A bare uncompressed point can also
+// parse as an OCTET STRING by chance, so the wrapped reading is taken only
+// when its length is the curve's point length.
+Bytes unwrap_point(const Bytes& attr, std::size_t point_size) {
   const unsigned char* p = attr.data();
   ossl::Asn1OctetString os(d2i_ASN1_OCTET_STRING(nullptr, &p, static_cast<long>(attr.size())));
-  if (os && p == attr.data() + attr.size())
+  if (os && p == attr.data() + attr.size() && static_cast<std::size_t>(ASN1_STRING_length(os.get())) == point_size)
     return Bytes(ASN1_STRING_get0_data(os.get()), ASN1_STRING_get0_data(os.get()) + ASN1_STRING_length(os.get()));
   ERR_clear_error();
   return attr;
@@ -150,7 +152,9 @@ std::optional<KeyInfo> find_key(const Session& s, const Uri& uri) {
     key.curve = curve->name;
     key.bits = curve->bits;
     if (pub) {
-      if (auto point = s.attribute(*pub, CKA_EC_POINT)) key.public_key = ec_spki(*curve, unwrap_point(*point));
+      // Uncompressed point 04||X||Y, or the 32-byte Ed25519 key.
+      const std::size_t point_size = curve->type == KeyType::Ed25519 ? 32 : 1 + 2 * ((curve->bits + 7) / 8);
+      if (auto point = s.attribute(*pub, CKA_EC_POINT)) key.public_key = ec_spki(*curve, unwrap_point(*point, point_size));
     }
   } else if (key_type) {
     throw std::runtime_error("key " + uri.text() + " has a key type firmad does not support (" +

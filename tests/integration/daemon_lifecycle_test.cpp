@@ -1,6 +1,7 @@
 // The daemon's life: configuration checks, sockets, systemd activation, queues, SIGTERM.
 #include <gtest/gtest.h>
 #include <poll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -113,6 +114,26 @@ TEST_F(Lifecycle, NotifiesSystemdWhenReadyAndWhenStopping) {
   EXPECT_EQ(receive(), "STOPPING=1");
   EXPECT_EQ(d.terminate(), 0);
   ::close(fd);
+}
+
+TEST_F(Lifecycle, PeerThatStopsReadingCannotHoldUpShutdown) {
+  Daemon d(rig.write_config({{"log_level", "log_level = \"info\"\nidle_timeout_ms = 500"}}), rig.socket());
+  ASSERT_TRUE(d.wait_for_log("event=started")) << d.log();
+  RawConnection raw(rig.socket());
+  // Replies (the interface text, kilobytes each) that fill the socket: never read.
+  std::string calls;
+  for (int i = 0; i < 400; ++i)
+    calls += std::string(R"({"method":"org.varlink.service.GetInterfaceDescription","parameters":{"interface":"io.firmad.Signer"}})") + '\0';
+  ASSERT_TRUE(raw.send(calls));
+  // Wait until the unread replies pile up: the daemon is then blocked writing.
+  ASSERT_TRUE(eventually([&] {
+    int queued = 0;
+    return ::ioctl(raw.fd(), FIONREAD, &queued) == 0 && queued >= 100000;
+  }));
+  ASSERT_EQ(::kill(d.pid(), SIGTERM), 0);
+  EXPECT_EQ(d.terminate(std::chrono::seconds(5)), 0) << "a writer stuck on its peer is cut at its deadline\n" << d.log();
+  EXPECT_NE(d.log().find("event=connection-timeout level=info uid=0"), std::string::npos) << d.log();
+  EXPECT_NE(d.log().find("while=writing"), std::string::npos) << d.log();
 }
 
 TEST_F(Lifecycle, QueueIsBoundedAndStatusAnswersWhileItIsFull) {
