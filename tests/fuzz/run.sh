@@ -6,7 +6,7 @@
 #
 # Environment:
 #   FUZZ_SECONDS       seconds per target (default 60)
-#   FUZZ_TARGETS       targets to run (default "fuzz_protocol fuzz_config")
+#   FUZZ_TARGETS       targets to run (default: all four)
 #   FUZZ_BUILD_DIR     build directory (default <source>/build-fuzz); the corpus
 #                      grows in <build>/corpus/<target> from run to run
 #   FIRMAD_SOURCE_DIR  the CMake source tree (default: this repository)
@@ -22,7 +22,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 src="${FIRMAD_SOURCE_DIR:-$(cd "$here/../.." && pwd)}"
 build="${FUZZ_BUILD_DIR:-$src/build-fuzz}"
 seconds="${FUZZ_SECONDS:-60}"
-targets="${FUZZ_TARGETS:-fuzz_protocol fuzz_config}"
+targets="${FUZZ_TARGETS:-fuzz_protocol fuzz_config fuzz_credential fuzz_identity}"
 jobs="${JOBS:-2}"
 
 die() { echo "fuzz: $*" >&2; exit 2; }
