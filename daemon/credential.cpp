@@ -9,8 +9,8 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstdint>
 #include <cstring>
-#include <optional>
 
 namespace firmad {
 namespace {
@@ -45,6 +45,19 @@ const char* damaged(File f) {
 
 void free_certs(STACK_OF(X509)* s) { sk_X509_pop_free(s, X509_free); }
 using Certs = std::unique_ptr<STACK_OF(X509), ossl::Deleter<free_certs>>;
+void free_p7s(STACK_OF(PKCS7)* s) { sk_PKCS7_pop_free(s, PKCS7_free); }
+using P7s = std::unique_ptr<STACK_OF(PKCS7), ossl::Deleter<free_p7s>>;
+void free_bags(STACK_OF(PKCS12_SAFEBAG)* s) { sk_PKCS12_SAFEBAG_pop_free(s, PKCS12_SAFEBAG_free); }
+using Bags = std::unique_ptr<STACK_OF(PKCS12_SAFEBAG), ossl::Deleter<free_bags>>;
+using PbeParam = std::unique_ptr<PBEPARAM, ossl::Deleter<PBEPARAM_free>>;
+using Pbe2Param = std::unique_ptr<PBE2PARAM, ossl::Deleter<PBE2PARAM_free>>;
+using Pbkdf2Param = std::unique_ptr<PBKDF2PARAM, ossl::Deleter<PBKDF2PARAM_free>>;
+
+// The most key-derivation rounds a file may ask for. Real files use 2,048
+// (OpenSSL) to about 1,300,000 (OWASP's 2023 advice for PBKDF2-SHA1); the
+// count is an unauthenticated field, and a damaged or hostile one (2^31)
+// would keep a token's control thread busy for many minutes.
+constexpr std::int64_t kMaxKdfRounds = 2'000'000;
 
 // Empties this thread's OpenSSL error queue on entry, so that what is read
 // from it belongs to this call, and on every way out.
@@ -73,10 +86,10 @@ bool legacy_provider_loaded() {
 
 // What OpenSSL's error queue said, read (and emptied) once.
 struct Failure {
-  bool empty = true;        // nothing was queued (a PKCS#12 MAC that does not match)
-  bool unsupported = false; // an algorithm OpenSSL does not know or has not loaded
-  bool bad_password = false;// decryption failed or produced garbage
-  std::string detail;       // " (OpenSSL: lib::reason)" of the first error, or ""
+  bool empty = true;          // nothing was queued (a PKCS#12 MAC that does not match)
+  bool unsupported = false;   // an algorithm OpenSSL does not know or has not loaded
+  bool bad_password = false;  // decryption failed or produced garbage
+  std::string detail;         // " (OpenSSL: lib::reason)" of the first error, or ""
 };
 
 Failure take_failure() {
@@ -117,9 +130,90 @@ Failure take_failure() {
 }
 
 [[noreturn]] void refuse_encryption(File file, const Failure& f) {
-  std::string message = std::string("the ") + name_of(file) + " is encrypted with an algorithm OpenSSL cannot use here" + f.detail;
-  if (!legacy_provider_loaded()) message += "; OpenSSL's legacy provider (legacy.so), needed for RC2 and DES, could not be loaded";
+  std::string message =
+      std::string("the ") + name_of(file) + " is encrypted with an algorithm OpenSSL cannot use here" + f.detail;
+  if (!legacy_provider_loaded())
+    message += "; OpenSSL's legacy provider (legacy.so), needed for RC2 and DES, could not be loaded";
   refuse(Reason::UnsupportedAlgorithm, message);
+}
+
+// Refuses an iteration count (absent means 1) outside 1..kMaxKdfRounds.
+void check_rounds(const ASN1_INTEGER* iter, File file) {
+  std::int64_t rounds = 1;
+  if (iter && ASN1_INTEGER_get_int64(&rounds, iter) != 1) rounds = INT64_MAX;  // too big for 64 bits
+  ERR_clear_error();
+  if (rounds < 1) refuse(Reason::Corrupt, std::string(damaged(file)) + " (a key-derivation count below 1)");
+  if (rounds > kMaxKdfRounds) {
+    const std::string asked = rounds == INT64_MAX ? std::string("more than 2^63") : std::to_string(rounds);
+    refuse(Reason::UnsupportedAlgorithm, std::string("the ") + name_of(file) + "'s password protection asks for " + asked +
+                                             " key-derivation rounds; at most " + std::to_string(kMaxKdfRounds) +
+                                             " are accepted");
+  }
+}
+
+// Checks the rounds of a password-based encryption algorithm before OpenSSL
+// runs it: PBES2 with PBKDF2, or PKCS#5 v1 / PKCS#12 PBE. Others (scrypt,
+// whose cost OpenSSL bounds by memory, or unknown ones it will refuse) pass.
+void check_pbe(const X509_ALGOR* alg, File file) {
+  if (!alg || !alg->parameter) return;
+  if (OBJ_obj2nid(alg->algorithm) == NID_pbes2) {
+    Pbe2Param pbe2(static_cast<PBE2PARAM*>(ASN1_TYPE_unpack_sequence(ASN1_ITEM_rptr(PBE2PARAM), alg->parameter)));
+    if (pbe2 && pbe2->keyfunc && pbe2->keyfunc->parameter && OBJ_obj2nid(pbe2->keyfunc->algorithm) == NID_id_pbkdf2) {
+      Pbkdf2Param kdf(static_cast<PBKDF2PARAM*>(
+          ASN1_TYPE_unpack_sequence(ASN1_ITEM_rptr(PBKDF2PARAM), pbe2->keyfunc->parameter)));
+      if (kdf) check_rounds(kdf->iter, file);
+    }
+  } else {
+    PbeParam pbe(static_cast<PBEPARAM*>(ASN1_TYPE_unpack_sequence(ASN1_ITEM_rptr(PBEPARAM), alg->parameter)));
+    if (pbe) check_rounds(pbe->iter, file);
+  }
+  ERR_clear_error();  // what did not decode here is refused by the decryption itself
+}
+
+// Checks the shrouded key bags of a plain safe, nested safes included. Bags
+// inside encrypted safes are reached only with the right password and are
+// left to OpenSSL.
+void check_bags(const STACK_OF(PKCS12_SAFEBAG)* bags, int depth) {
+  if (!bags || depth > 8) return;
+  for (int i = 0; i < sk_PKCS12_SAFEBAG_num(bags); ++i) {
+    const PKCS12_SAFEBAG* bag = sk_PKCS12_SAFEBAG_value(bags, i);
+    switch (PKCS12_SAFEBAG_get_nid(bag)) {
+      case NID_pkcs8ShroudedKeyBag: {
+        const X509_ALGOR* alg = nullptr;
+        if (const X509_SIG* sig = PKCS12_SAFEBAG_get0_pkcs8(bag)) X509_SIG_get0(sig, &alg, nullptr);
+        check_pbe(alg, File::Pfx);
+        break;
+      }
+      case NID_safeContentsBag: check_bags(PKCS12_SAFEBAG_get0_safes(bag), depth + 1); break;
+      default: break;
+    }
+  }
+}
+
+// Checks every key derivation a PKCS#12 file asks for before any runs.
+void check_pkcs12_rounds(const PKCS12* p12) {
+  if (PKCS12_mac_present(p12)) {
+    const ASN1_INTEGER* iter = nullptr;
+    PKCS12_get0_mac(nullptr, nullptr, nullptr, &iter, p12);
+    check_rounds(iter, File::Pfx);
+  }
+  const P7s safes(PKCS12_unpack_authsafes(p12));
+  ERR_clear_error();  // a structure that does not unpack is refused by PKCS12_parse
+  for (int i = 0; safes && i < sk_PKCS7_num(safes.get()); ++i) {
+    PKCS7* p7 = sk_PKCS7_value(safes.get(), i);
+    switch (OBJ_obj2nid(p7->type)) {
+      case NID_pkcs7_encrypted:
+        if (p7->d.encrypted && p7->d.encrypted->enc_data) check_pbe(p7->d.encrypted->enc_data->algorithm, File::Pfx);
+        break;
+      case NID_pkcs7_data: {
+        const Bags bags(PKCS12_unpack_p7data(p7));
+        ERR_clear_error();
+        check_bags(bags.get(), 0);
+        break;
+      }
+      default: break;
+    }
+  }
 }
 
 void check_size(std::span<const std::uint8_t> data, File file) {
@@ -160,8 +254,12 @@ std::unique_ptr<T, Free> d2i_whole(T* (*d2i)(T**, const unsigned char**, long), 
   return out;
 }
 
-Pkcs12 d2i_pkcs12(std::span<const std::uint8_t> d) { return d2i_whole<PKCS12, ossl::Deleter<PKCS12_free>>(d2i_PKCS12, d); }
-X509Sig d2i_sig(std::span<const std::uint8_t> d) { return d2i_whole<X509_SIG, ossl::Deleter<X509_SIG_free>>(d2i_X509_SIG, d); }
+Pkcs12 d2i_pkcs12(std::span<const std::uint8_t> d) {
+  return d2i_whole<PKCS12, ossl::Deleter<PKCS12_free>>(d2i_PKCS12, d);
+}
+X509Sig d2i_sig(std::span<const std::uint8_t> d) {
+  return d2i_whole<X509_SIG, ossl::Deleter<X509_SIG_free>>(d2i_X509_SIG, d);
+}
 P8Info d2i_p8(std::span<const std::uint8_t> d) {
   return d2i_whole<PKCS8_PRIV_KEY_INFO, ossl::Deleter<PKCS8_PRIV_KEY_INFO_free>>(d2i_PKCS8_PRIV_KEY_INFO, d);
 }
@@ -171,21 +269,24 @@ ossl::X509Ptr d2i_cert(std::span<const std::uint8_t> d) { return d2i_whole<X509,
 void check_algorithm(EVP_PKEY* key) {
   if (EVP_PKEY_is_a(key, "RSA")) {
     const int bits = EVP_PKEY_get_bits(key);
-    if (bits < 2048 || bits > 4096) refuse(Reason::UnsupportedAlgorithm, "unsupported key algorithm RSA-" + std::to_string(bits) + kAccepted);
+    if (bits < 2048 || bits > 4096)
+      refuse(Reason::UnsupportedAlgorithm, "unsupported key algorithm RSA-" + std::to_string(bits) + kAccepted);
     return;
   }
   if (EVP_PKEY_is_a(key, "EC")) {
     char group[80] = {};
     std::size_t len = 0;
     if (!EVP_PKEY_get_utf8_string_param(key, OSSL_PKEY_PARAM_GROUP_NAME, group, sizeof group, &len))
-      refuse(Reason::UnsupportedAlgorithm, std::string("unsupported key algorithm EC with explicit curve parameters") + kAccepted);
+      refuse(Reason::UnsupportedAlgorithm,
+             std::string("unsupported key algorithm EC with explicit curve parameters") + kAccepted);
     int nid = OBJ_txt2nid(group);
     if (nid == NID_undef) nid = EC_curve_nist2nid(group);
     if (nid == NID_X9_62_prime256v1 || nid == NID_secp384r1) return;
     refuse(Reason::UnsupportedAlgorithm, std::string("unsupported key algorithm EC ") + group + kAccepted);
   }
   const char* name = EVP_PKEY_get0_type_name(key);
-  refuse(Reason::UnsupportedAlgorithm, std::string("unsupported key algorithm ") + (name ? name : "(unknown)") + kAccepted);
+  refuse(Reason::UnsupportedAlgorithm,
+         std::string("unsupported key algorithm ") + (name ? name : "(unknown)") + kAccepted);
 }
 
 // The short name of an algorithm OID, or its dotted form.
@@ -210,6 +311,9 @@ ossl::Pkey key_from_p8(const PKCS8_PRIV_KEY_INFO* info) {
 }
 
 ossl::Pkey decrypt_p8(const X509_SIG* sig, const Password& password) {
+  const X509_ALGOR* alg = nullptr;
+  X509_SIG_get0(sig, &alg, nullptr);
+  check_pbe(alg, File::Key);
   P8Info info(PKCS8_decrypt_ex(sig, password.c_str(), password.size(), nullptr, nullptr));
   if (!info) {
     const Failure f = take_failure();
@@ -290,7 +394,8 @@ ossl::Pkey read_private_key(std::span<const std::uint8_t> data, const Password& 
         // (Proc-Type: 4,ENCRYPTED) is MD5-based, convert instead.
         if (b.header && std::strstr(b.header, "ENCRYPTED"))
           refuse(Reason::UnsupportedAlgorithm,
-                 "the key file uses OpenSSL's old encrypted PEM format; convert it with 'openssl pkcs8 -topk8 -v2 aes-256-cbc'");
+                 "the key file uses OpenSSL's old encrypted PEM format; "
+                 "convert it with 'openssl pkcs8 -topk8 -v2 aes-256-cbc'");
         const unsigned char* p = b.body;
         key.reset(d2i_PrivateKey(name == "RSA PRIVATE KEY" ? EVP_PKEY_RSA : EVP_PKEY_EC, nullptr, &p, b.length));
         if (!key || p != b.body + b.length) refuse_corrupt(File::Key, take_failure());
@@ -321,7 +426,8 @@ std::vector<ossl::X509Ptr> read_certificates(std::span<const std::uint8_t> data)
       }
       return false;  // read them all
     });
-    if (certs.empty()) refuse(Reason::NoCertificate, "the certificate file holds no certificate (it holds: " + join(labels) + ")");
+    if (certs.empty())
+      refuse(Reason::NoCertificate, "the certificate file holds no certificate (it holds: " + join(labels) + ")");
     return certs;
   }
   if (ossl::X509Ptr x = d2i_cert(data)) {
@@ -329,7 +435,8 @@ std::vector<ossl::X509Ptr> read_certificates(std::span<const std::uint8_t> data)
     return certs;
   }
   const Failure f = take_failure();
-  if (d2i_sig(data) || d2i_p8(data)) refuse(Reason::NoCertificate, "the certificate file holds a private key, not a certificate");
+  if (d2i_sig(data) || d2i_p8(data))
+    refuse(Reason::NoCertificate, "the certificate file holds a private key, not a certificate");
   ERR_clear_error();
   refuse_corrupt(File::Cert, f);
 }
@@ -351,6 +458,7 @@ Credential parse_pkcs12(std::span<const std::uint8_t> pfx, std::string_view pass
   const Password pass(password);
   Pkcs12 p12 = d2i_pkcs12(pfx);
   if (!p12) refuse_corrupt(File::Pfx, take_failure());
+  check_pkcs12_rounds(p12.get());
   // PKCS#12 passwords are text, handed to OpenSSL NUL-terminated.
   if (pass.has_nul()) refuse(Reason::WrongPassword, "wrong password for the credential file");
 
@@ -358,8 +466,9 @@ Credential parse_pkcs12(std::span<const std::uint8_t> pfx, std::string_view pass
   // does not match queues no error; one that cannot be computed does.
   // PKCS#12 does not tell an empty password from none, so both are tried.
   if (PKCS12_mac_present(p12.get())) {
-    const bool verified = pass.empty() ? PKCS12_verify_mac(p12.get(), nullptr, 0) == 1 || PKCS12_verify_mac(p12.get(), "", 0) == 1
-                                       : PKCS12_verify_mac(p12.get(), pass.c_str(), pass.size()) == 1;
+    const bool verified =
+        pass.empty() ? PKCS12_verify_mac(p12.get(), nullptr, 0) == 1 || PKCS12_verify_mac(p12.get(), "", 0) == 1
+                     : PKCS12_verify_mac(p12.get(), pass.c_str(), pass.size()) == 1;
     if (!verified) {
       const Failure f = take_failure();
       if (f.empty) refuse(Reason::WrongPassword, "wrong password for the credential file");
@@ -367,6 +476,15 @@ Credential parse_pkcs12(std::span<const std::uint8_t> pfx, std::string_view pass
       refuse_corrupt(File::Pfx, f);
     }
     ERR_clear_error();
+  } else if (!pass.empty()) {
+    // OpenSSL 3.0's PKCS12_parse demands a MAC whenever it is given a
+    // password. A file without one gets a MAC made with this password on our
+    // copy, so that decryption alone checks the password, as it must here.
+    if (PKCS12_set_mac(p12.get(), pass.c_str(), pass.size(), nullptr, 0, 1, nullptr) != 1) {
+      const Failure f = take_failure();
+      if (f.unsupported) refuse_encryption(File::Pfx, f);
+      refuse_corrupt(File::Pfx, f);
+    }
   }
 
   EVP_PKEY* key = nullptr;

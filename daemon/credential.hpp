@@ -45,13 +45,15 @@ class CredentialError : public std::runtime_error {
 inline constexpr std::size_t kMaxCredentialFileBytes = 1024 * 1024;
 
 // Returns the key, certificate and chain of a PKCS#12 (.pfx/.p12) file, DER,
-// current (AES-256-CBC/PBKDF2) or legacy (RC2-40, 3DES) encryption. The
-// certificate is the one that belongs to the key. Accepted keys: RSA of
-// 2048-4096 bits, EC on P-256 or P-384. Throws CredentialError: WrongPassword
-// when the password does not verify the file's MAC (or, without a MAC, does
-// not decrypt it), Corrupt when the bytes are not a PKCS#12 structure,
-// UnsupportedAlgorithm, NoKey, NoCertificate, Mismatch. Thread-safe; leaves
-// this thread's OpenSSL error queue empty.
+// current (AES-256-CBC/PBKDF2) or legacy (RC2-40, 3DES) encryption, with or
+// without a MAC. The certificate is the one that belongs to the key.
+// Accepted keys: RSA of 2048-4096 bits, EC on P-256 or P-384. Throws
+// CredentialError: WrongPassword when the password does not verify the
+// file's MAC (or, without a MAC, does not decrypt it), Corrupt when the bytes
+// are not a PKCS#12 structure (trailing bytes included), UnsupportedAlgorithm
+// (also for more than 2,000,000 key-derivation rounds, refused before any
+// runs), NoKey, NoCertificate, Mismatch. Thread-safe; leaves this thread's
+// OpenSSL error queue empty.
 Credential parse_pkcs12(std::span<const std::uint8_t> pfx, std::string_view password);
 
 // Returns the credential made of a private key file and its certificate file.

@@ -32,7 +32,9 @@ class Template {
     Bytes& v = values_.emplace_back(std::move(value));
     attributes_.push_back({type, v.empty() ? nullptr : v.data(), static_cast<CK_ULONG>(v.size())});
   }
-  void add_bool(CK_ATTRIBUTE_TYPE type, bool value) { add(type, Bytes{static_cast<std::uint8_t>(value ? CK_TRUE : CK_FALSE)}); }
+  void add_bool(CK_ATTRIBUTE_TYPE type, bool value) {
+    add(type, Bytes{static_cast<std::uint8_t>(value ? CK_TRUE : CK_FALSE)});
+  }
   void add_ulong(CK_ATTRIBUTE_TYPE type, CK_ULONG value) {
     Bytes b(sizeof value);
     std::memcpy(b.data(), &value, sizeof value);

@@ -84,6 +84,18 @@ seed() {  # seed <target> <name> <content>
   [[ -e "$dir/seed-$2" ]] || printf '%s' "$3" >"$dir/seed-$2"
 }
 
+for t in $targets; do mkdir -p "$build/corpus/$t"; done
+# Real credentials as seeds: a certificate (DER) and a PKCS#12 with the
+# password the target uses ("fuzz").
+if [[ ! -e "$build/corpus/fuzz_identity/seed-cert.der" ]]; then
+  tmp=$(mktemp -d)
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$tmp/k.pem" -out "$tmp/c.pem" \
+    -days 30 -subj "/C=MX/x500UniqueIdentifier=AAA010101AAA \/ HEGT7610034S2/serialNumber= \/ HEGT761003MDFRNN09/CN=SEED" 2>/dev/null
+  openssl x509 -in "$tmp/c.pem" -outform DER -out "$build/corpus/fuzz_identity/seed-cert.der"
+  openssl pkcs12 -export -inkey "$tmp/k.pem" -in "$tmp/c.pem" -passout pass:fuzz -out "$build/corpus/fuzz_credential/seed.pfx"
+  rm -rf "$tmp"
+fi
+
 seed fuzz_protocol call '{"method":"io.firmad.Signer.Sign","parameters":{"key":"release","hash":"sha256","digest":"3q2+7w=="}}'
 seed fuzz_protocol more '{"method":"io.firmad.Signer.ListKeys","parameters":{},"more":true}'
 seed fuzz_protocol oneway '{"method":"org.varlink.service.GetInfo","oneway":true}'

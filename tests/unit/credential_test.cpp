@@ -3,10 +3,12 @@
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <openssl/pkcs12.h>
 #include <openssl/x509.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -79,6 +81,7 @@ openssl pkcs8 -topk8 -v2 aes-256-cbc -in rsa.key.pem -passout $pw -out rsa.aes.p
 openssl pkcs8 -topk8 -nocrypt -in ec.key.pem -out ec.plain.pem
 openssl pkey -in rsa.key.pem -traditional -out rsa.traditional.pem
 openssl pkcs12 -export -inkey rsa.key.pem -in rsa.crt.pem -passout pass: -out rsa.nopass.pfx
+openssl pkcs12 -export -nomac -certpbe AES-256-CBC -inkey rsa.key.pem -in rsa.crt.pem -passout $pw -out rsa.nomac.pfx
 openssl pkcs12 -export -inkey ed448.key.pem -in ed448.crt.pem -passout $pw -out ed448.pfx
 openssl pkcs12 -export -nokeys -in rsa.crt.pem -passout $pw -out nokey.pfx
 openssl pkcs12 -export -nocerts -inkey rsa.key.pem -passout $pw -out nocert.pfx
@@ -163,6 +166,56 @@ class CredentialTest : public ::testing::Test {
       EXPECT_EQ(what.find(kWrong), std::string::npos) << "the password tried is in the message";
       EXPECT_EQ(ERR_peek_error(), 0ul) << "OpenSSL's error queue is left empty";
     }
+  }
+
+  using Pkcs12 = std::unique_ptr<PKCS12, ossl::Deleter<PKCS12_free>>;
+  using Sig = std::unique_ptr<X509_SIG, ossl::Deleter<X509_SIG_free>>;
+
+  // Sets the PBKDF2 round count inside a PBES2 AlgorithmIdentifier.
+  static bool set_rounds(X509_ALGOR* alg, long rounds) {
+    PBE2PARAM* pbe2 = static_cast<PBE2PARAM*>(ASN1_TYPE_unpack_sequence(ASN1_ITEM_rptr(PBE2PARAM), alg->parameter));
+    PBKDF2PARAM* kdf = pbe2 ? static_cast<PBKDF2PARAM*>(ASN1_TYPE_unpack_sequence(ASN1_ITEM_rptr(PBKDF2PARAM),
+                                                                                   pbe2->keyfunc->parameter))
+                            : nullptr;
+    const bool ok = kdf && ASN1_INTEGER_set(kdf->iter, rounds) == 1 &&
+                    ASN1_TYPE_pack_sequence(ASN1_ITEM_rptr(PBKDF2PARAM), kdf, &pbe2->keyfunc->parameter) &&
+                    ASN1_TYPE_pack_sequence(ASN1_ITEM_rptr(PBE2PARAM), pbe2, &alg->parameter);
+    PBKDF2PARAM_free(kdf);
+    PBE2PARAM_free(pbe2);
+    return ok;
+  }
+
+  // A .pfx file re-encoded after `change` edited it (its MAC, if any, no longer matches).
+  static Bytes rewrite_pfx(const std::string& name, const std::function<bool(PKCS12*)>& change) {
+    const Bytes d = file(name);
+    const unsigned char* p = d.data();
+    Pkcs12 p12(d2i_PKCS12(nullptr, &p, static_cast<long>(d.size())));
+    EXPECT_TRUE(p12 && change(p12.get())) << "could not rewrite " << name;
+    unsigned char* out = nullptr;
+    const int len = p12 ? i2d_PKCS12(p12.get(), &out) : 0;
+    Bytes b(out, out + (len > 0 ? len : 0));
+    OPENSSL_free(out);
+    return b;
+  }
+
+  // Edits each authenticated safe of a .pfx in place; change(p7) returns a replacement or null.
+  static bool each_safe(PKCS12* p12, const std::function<PKCS7*(PKCS7*)>& change) {
+    STACK_OF(PKCS7)* safes = PKCS12_unpack_authsafes(p12);
+    if (!safes) return false;
+    bool changed = false;
+    for (int i = 0; i < sk_PKCS7_num(safes); ++i) {
+      if (PKCS7* replacement = change(sk_PKCS7_value(safes, i))) {
+        PKCS7* old = sk_PKCS7_value(safes, i);
+        if (replacement != old) {
+          sk_PKCS7_set(safes, i, replacement);  // returns the new element, not the old
+          PKCS7_free(old);
+        }
+        changed = true;
+      }
+    }
+    const bool ok = changed && PKCS12_pack_authsafes(p12, safes) == 1;
+    sk_PKCS7_pop_free(safes, PKCS7_free);
+    return ok;
   }
 
   static Credential pfx(const std::string& name, std::string_view password = kPassword) {
@@ -250,6 +303,66 @@ TEST_F(CredentialTest, ReadsUnencryptedKeysAndIgnoresThePassword) {
 TEST_F(CredentialTest, ReadsPkcs12WithAnEmptyPassword) {
   expect_credential(parse_pkcs12(file("rsa.nopass.pfx"), ""), "RSA", 2048, "EMPRESA DEMO rsa");
   expect_refused([] { pfx("rsa.nopass.pfx", kWrong); }, Reason::WrongPassword, "wrong password");
+}
+
+TEST_F(CredentialTest, ReadsPkcs12WithoutAMac) {
+  // Without a MAC the password is only checked by decrypting.
+  expect_credential(pfx("rsa.nomac.pfx"), "RSA", 2048, "EMPRESA DEMO rsa");
+  expect_refused([] { pfx("rsa.nomac.pfx", kWrong); }, Reason::WrongPassword, "wrong password for the credential file");
+}
+
+TEST_F(CredentialTest, HugeKeyDerivationCountsAreRefusedAtOnce) {
+  // The counts are plain fields: 2^31 rounds would keep the daemon busy for minutes.
+  const long kHuge = 0x7fffffff;
+  const auto start = std::chrono::steady_clock::now();
+  const Bytes mac = rewrite_pfx("rsa.pfx", [&](PKCS12* p12) {
+    const ASN1_INTEGER* iter = nullptr;
+    PKCS12_get0_mac(nullptr, nullptr, nullptr, &iter, p12);
+    return iter && ASN1_INTEGER_set(const_cast<ASN1_INTEGER*>(iter), kHuge) == 1;
+  });
+  const Bytes encrypted_safe = rewrite_pfx("rsa.nomac.pfx", [&](PKCS12* p12) {
+    return each_safe(p12, [&](PKCS7* p7) -> PKCS7* {
+      if (OBJ_obj2nid(p7->type) != NID_pkcs7_encrypted) return nullptr;
+      return set_rounds(p7->d.encrypted->enc_data->algorithm, kHuge) ? p7 : nullptr;
+    });
+  });
+  const Bytes key_bag = rewrite_pfx("rsa.nomac.pfx", [&](PKCS12* p12) {
+    return each_safe(p12, [&](PKCS7* p7) -> PKCS7* {
+      if (OBJ_obj2nid(p7->type) != NID_pkcs7_data) return nullptr;
+      STACK_OF(PKCS12_SAFEBAG)* bags = PKCS12_unpack_p7data(p7);
+      bool ok = false;
+      for (int i = 0; bags && i < sk_PKCS12_SAFEBAG_num(bags); ++i) {
+        auto* sig = const_cast<X509_SIG*>(PKCS12_SAFEBAG_get0_pkcs8(sk_PKCS12_SAFEBAG_value(bags, i)));
+        X509_ALGOR* alg = nullptr;
+        if (sig) X509_SIG_getm(sig, &alg, nullptr);
+        ok = ok || (alg && set_rounds(alg, kHuge));
+      }
+      PKCS7* repacked = ok ? PKCS12_pack_p7data(bags) : nullptr;
+      sk_PKCS12_SAFEBAG_pop_free(bags, PKCS12_SAFEBAG_free);
+      return repacked;
+    });
+  });
+  const Bytes sat = file("rsa.sat.key");
+  const unsigned char* p = sat.data();
+  Sig sig(d2i_X509_SIG(nullptr, &p, static_cast<long>(sat.size())));
+  ASSERT_TRUE(sig);
+  X509_ALGOR* alg = nullptr;
+  X509_SIG_getm(sig.get(), &alg, nullptr);
+  ASSERT_TRUE(set_rounds(alg, kHuge));
+  unsigned char* out = nullptr;
+  const int len = i2d_X509_SIG(sig.get(), &out);
+  const Bytes key(out, out + (len > 0 ? len : 0));
+  OPENSSL_free(out);
+  ERR_clear_error();
+
+  const char* kMessage = "2147483647 key-derivation rounds; at most 2000000 are accepted";
+  expect_refused([&] { parse_pkcs12(mac, kPassword); }, Reason::UnsupportedAlgorithm, kMessage);
+  expect_refused([&] { parse_pkcs12(encrypted_safe, kPassword); }, Reason::UnsupportedAlgorithm, kMessage);
+  expect_refused([&] { parse_pkcs12(key_bag, kPassword); }, Reason::UnsupportedAlgorithm, kMessage);
+  expect_refused([&] { parse_key_and_certificate(key, file("rsa.cer"), kPassword); }, Reason::UnsupportedAlgorithm,
+                 "the key file's password protection asks for 2147483647");
+  // A few milliseconds each; minutes if the counts were obeyed.
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(10));
 }
 
 TEST_F(CredentialTest, PemBundlePicksTheCertificateOfTheKey) {
