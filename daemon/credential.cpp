@@ -69,19 +69,35 @@ class ErrorQueueScope {
   ~ErrorQueueScope() { ERR_clear_error(); }
 };
 
-// Loads OpenSSL's legacy provider (RC2-40 of older .pfx files, single DES of
-// old .key files) once per process. Loading any provider explicitly stops
+// OpenSSL's legacy provider (RC2-40 of older .pfx files, single DES of old
+// .key files) next to the default one. Loading any provider explicitly stops
 // OpenSSL from loading "default" implicitly, so "default" is loaded first.
-// Both stay loaded for the life of the process. Returns whether legacy is
-// available (it is a separate module, legacy.so, that may be missing).
-bool legacy_provider_loaded() {
-  static const bool loaded = [] {
-    OSSL_PROVIDER_load(nullptr, "default");
-    const bool legacy = OSSL_PROVIDER_load(nullptr, "legacy") != nullptr;
+class Providers {
+ public:
+  Providers() : default_(OSSL_PROVIDER_load(nullptr, "default")), legacy_(OSSL_PROVIDER_load(nullptr, "legacy")) {
     ERR_clear_error();
-    return legacy;
-  }();
-  return loaded;
+  }
+  Providers(const Providers&) = delete;  // unloads what it loaded, once
+  Providers& operator=(const Providers&) = delete;
+  // Runs at exit before OpenSSL's own cleanup (registered earlier, by the
+  // loads above), which can then free everything.
+  ~Providers() {
+    if (legacy_) OSSL_PROVIDER_unload(legacy_);
+    if (default_) OSSL_PROVIDER_unload(default_);
+  }
+  bool legacy() const noexcept { return legacy_ != nullptr; }
+
+ private:
+  OSSL_PROVIDER* default_;
+  OSSL_PROVIDER* legacy_;
+};
+
+// Loads the providers once per process (thread-safe) and keeps them until
+// exit. Returns whether legacy is available: it is a separate module,
+// legacy.so, that may be missing.
+bool legacy_provider_loaded() {
+  static const Providers providers;
+  return providers.legacy();
 }
 
 // What OpenSSL's error queue said, read (and emptied) once.

@@ -34,7 +34,7 @@ struct Figures {
 // Runs `threads` workers for `seconds`; each calls make_worker(i) once and the
 // returned function once per operation. Latency is per operation.
 template <typename MakeWorker>
-Figures measure(int threads, double seconds, MakeWorker make_worker) {
+Figures measure_once(int threads, double seconds, MakeWorker make_worker) {
   std::vector<std::vector<double>> lat(threads);
   std::vector<std::exception_ptr> errors(threads);
   std::atomic<bool> go{false};
@@ -81,6 +81,17 @@ Figures measure(int threads, double seconds, MakeWorker make_worker) {
   return f;
 }
 
+// A shared two-core machine is noisy: each figure is the round with the
+// median throughput out of `rounds`.
+int rounds = 3;
+template <typename MakeWorker>
+Figures measure(int threads, double seconds, MakeWorker make_worker) {
+  std::vector<Figures> all;
+  for (int r = 0; r < rounds; ++r) all.push_back(measure_once(threads, seconds, make_worker));
+  std::sort(all.begin(), all.end(), [](const Figures& a, const Figures& b) { return a.ops_per_sec < b.ops_per_sec; });
+  return all[all.size() / 2];
+}
+
 Json to_json(const Figures& f) {
   return {{"ops_per_sec", std::round(f.ops_per_sec * 10) / 10}, {"p50_us", std::round(f.p50_us * 10) / 10},
           {"p99_us", std::round(f.p99_us * 10) / 10}, {"ops", f.ops}};
@@ -108,10 +119,11 @@ int main(int argc, char** argv) {
 
 int run(int argc, char** argv) {
   CLI::App app{"firmad-bench: firmad's signing throughput and latency against direct PKCS#11, on SoftHSM"};
-  double seconds = 2.0;
+  double seconds = 1.0;
   bool json = false;
   app.add_option("--seconds", seconds, "Length of each measurement")->check(CLI::Range(0.2, 60.0))->capture_default_str();
   app.add_flag("--json", json, "Print the figures as one JSON object");
+  app.add_option("--rounds", rounds, "Rounds per figure; the median round is reported")->check(CLI::Range(1, 15))->capture_default_str();
   int busy_poll_us = 50, sessions = 2;
   app.add_option("--busy-poll-us", busy_poll_us, "firmad's [daemon] busy_poll_us")->capture_default_str();
   app.add_option("--sessions", sessions, "firmad's signing sessions for the token")->capture_default_str();
@@ -145,7 +157,7 @@ int run(int argc, char** argv) {
   });
   const KeyCase cases[] = {{"rsa2048", "empresa", "pkcs11:object=empresa", 0.95},
                            {"p256", "firma-ec", "pkcs11:object=firma-ec", 0.75}};
-  Json out = {{"seconds_per_measurement", seconds}, {"getinfo_round_trip", to_json(ping)}};
+  Json out = {{"seconds_per_measurement", seconds}, {"rounds", rounds}, {"getinfo_round_trip", to_json(ping)}};
   bool all_met = true;
   for (const auto& kc : cases) {
     const auto key = pkcs11::find_key(login_session, pkcs11::Uri::parse(kc.uri));
@@ -198,7 +210,7 @@ int run(int argc, char** argv) {
     return 0;
   }
   std::cout << std::fixed << std::setprecision(1);
-  std::cout << "firmad-bench: SoftHSM token, " << seconds << " s per measurement, "
+  std::cout << "firmad-bench: SoftHSM token, median of " << rounds << " rounds of " << seconds << " s per figure, "
             << std::thread::hardware_concurrency() << " CPU(s)\n\n";
   std::cout << std::left << std::setw(10) << "key" << std::setw(22) << "path" << std::right << std::setw(12) << "sig/s"
             << std::setw(12) << "p50 us" << std::setw(12) << "p99 us" << "\n";
