@@ -197,6 +197,10 @@ ImportedObjects import_credential(const Session& session, EVP_PKEY* key, X509* c
   priv.add_bool(CKA_SENSITIVE, true);
   priv.add_bool(CKA_EXTRACTABLE, false);
   priv.add_bool(CKA_SIGN, true);
+  // A signing key and nothing else: no decryption, unwrapping or derivation.
+  priv.add_bool(CKA_DECRYPT, false);
+  priv.add_bool(CKA_UNWRAP, false);
+  priv.add_bool(CKA_DERIVE, false);
   pub.add_ulong(CKA_CLASS, CKO_PUBLIC_KEY);
   pub.add_bool(CKA_TOKEN, true);
   pub.add_bool(CKA_PRIVATE, false);

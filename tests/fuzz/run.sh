@@ -84,7 +84,7 @@ seed() {  # seed <target> <name> <content>
   [[ -e "$dir/seed-$2" ]] || printf '%s' "$3" >"$dir/seed-$2"
 }
 
-for t in $targets; do mkdir -p "$build/corpus/$t"; done
+for t in $targets fuzz_identity fuzz_credential; do mkdir -p "$build/corpus/$t"; done
 # Real credentials as seeds: a certificate (DER) and a PKCS#12 with the
 # password the target uses ("fuzz").
 if [[ ! -e "$build/corpus/fuzz_identity/seed-cert.der" ]]; then

@@ -126,6 +126,8 @@ TEST_F(Credentials, ImportedPrivateKeyCannotBeReadBack) {
   EXPECT_EQ(session.attribute(found[0], CKA_SENSITIVE), pkcs11::Bytes{CK_TRUE});
   EXPECT_EQ(session.attribute(found[0], CKA_EXTRACTABLE), pkcs11::Bytes{CK_FALSE});
   EXPECT_TRUE(session.attribute(found[0], CKA_MODULUS)) << "public parts stay readable";
+  EXPECT_EQ(session.attribute(found[0], CKA_DECRYPT), pkcs11::Bytes{CK_FALSE}) << "a signing key, nothing else";
+  EXPECT_EQ(session.attribute(found[0], CKA_UNWRAP), pkcs11::Bytes{CK_FALSE});
   session.logout();
 }
 
