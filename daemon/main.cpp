@@ -2,9 +2,11 @@
 #include <CLI/CLI.hpp>
 #include "daemon/asio.hpp"
 #include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 
+#include <functional>
 #include <iostream>
 
 #include "daemon/busy_poll.hpp"
@@ -149,18 +151,33 @@ int main(int argc, char** argv) {
     // Signals are caught from here on: a SIGTERM during start-up (a token
     // slow to log in) still ends in an orderly stop.
     boost::asio::signal_set signals(io, SIGTERM, SIGINT);
-    signals.async_wait([&](const boost::system::error_code& ec, int sig) {
-      if (ec) return;
-      firmad::log::notice("signal", {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"}});
-      firmad::systemd::notify("STOPPING=1");
-      server.shutdown();
-    });
     server.open();  // first: a second daemon on the same socket stops before touching the token
     for (auto& w : workers) w->start();
     // Serve once every token has been scanned and, where the PIN source is
     // unattended, logged in: the first client sees the settled state.
     for (auto& w : workers) w->wait_discovered();
     server.start();
+    // The watchdog is pinged from the I/O thread: a wedged event loop stops
+    // the pings and systemd restarts the daemon.
+    boost::asio::steady_timer watchdog(io);
+    std::function<void()> ping;
+    if (const auto interval = firmad::systemd::watchdog_interval(); interval.count() > 0) {
+      ping = [&, interval] {
+        firmad::systemd::notify("WATCHDOG=1");
+        watchdog.expires_after(interval / 2);
+        watchdog.async_wait([&](const boost::system::error_code& ec) {
+          if (!ec) ping();
+        });
+      };
+      ping();
+    }
+    signals.async_wait([&](const boost::system::error_code& ec, int sig) {
+      if (ec) return;
+      firmad::log::notice("signal", {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"}});
+      firmad::systemd::notify("STOPPING=1");
+      watchdog.cancel();
+      server.shutdown();
+    });
     ::signal(SIGPIPE, SIG_IGN);
     firmad::log::notice("started", {{"version", FIRMAD_VERSION}, {"config", config_path}, {"tokens", cfg.tokens.size()},
                                     {"keys", cfg.keys.size()}});

@@ -47,6 +47,14 @@ std::vector<int> listen_fds() {
   return fds;
 }
 
+std::chrono::microseconds watchdog_interval() {
+  long long usec = 0;
+  pid_t pid = 0;
+  if (!parse(std::getenv("WATCHDOG_USEC"), usec) || usec <= 0) return std::chrono::microseconds(0);
+  if (parse(std::getenv("WATCHDOG_PID"), pid) && pid != ::getpid()) return std::chrono::microseconds(0);
+  return std::chrono::microseconds(usec);
+}
+
 bool notify(std::string_view state) {
   const char* path = std::getenv("NOTIFY_SOCKET");
   if (!path || (path[0] != '/' && path[0] != '@')) return false;

@@ -1,5 +1,6 @@
 // The two pieces of the systemd protocol firmad uses: socket activation and notify.
 #pragma once
+#include <chrono>
 #include <string_view>
 #include <vector>
 
@@ -13,5 +14,9 @@ std::vector<int> listen_fds();
 // Sends a state string ("READY=1", "STATUS=...", "STOPPING=1") to
 // $NOTIFY_SOCKET. Returns false when there is none or the send failed.
 bool notify(std::string_view state);
+
+// The interval at which systemd expects "WATCHDOG=1" ($WATCHDOG_USEC, for
+// this process per $WATCHDOG_PID), or zero when no watchdog is set.
+std::chrono::microseconds watchdog_interval();
 
 }  // namespace firmad::systemd

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Checks the unit files: 'systemd-analyze verify' prints nothing, and
+# 'systemd-analyze security --offline=true' rates firmad.service at 2.5 or lower.
+#   verify-units.sh SOURCE_DIR FIRMAD_BINARY
+set -euo pipefail
+src=$1 binary=$2
+command -v systemd-analyze >/dev/null || { echo "systemd-analyze is missing: apt-get install systemd" >&2; exit 1; }
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+# ExecStart must name an existing binary: point it at the one just built.
+sed "s|/usr/sbin/firmad|$binary|" "$src/systemd/firmad.service" > "$work/firmad.service"
+cp "$src/systemd/firmad.socket" "$work/"
+out=$(cd "$work" && systemd-analyze verify firmad.socket firmad.service 2>&1) || true
+if [ -n "$out" ]; then
+  echo "systemd-analyze verify is not clean:" >&2
+  echo "$out" >&2
+  exit 1
+fi
+score=$(systemd-analyze security --offline=true "$work/firmad.service" 2>&1 | sed -n 's/.*Overall exposure level for firmad.service: \([0-9.]*\).*/\1/p')
+[ -n "$score" ] || { echo "no exposure level from systemd-analyze security" >&2; exit 1; }
+echo "systemd-analyze verify: clean; security exposure of firmad.service: $score"
+awk -v s="$score" 'BEGIN { exit !(s <= 2.5) }' || { echo "exposure $score is above 2.5" >&2; exit 1; }
