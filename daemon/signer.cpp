@@ -62,7 +62,7 @@ void require_scheme(const KeyState& k, pkcs11::Scheme s) {
 
 // Runs on a signing thread: the private key handle is taken from the state
 // current there, so a login/logout in between is seen.
-pkcs11::Bytes sign_now(const WorkContext& ctx, const TokenWorker& token, const std::string& alias,
+pkcs11::Bytes sign_now(const WorkContext& ctx, TokenWorker& token, const std::string& alias,
                        const pkcs11::SignRequest& req) {
   const KeyState* k = ctx.snapshot->key(alias);
   if (!ctx.snapshot->present || !ctx.session) throw VarlinkError(perr::kTokenAbsent, {{"token", token.config().name}});
@@ -73,6 +73,7 @@ pkcs11::Bytes sign_now(const WorkContext& ctx, const TokenWorker& token, const s
   try {
     return pkcs11::sign(*ctx.session, *k->info->private_key, k->info->type, req);
   } catch (const pkcs11::Error& e) {
+    if (e.fault() == pkcs11::Fault::TokenAbsent || e.fault() == pkcs11::Fault::SessionLost) token.suspect_token();
     throw token_failure(token.config().name, e);
   }
 }

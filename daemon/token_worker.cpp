@@ -210,6 +210,14 @@ void TokenWorker::discover() {
     return;
   }
   try {
+    const auto found = module_->token_info(*slot);
+    if (known_serial_ && found.serial != *known_serial_) {
+      const std::string why = "the token in the slot (serial " + found.serial + ") is not the one firmad served (serial " +
+                              *known_serial_ + "); not used";
+      publish([&](TokenSnapshot& s) { s.present = false, s.logged_in = false, s.login_state = "error", s.reason = why; });
+      log::error("token-replaced", {{"token", config_.name}, {"serial", found.serial}, {"expected", *known_serial_}});
+      return;
+    }
     control_session_.emplace(module_, *slot);
     {
       std::vector<std::unique_ptr<pkcs11::Session>> opened;
@@ -227,11 +235,13 @@ void TokenWorker::discover() {
     log::info("token-found", {{"token", config_.name}, {"label", info.label}, {"serial", info.serial},
                               {"sessions", config_.sessions}});
   } catch (const std::exception& e) {
+    control_session_.reset();  // the next refresh tries again
     publish([&](TokenSnapshot& s) { s.login_state = "error", s.reason = e.what(); });
     log::error("token-open-failed", {{"token", config_.name}, {"error", e.what()}});
     return;
   }
-  if (unattended(config_)) {
+  if (!known_serial_) known_serial_ = snapshot()->info->serial;
+  if (unattended(config_) && !pin_refused_) {
     try {
       login(std::nullopt, false, true);
     } catch (const std::exception&) {
@@ -247,12 +257,38 @@ void TokenWorker::refresh() {
   }
   try {
     const auto info = module_->token_info(control_session_->slot());
+    control_session_->logged_in();  // a session that died with a removed token says so here
     publish([&](TokenSnapshot& s) { s.info = info; });
     log::debug("token-refresh", {{"token", config_.name}, {"count_low", info.pin.count_low ? "yes" : "no"},
                                  {"final_try", info.pin.final_try ? "yes" : "no"}, {"locked", info.pin.locked ? "yes" : "no"}});
+  } catch (const pkcs11::Error& e) {
+    if (e.fault() == pkcs11::Fault::TokenAbsent || e.fault() == pkcs11::Fault::SessionLost) lose_token(e.what());
+    else log::warning("token-refresh-failed", {{"token", config_.name}, {"error", e.what()}});
   } catch (const std::exception& e) {
     log::warning("token-refresh-failed", {{"token", config_.name}, {"error", e.what()}});
   }
+}
+
+void TokenWorker::lose_token(const std::string& why) {
+  publish([&](TokenSnapshot& s) {
+    s.present = false, s.logged_in = false, s.login_state = "absent";
+    s.reason = "the token went away (" + why + "); waiting for it to come back";
+  });
+  control_session_.reset();
+  {
+    std::unique_lock lock(mutex_);
+    idle_cv_.wait(lock, [this] { return active_ == 0; });
+    for (auto& session : sessions_) session.reset();
+  }
+  log::warning("token-removed", {{"token", config_.name}, {"why", why}});
+}
+
+void TokenWorker::suspect_token() {
+  if (suspected_.exchange(true)) return;  // a check is already on its way
+  control([this] {
+    suspected_ = false;
+    refresh();
+  });
 }
 
 void TokenWorker::rescan_keys(TokenSnapshot& snap) {
@@ -291,7 +327,7 @@ std::string TokenWorker::login(std::optional<protocol::Secret> pin, bool force, 
     if (info.pin.locked)
       throw fail("pin-locked", "the token's user PIN is locked; the security officer must unlock it", perr::kPinLocked,
                  {{"token", name}});
-    if (automatic && snapshot()->login_state == "pin-incorrect")
+    if (automatic && pin_refused_)
       throw fail("pin-incorrect", "a wrong PIN was refused before; not retried automatically", perr::kPinIncorrect,
                  {{"token", name}});
     if (info.pin.final_try && (automatic || !force))
@@ -313,6 +349,7 @@ std::string TokenWorker::login(std::optional<protocol::Secret> pin, bool force, 
     } catch (const pkcs11::Error& e) {
       const auto after = module_->token_info(control_session_->slot());
       publish([&](TokenSnapshot& s) { s.info = after; });
+      if (e.fault() == pkcs11::Fault::PinIncorrect) pin_refused_ = true;
       if (e.fault() == pkcs11::Fault::PinIncorrect)
         throw fail("pin-incorrect", "the token refused the PIN (" + e.code_name() + "); not retried", perr::kPinIncorrect,
                    {{"token", name}});
@@ -323,6 +360,7 @@ std::string TokenWorker::login(std::optional<protocol::Secret> pin, bool force, 
   } catch (const pkcs11::Error& e) {
     throw fail("error", e.what(), perr::kTokenError, {{"token", name}, {"call", e.call()}, {"code", e.code_name()}});
   }
+  pin_refused_ = false;
   publish([&](TokenSnapshot& s) {
     s.logged_in = true, s.login_state = "logged-in", s.reason.clear();
     rescan_keys(s);

@@ -101,6 +101,10 @@ class TokenWorker {
   // Control thread only. Waits for in-flight signatures, then logs out.
   std::string logout();
 
+  // Tells the control thread the token may have gone (a signing thread saw
+  // a removed device or a dead session): it checks at once. Any thread.
+  void suspect_token();
+
   // Stops all signing with a key at once: jobs not yet started (queued
   // included) see the cancellation and refuse. Any thread; never waits for
   // the token.
@@ -121,6 +125,7 @@ class TokenWorker {
   void sign_loop(std::size_t index);
   void discover();
   void refresh();
+  void lose_token(const std::string& why);
   void rescan_keys(TokenSnapshot& snap);
   void publish(const std::function<void(TokenSnapshot&)>& change);
   void add_key(const KeyConfig& key);
@@ -137,6 +142,11 @@ class TokenWorker {
   std::deque<std::function<void()>> control_queue_;
   std::condition_variable control_cv_;
   bool discovered_ = false;
+  std::atomic<bool> suspected_{false};
+  // What the token was when first seen: a different one in its place is refused.
+  std::optional<std::string> known_serial_;
+  std::map<std::string, pkcs11::Bytes> known_keys_;  // alias -> public key
+  bool pin_refused_ = false;  // a wrong PIN was refused: never again without an administrator
 
   // Signing state, guarded by mutex_.
   mutable std::mutex mutex_;

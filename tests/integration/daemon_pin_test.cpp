@@ -212,6 +212,23 @@ TEST_F(PinFlags, FinalTryIsNeverSpentAutomaticallyAndOnlyWithForce) {
   EXPECT_TRUE(token_status()["loggedIn"].get<bool>());
 }
 
+TEST_F(PinFlags, RemovedTokenFailsFastAndServesAgainWhenBack) {
+  auto d = start_faulty();
+  ASSERT_TRUE(d->wait_for_log("event=token-login ")) << d->log();
+  EXPECT_FALSE(client().sign_digest("firma-ec", digest()).empty());
+  write_file(control, "removed");
+  EXPECT_EQ(error_of([&] { client().sign_digest("firma-ec", digest()); }), "io.firmad.Signer.TokenAbsent");
+  ASSERT_TRUE(eventually([&] { return !token_status()["present"].get<bool>(); })) << d->log();
+  EXPECT_EQ(token_status()["loginState"], "absent");
+  EXPECT_EQ(error_of([&] { client().sign_digest("firma-ec", digest()); }), "io.firmad.Signer.TokenAbsent");
+  // Back in the slot: the same token, logged in again from the PIN file.
+  write_file(control, "");
+  ASSERT_TRUE(eventually([&] { return token_status()["loggedIn"].get<bool>(); })) << d->log();
+  EXPECT_FALSE(client().sign_digest("firma-ec", digest()).empty());
+  EXPECT_EQ(logins(), 2) << "one C_Login at start, one after reinsertion";
+  EXPECT_TRUE(d->wait_for_log("event=token-removed"));
+}
+
 TEST_F(PinFlags, LockedPinIsReportedAndNotTried) {
   write_file(control, "locked");
   auto d = start_faulty();

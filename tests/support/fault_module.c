@@ -5,6 +5,11 @@
  * $FIRMAD_FAULT_CONTROL: whitespace-separated words
  *   count_low final_try locked   PIN flags C_GetTokenInfo reports (locked also
  *                                makes C_Login fail with CKR_PIN_LOCKED)
+ *   removed                      the token is out of its slot: it is not listed,
+ *                                C_GetTokenInfo says CKR_TOKEN_NOT_PRESENT, calls on
+ *                                sessions CKR_DEVICE_REMOVED, and every session of
+ *                                the token is closed (as a real removal does), so
+ *                                after reinsertion the old handles are invalid
  * Every C_Login call is counted in "$FIRMAD_FAULT_CONTROL.logins". */
 #include <dlfcn.h>
 #include <stdio.h>
@@ -49,7 +54,47 @@ static void count_login(void) {
   }
 }
 
+// While "removed": closes the token's sessions once and reports it gone.
+static int removed(CK_SLOT_ID slot) {
+  static int was_removed;
+  const int now = control_has("removed");
+  if (now && !was_removed) real_fns.C_CloseAllSessions(slot);
+  was_removed = now;
+  return now;
+}
+
+static CK_SLOT_ID first_slot(void) {
+  CK_SLOT_ID slots[8];
+  CK_ULONG n = 8;
+  if (real_fns.C_GetSlotList(CK_TRUE, slots, &n) != CKR_OK || n == 0) return 0;
+  return slots[0];
+}
+
+static CK_RV fault_GetSlotList(CK_BBOOL present, CK_SLOT_ID_PTR list, CK_ULONG_PTR count) {
+  if (present && removed(first_slot())) {
+    *count = 0;
+    return CKR_OK;
+  }
+  return real_fns.C_GetSlotList(present, list, count);
+}
+
+static CK_RV fault_OpenSession(CK_SLOT_ID slot, CK_FLAGS flags, CK_VOID_PTR app, CK_NOTIFY notify, CK_SESSION_HANDLE_PTR s) {
+  if (removed(slot)) return CKR_TOKEN_NOT_PRESENT;
+  return real_fns.C_OpenSession(slot, flags, app, notify, s);
+}
+
+static CK_RV fault_GetSessionInfo(CK_SESSION_HANDLE session, CK_SESSION_INFO_PTR info) {
+  if (removed(first_slot())) return CKR_DEVICE_REMOVED;
+  return real_fns.C_GetSessionInfo(session, info);
+}
+
+static CK_RV fault_SignInit(CK_SESSION_HANDLE session, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE key) {
+  if (removed(first_slot())) return CKR_DEVICE_REMOVED;
+  return real_fns.C_SignInit(session, mech, key);
+}
+
 static CK_RV fault_GetTokenInfo(CK_SLOT_ID slot, CK_TOKEN_INFO_PTR info) {
+  if (removed(slot)) return CKR_TOKEN_NOT_PRESENT;
   CK_RV rv = real_fns.C_GetTokenInfo(slot, info);
   if (rv != CKR_OK) return rv;
   if (control_has("count_low")) info->flags |= CKF_USER_PIN_COUNT_LOW;
@@ -78,6 +123,10 @@ CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR list) {
     fault_fns.C_GetFunctionList = C_GetFunctionList;
     fault_fns.C_GetTokenInfo = fault_GetTokenInfo;
     fault_fns.C_Login = fault_Login;
+    fault_fns.C_GetSlotList = fault_GetSlotList;
+    fault_fns.C_OpenSession = fault_OpenSession;
+    fault_fns.C_GetSessionInfo = fault_GetSessionInfo;
+    fault_fns.C_SignInit = fault_SignInit;
     loaded = 1;
   }
   *list = &fault_fns;
