@@ -2,6 +2,7 @@
 #include "daemon/access.hpp"
 
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -14,7 +15,7 @@ Peer peer_of(int fd) {
   socklen_t len = sizeof cred;
   if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0)
     throw std::system_error(errno, std::generic_category(), "SO_PEERCRED");
-  Peer p{cred.pid, cred.uid, cred.gid, {}};
+  Peer p{cred.pid, cred.uid, cred.gid, {}, {}};
   std::vector<gid_t> groups(64);
   for (int attempt = 0; attempt < 4; ++attempt) {
     socklen_t glen = groups.size() * sizeof(gid_t);
@@ -26,6 +27,10 @@ Peer peer_of(int fd) {
     if (errno != ERANGE || glen / sizeof(gid_t) > 65536) break;
     groups.resize(glen / sizeof(gid_t));
   }
+  char exe[4096];
+  const std::string link = "/proc/" + std::to_string(cred.pid) + "/exe";
+  const ssize_t n = ::readlink(link.c_str(), exe, sizeof exe - 1);
+  p.executable = n > 0 ? std::string(exe, static_cast<std::size_t>(n)) : "?";
   return p;
 }
 

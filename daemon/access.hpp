@@ -15,6 +15,7 @@ struct Peer {
   uid_t uid = 0;
   gid_t gid = 0;
   std::vector<gid_t> groups;  // supplementary groups at connect time
+  std::string executable;     // /proc/<pid>/exe at connect time, for the audit log
 };
 
 // Returns the credentials of the process connected on a Unix socket fd.

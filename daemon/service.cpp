@@ -131,7 +131,8 @@ TokenWorker& Service::token_named(const std::string& name) const {
 
 void Service::require_admin(const char* method, const Peer& peer) const {
   if (allowed(config_.admins, peer)) return;
-  log::warning("access-denied", {{"method", method}, {"uid", peer.uid}, {"gid", peer.gid}, {"pid", peer.pid}});
+  log::warning("access-denied", {{"method", method}, {"uid", peer.uid}, {"gid", peer.gid}, {"pid", peer.pid},
+                                 {"exe", peer.executable}});
   throw VarlinkError(perr::kAccessDenied, {{"method", method}});
 }
 

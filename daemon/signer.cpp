@@ -37,7 +37,7 @@ const KeyState& usable_key(const TokenSnapshot& snap, const TokenWorker& token, 
                            const char* method) {
   if (!allowed(key.allow, peer)) {
     log::warning("access-denied", {{"method", method}, {"key", key.alias}, {"uid", peer.uid}, {"gid", peer.gid},
-                                   {"pid", peer.pid}});
+                                   {"pid", peer.pid}, {"exe", peer.executable}});
     throw VarlinkError(perr::kAccessDenied, {{"method", method}, {"key", key.alias}});
   }
   const std::string& name = token.config().name;
@@ -85,7 +85,7 @@ void audit(const char* method, const KeyConfig& key, const Peer& peer, const cha
   hex.reserve(digest.size() * 2);
   for (auto b : digest) hex += kHex[b >> 4], hex += kHex[b & 15];
   log::info("sign", {{"method", method}, {"key", key.alias}, {"scheme", scheme}, {"uid", peer.uid}, {"gid", peer.gid},
-                     {"pid", peer.pid}, {"digest", hex}, {"result", result}});
+                     {"pid", peer.pid}, {"exe", peer.executable}, {"digest", hex}, {"result", result}});
 }
 
 }  // namespace

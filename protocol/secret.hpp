@@ -14,13 +14,18 @@ inline void secure_zero(void* p, std::size_t n) noexcept {
 }
 
 // Owns a secret. Copy is deleted so a secret exists in one place; move
-// transfers it and wipes the source. The buffer is reserved up front so the
+// transfers it (buffers are swapped, so each stays locked) and wipes the source. The buffer is reserved up front so the
 // secret is never reallocated (and left behind) while being built.
 class Secret {
  public:
   static constexpr std::size_t kCapacity = 256;
 
-  Secret() { data_.reserve(kCapacity); }
+  // The buffer is locked in memory (never swapped out) where the process
+  // may lock memory; where it may not, the secret is still zeroed on release.
+  Secret() {
+    data_.reserve(kCapacity);
+    ::mlock(data_.data(), data_.capacity());
+  }
   explicit Secret(std::string_view v) : Secret() { assign(v); }
   Secret(const Secret&) = delete;  // one copy of a secret, not two
   Secret& operator=(const Secret&) = delete;
@@ -32,7 +37,10 @@ class Secret {
     }
     return *this;
   }
-  ~Secret() { clear(); }
+  ~Secret() {
+    clear();
+    ::munlock(data_.data(), data_.capacity());
+  }
 
   // Replaces the contents; input longer than kCapacity is truncated to it.
   void assign(std::string_view v) {

@@ -230,6 +230,25 @@ TEST_F(SignThroughDaemon, CExampleProgramSignsThroughLibfirma) {
   EXPECT_NE(bad.out.find("io.firmad.Signer.KeyNotFound"), std::string::npos) << bad.out;
 }
 
+TEST_F(SignThroughDaemon, EverySignatureLeavesAnAuditLine) {
+  const std::string text = "auditado";
+  ASSERT_EQ(ctl("sign firma-ec -o " + quote(file("audit.sig").string()) + " -", text).exit_code, 0);
+  const std::string digest_hex = [&] {
+    auto d = firma::digest("sha256", firma::Bytes(text.begin(), text.end()));
+    std::string h;
+    for (auto b : d) h += "0123456789abcdef"[b >> 4], h += "0123456789abcdef"[b & 15];
+    return h;
+  }();
+  ASSERT_TRUE(daemon_->wait_for_log("digest=" + digest_hex)) << daemon_->log();
+  const std::string log = daemon_->log();
+  const auto at = log.rfind("\n", log.find("digest=" + digest_hex)) + 1;
+  const std::string line = log.substr(at, log.find('\n', at) - at);
+  for (const std::string& part : std::vector<std::string>{"event=sign ", "method=Sign", "key=firma-ec", "scheme=ecdsa", "uid=0", "gid=0", "pid=",
+                                 "exe=" + firmactl_binary().string(), "result=ok"})
+    EXPECT_NE(line.find(part), std::string::npos) << part << " not in: " << line;
+  EXPECT_EQ(log.find(TokenRig::kPin), std::string::npos) << "no PIN in the log";
+}
+
 TEST_F(SignThroughDaemon, VarlinkServiceInterfaceWorks) {
   auto c = client();
   auto info = c.call("org.varlink.service.GetInfo");

@@ -1,6 +1,8 @@
 // Unit tests of the wire format: base64, Varlink framing, typed parameters, secrets.
 #include <gtest/gtest.h>
 
+#include <fstream>
+
 #include <algorithm>
 #include <cstdint>
 #include <functional>
@@ -617,3 +619,24 @@ TEST(Secret, WipeZeroesAStringThatHeldASecret) {
 
 }  // namespace
 }  // namespace firmad::protocol
+
+namespace {
+
+long locked_kib() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("VmLck:", 0) == 0) return std::stol(line.substr(6));
+  return -1;
+}
+
+TEST(SecretMemory, IsLockedWhileHeldAndUnlockedAfter) {
+  const long before = locked_kib();
+  {
+    firmad::protocol::Secret s("123456");
+    EXPECT_GT(locked_kib(), before) << "the PIN's page is locked in memory (root, or RLIMIT_MEMLOCK allows it)";
+  }
+  EXPECT_EQ(locked_kib(), before);
+}
+
+}  // namespace
