@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Builds the .deb with cpack, unpacks it into a scratch root, checks its files
+# and runs the packaged binaries from there.
+#   deb-package.sh BUILD_DIR
+set -euo pipefail
+build=$1
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+command -v dpkg-deb >/dev/null || { echo "dpkg-deb is missing" >&2; exit 1; }
+(cd "$build" && cpack -G DEB -B "$work/out" >/dev/null)
+deb=$(ls "$work"/out/*.deb)
+dpkg-deb --info "$deb" | grep -q "Package: firmad"
+dpkg-deb -x "$deb" "$work/root"
+for f in usr/sbin/firmad usr/bin/firmactl lib/systemd/system/firmad.service lib/systemd/system/firmad.socket \
+         lib/sysusers.d/firmad.conf lib/tmpfiles.d/firmad.conf usr/share/man/man8/firmad.8 \
+         usr/share/man/man1/firmactl.1 usr/share/man/man5/firmad.toml.5 \
+         usr/share/bash-completion/completions/firmactl usr/share/doc/firmad/firmad.toml.example \
+         usr/include/firma/firma.h; do
+  [ -e "$work/root/$f" ] || [ -e "$work/root/usr/$f" ] || { echo "missing in the package: $f" >&2; exit 1; }
+done
+grep -q "ExecStart=/usr/sbin/firmad " "$work/root"/*/systemd/system/firmad.service "$work/root"/usr/lib/systemd/system/firmad.service 2>/dev/null ||
+  { echo "firmad.service does not start /usr/sbin/firmad" >&2; exit 1; }
+"$work/root/usr/sbin/firmad" --version | grep -q "firmad "
+"$work/root/usr/bin/firmactl" --version | grep -q "firmactl "
+# The packaged example configuration is valid once its groups exist (here: root).
+sed 's/firmad-admin/root/; s/firmad-signers/root/' "$work/root/usr/share/doc/firmad/firmad.toml.example" > "$work/example.toml"
+"$work/root/usr/sbin/firmad" --check-config --config "$work/example.toml"
+echo "package $(basename "$deb"): files present, binaries run"
