@@ -9,7 +9,9 @@ trap 'rm -rf "$work"' EXIT
 command -v dpkg-deb >/dev/null || { echo "dpkg-deb is missing" >&2; exit 1; }
 (cd "$build" && cpack -G DEB -B "$work/out" >/dev/null)
 deb=$(ls "$work"/out/*.deb)
-dpkg-deb --info "$deb" | grep -q "Package: firmad"
+# (Captured first: with pipefail, grep -q closing the pipe early would fail it.)
+info=$(dpkg-deb --info "$deb")
+grep -q "Package: firmad" <<<"$info" || { echo "not a firmad package" >&2; exit 1; }
 dpkg-deb -x "$deb" "$work/root"
 for f in usr/sbin/firmad usr/bin/firmactl lib/systemd/system/firmad.service lib/systemd/system/firmad.socket \
          lib/sysusers.d/firmad.conf lib/tmpfiles.d/firmad.conf usr/share/man/man8/firmad.8 \
@@ -20,8 +22,10 @@ for f in usr/sbin/firmad usr/bin/firmactl lib/systemd/system/firmad.service lib/
 done
 grep -q "ExecStart=/usr/sbin/firmad " "$work/root"/*/systemd/system/firmad.service "$work/root"/usr/lib/systemd/system/firmad.service 2>/dev/null ||
   { echo "firmad.service does not start /usr/sbin/firmad" >&2; exit 1; }
-"$work/root/usr/sbin/firmad" --version | grep -q "firmad "
-"$work/root/usr/bin/firmactl" --version | grep -q "firmactl "
+version=$("$work/root/usr/sbin/firmad" --version)
+grep -q "^firmad " <<<"$version" || { echo "packaged firmad does not run: $version" >&2; exit 1; }
+version=$("$work/root/usr/bin/firmactl" --version)
+grep -q "^firmactl " <<<"$version" || { echo "packaged firmactl does not run: $version" >&2; exit 1; }
 # The packaged example configuration is valid once its groups exist (here: root).
 sed 's/firmad-admin/root/; s/firmad-signers/root/' "$work/root/usr/share/doc/firmad/firmad.toml.example" > "$work/example.toml"
 "$work/root/usr/sbin/firmad" --check-config --config "$work/example.toml"
