@@ -2,6 +2,9 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
+#include <atomic>
+#include <thread>
+
 #include "daemon_fixture.hpp"
 
 namespace firmad::test {
@@ -173,6 +176,7 @@ class PinFlags : public PinCustody {
   std::unique_ptr<Daemon> start_faulty(const std::string& pin_source = "pin_source = \"file\"") {
     return start({{"module", std::string("module = \"") + FIRMAD_FAULT_MODULE + "\""},
                   {"pin_source", pin_source},
+                  {"log_level", "log_level = \"info\"\nmax_connections_per_peer = 128"},
                   {"sessions", "sessions = 1\nrefresh_interval_ms = 100"}});
   }
   long logins() {
@@ -227,6 +231,81 @@ TEST_F(PinFlags, RemovedTokenFailsFastAndServesAgainWhenBack) {
   EXPECT_FALSE(client().sign_digest("firma-ec", digest()).empty());
   EXPECT_EQ(logins(), 2) << "one C_Login at start, one after reinsertion";
   EXPECT_TRUE(d->wait_for_log("event=token-removed"));
+}
+
+TEST_F(PinFlags, SlowTokenWithAFullQueueStillAnswersStatus) {
+  auto d = start_faulty();
+  ASSERT_TRUE(d->wait_for_log("event=token-login ")) << d->log();
+  write_file(control, "slow_ms=200");
+  // 64 signatures at 200 ms each on one session: 12.8 s of queued work.
+  std::vector<std::thread> signers;
+  std::atomic<int> done{0};
+  struct JoinAll {
+    std::vector<std::thread>& threads;
+    ~JoinAll() {
+      for (auto& t : threads)
+        if (t.joinable()) t.join();
+    }
+  } join_all{signers};  // also when an assertion below returns early
+  for (int i = 0; i < 64; ++i) {
+    signers.emplace_back([&] {
+      try {
+        firma::Client c(rig.socket().string());
+        c.sign_digest("firma-ec", digest());
+      } catch (const std::exception&) {
+      }
+      ++done;
+    });
+  }
+  ASSERT_TRUE(eventually([&] { return token_status()["queued"].get<int>() >= 32; })) << d->log();
+  // Status comes from cached state: answered while the queue still holds seconds of work.
+  const auto start = std::chrono::steady_clock::now();
+  auto t = token_status();
+  const auto took = std::chrono::steady_clock::now() - start;
+  EXPECT_LT(took, std::chrono::seconds(1)) << "status waited behind the queue";
+  EXPECT_GE(t["queued"].get<int>(), 1);
+  EXPECT_LT(done.load(), 64) << "the signatures were still queued when status answered";
+  write_file(control, "");
+  for (auto& s : signers) s.join();
+  EXPECT_EQ(done.load(), 64);
+}
+
+TEST_F(PinFlags, SignatureInFlightWhenTheTokenIsPulledFailsCleanly) {
+  auto d = start_faulty();
+  ASSERT_TRUE(d->wait_for_log("event=token-login ")) << d->log();
+  write_file(control, "slow_ms=400");
+  std::string outcome;
+  std::thread signer([&] { outcome = error_of([&] { client().sign_digest("firma-ec", digest()); }); });
+  struct Join {
+    std::thread& t;
+    ~Join() {
+      if (t.joinable()) t.join();
+    }
+  } join{signer};
+  // The request is inside the token when it is pulled.
+  ASSERT_TRUE(eventually([&] { return fs::exists(control.string() + ".in_sign"); })) << d->log();
+  write_file(control, "slow_ms=400 removed");
+  signer.join();
+  EXPECT_EQ(outcome, "io.firmad.Signer.TokenAbsent");
+  write_file(control, "");
+  ASSERT_TRUE(eventually([&] { return token_status()["loggedIn"].get<bool>(); })) << d->log();
+  EXPECT_FALSE(client().sign_digest("firma-ec", digest()).empty());
+}
+
+TEST_F(PinFlags, DeviceErrorIsReportedWithItsCode) {
+  auto d = start_faulty();
+  ASSERT_TRUE(d->wait_for_log("event=token-login ")) << d->log();
+  write_file(control, "device_error");
+  try {
+    client().sign_digest("firma-ec", digest());
+    FAIL() << "the token failed";
+  } catch (const firma::Error& e) {
+    EXPECT_EQ(e.name(), "io.firmad.Signer.TokenError");
+    EXPECT_EQ(e.parameters()["code"], "CKR_DEVICE_ERROR");
+    EXPECT_EQ(e.parameters()["call"], "C_Sign");
+  }
+  write_file(control, "");
+  EXPECT_FALSE(client().sign_digest("firma-ec", digest()).empty()) << "the next signature works";
 }
 
 TEST_F(PinFlags, LockedPinIsReportedAndNotTried) {

@@ -10,11 +10,17 @@
  *                                sessions CKR_DEVICE_REMOVED, and every session of
  *                                the token is closed (as a real removal does), so
  *                                after reinsertion the old handles are invalid
+ *   slow_ms=N                    C_Sign takes N milliseconds longer (a smart card),
+ *                                creating "<control>.in_sign" as it starts; a
+ *                                removal during the wait fails it with
+ *                                CKR_DEVICE_REMOVED, as a pulled card does
+ *   device_error                 C_Sign fails with CKR_DEVICE_ERROR
  * Every C_Login call is counted in "$FIRMAD_FAULT_CONTROL.logins". */
 #include <dlfcn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <p11-kit/pkcs11.h>
 
@@ -34,6 +40,22 @@ static int control_has(const char *word) {
   }
   fclose(f);
   return found;
+}
+
+// The number after "word=" in the control file, or 0.
+static long control_number(const char *word) {
+  const char *path = getenv("FIRMAD_FAULT_CONTROL");
+  if (!path) return 0;
+  FILE *f = fopen(path, "r");
+  if (!f) return 0;
+  char buf[256];
+  long value = 0;
+  const size_t len = strlen(word);
+  while (fscanf(f, "%255s", buf) == 1) {
+    if (strncmp(buf, word, len) == 0 && buf[len] == '=') value = strtol(buf + len + 1, NULL, 10);
+  }
+  fclose(f);
+  return value;
 }
 
 static void count_login(void) {
@@ -93,6 +115,28 @@ static CK_RV fault_SignInit(CK_SESSION_HANDLE session, CK_MECHANISM_PTR mech, CK
   return real_fns.C_SignInit(session, mech, key);
 }
 
+static CK_RV fault_Sign(CK_SESSION_HANDLE session, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PTR sig, CK_ULONG_PTR sig_len) {
+  const long slow = control_number("slow_ms");
+  if (slow > 0) {
+    /* Tell the test a signature is inside the token: "<control>.in_sign". */
+    const char *path = getenv("FIRMAD_FAULT_CONTROL");
+    if (path) {
+      char marker[4096];
+      snprintf(marker, sizeof marker, "%s.in_sign", path);
+      FILE *f = fopen(marker, "w");
+      if (f) fclose(f);
+    }
+    struct timespec ts = {slow / 1000, (slow % 1000) * 1000000L};
+    nanosleep(&ts, NULL);  /* the token's own slowness, not a test's wait */
+  }
+  /* The real operation is always finished, as a failing token ends it too. */
+  const CK_RV rv = real_fns.C_Sign(session, data, len, sig, sig_len);
+  if (rv == CKR_BUFFER_TOO_SMALL) return rv;
+  if (removed(first_slot())) return CKR_DEVICE_REMOVED;
+  if (control_has("device_error")) return CKR_DEVICE_ERROR;
+  return rv;
+}
+
 static CK_RV fault_GetTokenInfo(CK_SLOT_ID slot, CK_TOKEN_INFO_PTR info) {
   if (removed(slot)) return CKR_TOKEN_NOT_PRESENT;
   CK_RV rv = real_fns.C_GetTokenInfo(slot, info);
@@ -127,6 +171,7 @@ CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR list) {
     fault_fns.C_OpenSession = fault_OpenSession;
     fault_fns.C_GetSessionInfo = fault_GetSessionInfo;
     fault_fns.C_SignInit = fault_SignInit;
+    fault_fns.C_Sign = fault_Sign;
     loaded = 1;
   }
   *list = &fault_fns;

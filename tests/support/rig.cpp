@@ -72,11 +72,14 @@ std::string read_file(const fs::path& p) {
 }
 
 void write_file(const fs::path& p, const std::string& data, unsigned mode) {
+  // Written beside and renamed: a reader (the fault module) never sees it half written.
+  const fs::path tmp = p.string() + ".writing";
   {
-    std::ofstream out(p, std::ios::binary | std::ios::trunc);
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
     out << data;
   }
-  fs::permissions(p, static_cast<fs::perms>(mode));
+  fs::permissions(tmp, static_cast<fs::perms>(mode));
+  fs::rename(tmp, p);
 }
 
 TokenRig::TokenRig() {
@@ -127,6 +130,8 @@ Daemon::Daemon(fs::path config, fs::path socket, Options options)
   args.insert(args.end(), options.extra_args.begin(), options.extra_args.end());
   pid_ = ::fork();
   if (pid_ == 0) {
+    // stdout too: a pipe the test's caller reads must not stay open in a daemon.
+    ::dup2(log_fd, STDOUT_FILENO);
     ::dup2(log_fd, STDERR_FILENO);
     if (options.listen_fd) {
       ::dup2(*options.listen_fd, 3);
