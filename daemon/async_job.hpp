@@ -28,6 +28,21 @@ struct Pending {
   asio::executor_work_guard<Executor> work;
 };
 
+// Runs f() on the calling token thread and hands its result, or what it
+// threw, to the waiting coroutine on that coroutine's executor.
+template <typename T, typename P, typename F>
+void settle(const std::shared_ptr<P>& pending, F&& f) {
+  std::exception_ptr error;
+  T result{};
+  try {
+    result = f();
+  } catch (...) {
+    error = std::current_exception();
+  }
+  auto ex = pending->work.get_executor();
+  asio::post(ex, [pending, error, result = std::move(result)]() mutable { pending->complete(error, std::move(result)); });
+}
+
 // Runs fn(WorkContext&) -> T on one of the token's signing threads and
 // resumes the calling coroutine on its own executor with the result (or
 // rethrows what fn threw). Throws QueueFull at once when the queue is full.
@@ -39,48 +54,32 @@ template <typename T, typename Fn>
 asio::awaitable<T> on_signing_thread(TokenWorker& worker, Fn fn) {
   auto ex = co_await asio::this_coro::executor;
   auto initiate = [&worker, ex](auto handler, Fn fn) {
-        // The pending handler is outstanding work: io_context::run() must not
-        // return while a token is still answering (SIGTERM finishes requests).
-        auto h = std::make_shared<Pending<decltype(handler), decltype(ex)>>(std::move(handler), ex);
-        const bool queued = worker.submit([h, ex, fn = std::move(fn)](WorkContext& ctx) mutable {
-          std::exception_ptr error;
-          T result{};
-          try {
-            result = fn(ctx);
-          } catch (...) {
-            error = std::current_exception();
-          }
-          asio::post(ex, [h, error, result = std::move(result)]() mutable { h->complete(error, std::move(result)); });
-        });
-        if (!queued) {
-          auto full = std::make_exception_ptr(protocol::VarlinkError(
-              protocol::error::kQueueFull,
-              {{"token", worker.config().name}, {"limit", worker.config().queue_limit}}));
-          asio::post(ex, [h, full]() mutable { h->complete(full, T{}); });
-        }
-      };
+    // The pending handler is outstanding work: io_context::run() must not
+    // return while a token is still answering (SIGTERM finishes requests).
+    auto h = std::make_shared<Pending<decltype(handler), decltype(ex)>>(std::move(handler), ex);
+    const bool queued = worker.submit(
+        [h, fn = std::move(fn)](WorkContext& ctx) mutable { settle<T>(h, [&] { return fn(ctx); }); });
+    if (!queued) {
+      settle<T>(h, [&]() -> T {
+        throw protocol::VarlinkError(protocol::error::kQueueFull,
+                                     {{"token", worker.config().name}, {"limit", worker.config().queue_limit}});
+      });
+    }
+  };
   co_return co_await asio::async_initiate<decltype(asio::use_awaitable), void(std::exception_ptr, T)>(
       initiate, asio::use_awaitable, std::move(fn));
 }
 
-// Runs fn() -> T on the token's control thread (login, logout), likewise.
+// Runs fn() -> T on the token's control thread (login, logout, import,
+// cancel), likewise.
 template <typename T, typename Fn>
 asio::awaitable<T> on_control_thread(TokenWorker& worker, Fn fn) {
   auto ex = co_await asio::this_coro::executor;
   auto initiate = [&worker, ex](auto handler, Fn fn) {
-        auto h = std::make_shared<Pending<decltype(handler), decltype(ex)>>(std::move(handler), ex);
-        auto f = std::make_shared<Fn>(std::move(fn));
-        worker.control([h, ex, f]() {
-          std::exception_ptr error;
-          T result{};
-          try {
-            result = (*f)();
-          } catch (...) {
-            error = std::current_exception();
-          }
-          asio::post(ex, [h, error, result = std::move(result)]() mutable { h->complete(error, std::move(result)); });
-        });
-      };
+    auto h = std::make_shared<Pending<decltype(handler), decltype(ex)>>(std::move(handler), ex);
+    auto f = std::make_shared<Fn>(std::move(fn));
+    worker.control([h, f] { settle<T>(h, *f); });
+  };
   co_return co_await asio::async_initiate<decltype(asio::use_awaitable), void(std::exception_ptr, T)>(
       initiate, asio::use_awaitable, std::move(fn));
 }

@@ -187,7 +187,7 @@ int destroy_key_objects(const Session& s, const KeyInfo& key) {
   int destroyed = 0;
   for (CK_OBJECT_CLASS cls : {CKO_PRIVATE_KEY, CKO_PUBLIC_KEY, CKO_CERTIFICATE}) {
     for (ObjectHandle h : s.find(cls, label, id, 16)) {
-      check(s.module().fn()->C_DestroyObject(s.handle(), h), "C_DestroyObject");
+      s.destroy(h);
       ++destroyed;
     }
   }

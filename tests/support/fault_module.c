@@ -28,34 +28,32 @@ static CK_FUNCTION_LIST real_fns;
 static CK_FUNCTION_LIST fault_fns;
 static int loaded;
 
-static int control_has(const char *word) {
+// Looks for `word` ("word" or "word=N") among the control file's words;
+// returns whether it is there and, for "word=N", stores N in *number.
+static int control_lookup(const char *word, long *number) {
   const char *path = getenv("FIRMAD_FAULT_CONTROL");
   if (!path) return 0;
   FILE *f = fopen(path, "r");
   if (!f) return 0;
   char buf[256];
   int found = 0;
+  const size_t len = strlen(word);
   while (fscanf(f, "%255s", buf) == 1) {
-    if (strcmp(buf, word) == 0) found = 1;
+    if (strncmp(buf, word, len) != 0) continue;
+    if (buf[len] == '\0') found = 1;
+    else if (buf[len] == '=' && number) found = 1, *number = strtol(buf + len + 1, NULL, 10);
   }
   fclose(f);
   return found;
 }
 
+static int control_has(const char *word) { return control_lookup(word, NULL); }
+
 // The number after "word=" in the control file, or 0.
 static long control_number(const char *word) {
-  const char *path = getenv("FIRMAD_FAULT_CONTROL");
-  if (!path) return 0;
-  FILE *f = fopen(path, "r");
-  if (!f) return 0;
-  char buf[256];
-  long value = 0;
-  const size_t len = strlen(word);
-  while (fscanf(f, "%255s", buf) == 1) {
-    if (strncmp(buf, word, len) == 0 && buf[len] == '=') value = strtol(buf + len + 1, NULL, 10);
-  }
-  fclose(f);
-  return value;
+  long n = 0;
+  control_lookup(word, &n);
+  return n;
 }
 
 static void count_login(void) {
