@@ -4,86 +4,16 @@
 #include <openssl/core_names.h>
 #include <openssl/rand.h>
 
-#include <cstring>
-#include <list>
 #include <stdexcept>
 
 #include "pkcs11/error.hpp"
+#include "pkcs11/keygen.hpp"
 #include "pkcs11/openssl.hpp"
 
 namespace firmad::pkcs11 {
 namespace {
 
 using SecretBn = std::unique_ptr<BIGNUM, ossl::Deleter<BN_clear_free>>;
-
-// A C_CreateObject template that owns its attribute values. Some values are
-// private key components, so all of them are wiped on destruction.
-class Template {
- public:
-  Template() = default;
-  Template(const Template&) = delete;  // its attributes point into its own storage
-  Template& operator=(const Template&) = delete;
-  ~Template() {
-    for (auto& v : values_) OPENSSL_cleanse(v.data(), v.size());
-  }
-
-  // Takes the value over (moved, so no copy of a secret is left behind).
-  void add(CK_ATTRIBUTE_TYPE type, Bytes&& value) {
-    Bytes& v = values_.emplace_back(std::move(value));
-    attributes_.push_back({type, v.empty() ? nullptr : v.data(), static_cast<CK_ULONG>(v.size())});
-  }
-  void add_bool(CK_ATTRIBUTE_TYPE type, bool value) {
-    add(type, Bytes{static_cast<std::uint8_t>(value ? CK_TRUE : CK_FALSE)});
-  }
-  void add_ulong(CK_ATTRIBUTE_TYPE type, CK_ULONG value) {
-    Bytes b(sizeof value);
-    std::memcpy(b.data(), &value, sizeof value);
-    add(type, std::move(b));
-  }
-  void add_copy(CK_ATTRIBUTE_TYPE type, const Bytes& value) { add(type, Bytes(value)); }
-
-  CK_ATTRIBUTE* data() noexcept { return attributes_.data(); }
-  CK_ULONG size() const noexcept { return static_cast<CK_ULONG>(attributes_.size()); }
-
- private:
-  std::list<Bytes> values_;  // a list: a value stays where its attribute points
-  std::vector<CK_ATTRIBUTE> attributes_;
-};
-
-// Destroys the objects created so far unless released, newest first: an
-// import leaves all of its objects on the token or none.
-class ObjectGuard {
- public:
-  explicit ObjectGuard(const Session& session) : session_(session) { objects_.reserve(3); }
-  ObjectGuard(const ObjectGuard&) = delete;  // destroys its objects once
-  ObjectGuard& operator=(const ObjectGuard&) = delete;
-  ~ObjectGuard() {
-    for (auto it = objects_.rbegin(); it != objects_.rend(); ++it) {
-      try {
-        session_.destroy(*it);
-      } catch (...) {
-        // Best effort, and a destructor must not throw: the failure being
-        // unwound is the one to report.
-      }
-    }
-  }
-  void add(ObjectHandle object) { objects_.push_back(object); }  // never reallocates: reserved
-  void release() noexcept { objects_.clear(); }
-
- private:
-  const Session& session_;
-  std::vector<ObjectHandle> objects_;
-};
-
-template <typename T>
-Bytes encode(int (*i2d)(const T*, unsigned char**), const T* value, const char* what) {
-  const int len = value ? i2d(value, nullptr) : -1;
-  if (len <= 0) ossl::fail(std::string("cannot encode the ") + what);
-  Bytes out(static_cast<std::size_t>(len));
-  unsigned char* p = out.data();
-  if (i2d(value, &p) != len) ossl::fail(std::string("cannot encode the ") + what);
-  return out;
-}
 
 // Returns a key component as an unsigned big-endian integer, left-padded to
 // `width` bytes when width is given.
@@ -138,7 +68,7 @@ void ec_parts(EVP_PKEY* key, Template& priv, Template& pub) {
     throw std::invalid_argument(std::string("cannot import an EC key on curve ") + group + " (P-256 and P-384 only)");
   const int width = nid == NID_secp384r1 ? 48 : 32;
 
-  const Bytes params = encode(i2d_ASN1_OBJECT, static_cast<const ASN1_OBJECT*>(OBJ_nid2obj(nid)), "curve OID");
+  const Bytes params = encode_der(i2d_ASN1_OBJECT, static_cast<const ASN1_OBJECT*>(OBJ_nid2obj(nid)), "curve OID");
   // CKA_EC_POINT: the uncompressed point (04 || X || Y) in a DER OCTET STRING.
   Bytes point{0x04};
   for (const char* coordinate : {OSSL_PKEY_PARAM_EC_PUB_X, OSSL_PKEY_PARAM_EC_PUB_Y}) {
@@ -153,14 +83,8 @@ void ec_parts(EVP_PKEY* key, Template& priv, Template& pub) {
     t->add_ulong(CKA_KEY_TYPE, CKK_EC);
     t->add_copy(CKA_EC_PARAMS, params);
   }
-  pub.add(CKA_EC_POINT, encode(i2d_ASN1_OCTET_STRING, static_cast<const ASN1_OCTET_STRING*>(os.get()), "EC point"));
+  pub.add(CKA_EC_POINT, encode_der(i2d_ASN1_OCTET_STRING, static_cast<const ASN1_OCTET_STRING*>(os.get()), "EC point"));
   priv.add(CKA_VALUE, component(key, OSSL_PKEY_PARAM_PRIV_KEY, width));
-}
-
-ObjectHandle create(const Session& session, Template& t, const char* call) {
-  CK_OBJECT_HANDLE object = CK_INVALID_HANDLE;
-  check(session.module().fn()->C_CreateObject(session.handle(), t.data(), t.size(), &object), call);
-  return object;
 }
 
 bool id_in_use(const Session& session, Bytes& id) {
@@ -187,29 +111,11 @@ ImportedObjects import_credential(const Session& session, EVP_PKEY* key, X509* c
   }
 
   // Everything is encoded before anything is written to the token.
-  const Bytes label_bytes(label.begin(), label.end());
-  const Bytes subject = encode(i2d_X509_NAME, static_cast<const X509_NAME*>(X509_get_subject_name(certificate)),
-                               "certificate's subject");
+  const Bytes subject = encode_der(i2d_X509_NAME, static_cast<const X509_NAME*>(X509_get_subject_name(certificate)),
+                                   "certificate's subject");
   Template priv, pub, cert;
-  priv.add_ulong(CKA_CLASS, CKO_PRIVATE_KEY);
-  priv.add_bool(CKA_TOKEN, true);
-  priv.add_bool(CKA_PRIVATE, true);
-  priv.add_bool(CKA_SENSITIVE, true);
-  priv.add_bool(CKA_EXTRACTABLE, false);
-  priv.add_bool(CKA_SIGN, true);
-  // A signing key and nothing else: no decryption, unwrapping or derivation.
-  priv.add_bool(CKA_DECRYPT, false);
-  priv.add_bool(CKA_UNWRAP, false);
-  priv.add_bool(CKA_DERIVE, false);
-  pub.add_ulong(CKA_CLASS, CKO_PUBLIC_KEY);
-  pub.add_bool(CKA_TOKEN, true);
-  pub.add_bool(CKA_PRIVATE, false);
-  pub.add_bool(CKA_VERIFY, true);
-  for (Template* t : {&priv, &pub}) {
-    t->add_copy(CKA_LABEL, label_bytes);
-    t->add_copy(CKA_ID, id);
-    t->add_copy(CKA_SUBJECT, subject);
-  }
+  add_key_pair_attributes(priv, pub, label, id);
+  for (Template* t : {&priv, &pub}) t->add_copy(CKA_SUBJECT, subject);
   if (EVP_PKEY_is_a(key, "RSA")) {
     rsa_parts(key, priv, pub);
   } else if (EVP_PKEY_is_a(key, "EC")) {
@@ -220,25 +126,15 @@ ImportedObjects import_credential(const Session& session, EVP_PKEY* key, X509* c
                                 " key: RSA and EC P-256/P-384 only");
   }
 
-  cert.add_ulong(CKA_CLASS, CKO_CERTIFICATE);
-  cert.add_ulong(CKA_CERTIFICATE_TYPE, CKC_X_509);
-  cert.add_bool(CKA_TOKEN, true);
-  cert.add_bool(CKA_PRIVATE, false);
-  cert.add_copy(CKA_LABEL, label_bytes);
-  cert.add_copy(CKA_ID, id);
-  cert.add_copy(CKA_SUBJECT, subject);
-  cert.add(CKA_ISSUER, encode(i2d_X509_NAME, static_cast<const X509_NAME*>(X509_get_issuer_name(certificate)),
-                              "certificate's issuer"));
-  cert.add(CKA_SERIAL_NUMBER, encode(i2d_ASN1_INTEGER, X509_get0_serialNumber(certificate), "certificate's serial number"));
-  cert.add(CKA_VALUE, encode(i2d_X509, static_cast<const X509*>(certificate), "certificate"));
+  add_certificate_attributes(cert, encode_der(i2d_X509, static_cast<const X509*>(certificate), "certificate"), label, id);
 
   ObjectGuard guard(session);
   ImportedObjects out;
-  out.private_key = create(session, priv, "C_CreateObject(private key)");
+  out.private_key = create_object(session, priv, "C_CreateObject(private key)");
   guard.add(out.private_key);
-  out.public_key = create(session, pub, "C_CreateObject(public key)");
+  out.public_key = create_object(session, pub, "C_CreateObject(public key)");
   guard.add(out.public_key);
-  out.certificate = create(session, cert, "C_CreateObject(certificate)");
+  out.certificate = create_object(session, cert, "C_CreateObject(certificate)");
   guard.release();
   return out;
 }

@@ -93,6 +93,48 @@ Bytes ec_spki(const Curve& curve, const Bytes& point) {
   return to_der(from_params("EC", bld.get()).get());
 }
 
+// Uncompressed point 04||X||Y, or the 32-byte Ed25519 key.
+std::size_t point_size(const Curve& curve) {
+  return curve.type == KeyType::Ed25519 ? 32 : 1 + 2 * ((curve.bits + 7) / 8);
+}
+
+// Whether certificate a (DER da) should be chosen over b: the later notAfter,
+// then the later notBefore, then the smaller DER; parsed beats unparsed.
+// Every step is a total order, so the choice is the same whatever order the
+// token lists the certificates in.
+bool preferred(X509* a, const Bytes& da, X509* b, const Bytes& db) {
+  if (static_cast<bool>(a) != static_cast<bool>(b)) return a != nullptr;
+  if (a) {
+    int c = ASN1_TIME_compare(X509_get0_notAfter(a), X509_get0_notAfter(b));
+    if (c == 0) c = ASN1_TIME_compare(X509_get0_notBefore(a), X509_get0_notBefore(b));
+    ERR_clear_error();
+    if (c == 1 || c == -1) return c == 1;  // -2: a time OpenSSL cannot read; fall through
+  }
+  return da < db;
+}
+
+// Returns the DER of the certificate with the latest notAfter among those
+// matching label/id, or nullopt if there is none. Several share an id while
+// a renewal that kept the key has both the old and the new certificate on
+// the token; the new one is the one to present.
+std::optional<Bytes> latest_certificate(const Session& s, const std::optional<std::string>& label,
+                                        const std::optional<Bytes>& id) {
+  std::optional<Bytes> best;
+  ossl::X509Ptr best_x;
+  for (ObjectHandle h : s.find(CKO_CERTIFICATE, label, id, 64)) {
+    auto der = s.attribute(h, CKA_VALUE);
+    if (!der) continue;
+    const unsigned char* p = der->data();
+    ossl::X509Ptr x(d2i_X509(nullptr, &p, static_cast<long>(der->size())));
+    ERR_clear_error();
+    if (!best || preferred(x.get(), *der, best_x.get(), *best)) {
+      best = std::move(*der);
+      best_x = std::move(x);
+    }
+  }
+  return best;
+}
+
 std::optional<ObjectHandle> first_of(const Session& s, CK_OBJECT_CLASS cls, const std::optional<std::string>& label,
                                      const std::optional<Bytes>& id) {
   auto found = s.find(cls, label, id, 1);
@@ -115,11 +157,9 @@ std::optional<KeyInfo> find_key(const Session& s, const Uri& uri) {
   auto pub = first_of(s, CKO_PUBLIC_KEY, label, id);
   // The object that tells us the key's id and label.
   std::optional<ObjectHandle> anchor = key.private_key ? key.private_key : pub;
-  std::optional<ObjectHandle> cert;
   if (!anchor) {
-    cert = first_of(s, CKO_CERTIFICATE, label, id);
-    if (!cert) return std::nullopt;
-    anchor = cert;
+    anchor = first_of(s, CKO_CERTIFICATE, label, id);
+    if (!anchor) return std::nullopt;
   }
   key.id = s.attribute(*anchor, CKA_ID).value_or(Bytes{});
   if (auto l = s.attribute(*anchor, CKA_LABEL)) key.label.assign(l->begin(), l->end());
@@ -128,8 +168,7 @@ std::optional<KeyInfo> find_key(const Session& s, const Uri& uri) {
   const std::optional<Bytes> by_id = key.id.empty() ? std::optional<Bytes>{} : std::optional<Bytes>{key.id};
   const std::optional<std::string> by_label = key.id.empty() ? std::optional<std::string>{key.label} : std::nullopt;
   if (auto same_id = first_of(s, CKO_PUBLIC_KEY, by_label, by_id)) pub = same_id;
-  if (!cert) cert = first_of(s, CKO_CERTIFICATE, by_label, by_id);
-  if (cert) key.certificate = s.attribute(*cert, CKA_VALUE).value_or(Bytes{});
+  key.certificate = latest_certificate(s, by_label, by_id).value_or(Bytes{});
 
   const std::optional<ObjectHandle> typed = key.private_key ? key.private_key : pub;
   std::optional<unsigned long> key_type = typed ? s.ulong_attribute(*typed, CKA_KEY_TYPE) : std::nullopt;
@@ -152,9 +191,8 @@ std::optional<KeyInfo> find_key(const Session& s, const Uri& uri) {
     key.curve = curve->name;
     key.bits = curve->bits;
     if (pub) {
-      // Uncompressed point 04||X||Y, or the 32-byte Ed25519 key.
-      const std::size_t point_size = curve->type == KeyType::Ed25519 ? 32 : 1 + 2 * ((curve->bits + 7) / 8);
-      if (auto point = s.attribute(*pub, CKA_EC_POINT)) key.public_key = ec_spki(*curve, unwrap_point(*point, point_size));
+      if (auto point = s.attribute(*pub, CKA_EC_POINT))
+        key.public_key = ec_spki(*curve, unwrap_point(*point, point_size(*curve)));
     }
   } else if (key_type) {
     throw std::runtime_error("key " + uri.text() + " has a key type firmad does not support (" +
@@ -179,6 +217,21 @@ std::optional<KeyInfo> find_key(const Session& s, const Uri& uri) {
   }
   key.schemes = s.module().schemes(s.slot(), key.type);
   return key;
+}
+
+Bytes public_key_info(const Session& s, ObjectHandle public_key) {
+  const auto key_type = s.ulong_attribute(public_key, CKA_KEY_TYPE);
+  if (key_type == CKK_RSA) {
+    const auto n = s.attribute(public_key, CKA_MODULUS);
+    const auto e = s.attribute(public_key, CKA_PUBLIC_EXPONENT);
+    if (n && e) return rsa_spki(*n, *e);
+  } else if (key_type == CKK_EC || key_type == CKK_EC_EDWARDS) {
+    const auto params = s.attribute(public_key, CKA_EC_PARAMS);
+    const auto curve = params ? curve_of(*params) : std::nullopt;
+    const auto point = s.attribute(public_key, CKA_EC_POINT);
+    if (curve && point) return ec_spki(*curve, unwrap_point(*point, point_size(*curve)));
+  }
+  throw std::runtime_error("the token's public key object holds no RSA, EC P-256/P-384 or Ed25519 public key");
 }
 
 int destroy_key_objects(const Session& s, const KeyInfo& key) {

@@ -65,6 +65,24 @@ Bytes ecdsa_to_der(const Bytes& raw) {
   return out;
 }
 
+// C_SignInit and C_Sign; returns the signature as the token made it.
+Bytes token_sign(const Session& session, ObjectHandle key, CK_MECHANISM& mech, std::span<const std::uint8_t> input) {
+  auto* fn = session.module().fn();
+  check(fn->C_SignInit(session.handle(), &mech, key), "C_SignInit");
+  // One C_Sign with a buffer large enough for RSA-8192; a token that wants
+  // more says so and keeps the operation active for the second call.
+  Bytes out(1024);
+  CK_ULONG len = out.size();
+  CK_RV rv = fn->C_Sign(session.handle(), const_cast<std::uint8_t*>(input.data()), input.size(), out.data(), &len);
+  if (rv == CKR_BUFFER_TOO_SMALL) {
+    out.resize(len);
+    rv = fn->C_Sign(session.handle(), const_cast<std::uint8_t*>(input.data()), input.size(), out.data(), &len);
+  }
+  check(rv, "C_Sign");
+  out.resize(len);
+  return out;
+}
+
 }  // namespace
 
 std::span<const std::uint8_t> digest_info_prefix(Hash hash) {
@@ -105,20 +123,32 @@ Bytes sign(const Session& session, ObjectHandle key, KeyType type, const SignReq
     case Scheme::EdDsa: mech = {CKM_EDDSA, nullptr, 0}; break;
   }
 
-  auto* fn = session.module().fn();
-  check(fn->C_SignInit(session.handle(), &mech, key), "C_SignInit");
-  // One C_Sign with a buffer large enough for RSA-8192; a token that wants
-  // more says so and keeps the operation active for the second call.
-  Bytes out(1024);
-  CK_ULONG len = out.size();
-  CK_RV rv = fn->C_Sign(session.handle(), const_cast<std::uint8_t*>(input.data()), input.size(), out.data(), &len);
-  if (rv == CKR_BUFFER_TOO_SMALL) {
-    out.resize(len);
-    rv = fn->C_Sign(session.handle(), const_cast<std::uint8_t*>(input.data()), input.size(), out.data(), &len);
-  }
-  check(rv, "C_Sign");
-  out.resize(len);
+  Bytes out = token_sign(session, key, mech, input);
   return req.scheme == Scheme::Ecdsa ? ecdsa_to_der(out) : out;
+}
+
+Bytes sign_raw(const Session& session, ObjectHandle key, RawOp op, const Bytes& input) {
+  if (input.empty()) throw std::invalid_argument("nothing to sign: the input is empty");
+  CK_MECHANISM mech{CKM_RSA_PKCS, nullptr, 0};
+  CK_KEY_TYPE wanted = CKK_RSA;
+  switch (op) {
+    case RawOp::RsaPkcs1: break;
+    case RawOp::RsaX509: mech.mechanism = CKM_RSA_X_509; break;
+    case RawOp::Ecdsa: mech.mechanism = CKM_ECDSA, wanted = CKK_EC; break;
+  }
+  // Checked here rather than left to the token: SoftHSM 2.6 takes
+  // CKM_RSA_X_509 with an EC key, or with a block longer than the modulus,
+  // into C_Sign and there exits the whole process ("A fatal exception
+  // occurred; exiting...").
+  if (session.ulong_attribute(key, CKA_KEY_TYPE) != wanted)
+    throw std::invalid_argument(std::string(to_string(op)) + " needs an " + (wanted == CKK_RSA ? "RSA" : "EC") +
+                                " private key");
+  if (op == RawOp::RsaX509) {
+    const auto modulus = session.attribute(key, CKA_MODULUS);
+    if (!modulus || input.size() > modulus->size())
+      throw std::invalid_argument("a raw RSA block must not be longer than the key's modulus");
+  }
+  return token_sign(session, key, mech, input);
 }
 
 const char* to_string(KeyType t) {
@@ -136,6 +166,15 @@ const char* to_string(Scheme s) {
     case Scheme::RsaPss: return "rsa-pss";
     case Scheme::Ecdsa: return "ecdsa";
     case Scheme::EdDsa: return "eddsa";
+  }
+  return "?";
+}
+
+const char* to_string(RawOp op) {
+  switch (op) {
+    case RawOp::RsaPkcs1: return "rsa-pkcs1-raw";
+    case RawOp::RsaX509: return "rsa-x509-raw";
+    case RawOp::Ecdsa: return "ecdsa-raw";
   }
   return "?";
 }

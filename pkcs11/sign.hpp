@@ -14,6 +14,16 @@ namespace firmad::pkcs11 {
 // key type, Error when the token fails.
 Bytes sign(const Session& session, ObjectHandle key, KeyType type, const SignRequest& req);
 
+// Returns the token's signature over `input` made by the bare operation `op`
+// (see RawOp): the RSA signature as long as the modulus, or ECDSA r || s.
+// Nothing is added to the input. The key's type (and for RsaX509 its
+// modulus length) is read and checked first, because one token (SoftHSM)
+// exits the process on a mismatch; other length errors are the token's to
+// report. Throws std::invalid_argument when input is empty, the op does not
+// fit the key type or a raw RSA block is longer than the modulus, Error
+// when the token fails.
+Bytes sign_raw(const Session& session, ObjectHandle key, RawOp op, const Bytes& input);
+
 // Returns the DER DigestInfo prefix for a hash (the bytes before the digest).
 std::span<const std::uint8_t> digest_info_prefix(Hash hash);
 

@@ -15,6 +15,14 @@ enum class KeyType { Rsa, Ec, Ed25519 };
 enum class Scheme { RsaPkcs1, RsaPss, Ecdsa, EdDsa };
 enum class Hash { Sha256, Sha384, Sha512 };
 
+// A bare private key operation on the token, for callers (OpenSSL) that do
+// the hashing and padding themselves.
+enum class RawOp {
+  RsaPkcs1,  // CKM_RSA_PKCS: PKCS#1 v1.5 type 1 padding over the given bytes (the caller adds any DigestInfo)
+  RsaX509,   // CKM_RSA_X_509: raw RSA on a block the caller has padded to the modulus length (RSA-PSS)
+  Ecdsa,     // CKM_ECDSA over a digest; the signature is r || s as the token returns it
+};
+
 struct PinFlags {
   bool count_low = false;
   bool final_try = false;
@@ -55,6 +63,7 @@ struct SignRequest {
 const char* to_string(KeyType);
 const char* to_string(Scheme);
 const char* to_string(Hash);
+const char* to_string(RawOp);
 std::size_t digest_size(Hash);
 
 }  // namespace firmad::pkcs11
