@@ -35,6 +35,56 @@ struct TokenConfig {
   std::chrono::milliseconds refresh_interval{5000};
 };
 
+enum class RenewalProvider { Idse, Helper, Est };
+
+// [keys.<alias>.renewal]: how and when the key's certificate is renewed.
+// Durations are written with a unit ("500ms", "60s", "10m", "6h", "2d").
+struct RenewalConfig {
+  RenewalProvider provider = RenewalProvider::Idse;  // provider = "idse" | "helper" | "est" (required)
+  bool new_key = true;                                // key = "new" | "reuse"
+  std::string key_type;   // "rsa-2048" ... "ec-p384"; empty: like the current key
+  std::string subject;    // OpenSSL one-line form "/C=MX/O=.../CN=..."; empty: the current certificate's
+  // PEM files (absolute paths) an issued certificate must chain to; they also
+  // verify HTTPS servers. At least one.
+  std::vector<std::string> trust_anchors;
+
+  // Scheduling.
+  bool automatic = true;           // firmad renews by itself when due
+  std::optional<int> before_days;  // due this many days before notAfter, instead of lifetime_fraction
+  double lifetime_fraction = 2.0 / 3.0;
+  std::chrono::seconds jitter{std::chrono::hours(12)};  // a random delay in [0, jitter) added to the due time
+  std::chrono::seconds retry_initial{60};
+  std::chrono::seconds retry_max{std::chrono::hours(6)};
+  std::vector<int> warn_days{30, 7, 1};  // distinct, descending
+
+  // Installing the new certificate.
+  std::string certificate_file;  // PEM written atomically after install; empty: none
+  std::string chain_file;        // PEM chain; empty: none
+  std::optional<uid_t> file_owner;
+  std::optional<gid_t> file_group;
+  mode_t file_mode = 0644;
+  std::vector<std::string> post_install;  // argv run after install; absolute program path; empty: none
+  std::chrono::milliseconds post_install_timeout{30000};
+
+  // Network (idse, est).
+  std::string url;  // idse: "https://host:port"; est: "https://host:port/.well-known/est"
+  std::string lookup_path = "/idse/consultaSerie.idse?NPIE={npie}";
+  std::string submit_path = "/idse/solicitudRenovacion.idse";
+  std::string fetch_path = "/idse/instalaRenovacion.idse?SERIAL_NOM={serial}";
+  std::chrono::milliseconds connect_timeout{10000};
+  std::chrono::milliseconds timeout{60000};
+  std::size_t max_response_bytes = 1024 * 1024;
+  int max_redirects = 3;
+
+  // helper: a certmonger CA helper.
+  std::vector<std::string> command;  // argv, absolute program path
+  std::chrono::milliseconds helper_timeout{60000};
+  std::size_t helper_max_output = 1024 * 1024;
+
+  // idse: the text signed as CMS to accept the terms of the new certificate.
+  std::string acceptance_text = "ACEPTO los terminos y condiciones del certificado digital IMSS";
+};
+
 struct KeyConfig {
   std::string alias;  // [keys.<alias>]
   std::string token;  // a [tokens.<name>]
@@ -45,6 +95,7 @@ struct KeyConfig {
   std::string registro_patronal;  // the IMSS employer registration number
   std::string role = "principal"; // "principal" or "additional" (certificado adicional)
   bool imported = false;          // added by 'firmactl import', kept in the state directory
+  std::optional<RenewalConfig> renewal;  // [keys.<alias>.renewal]; nullopt: not renewed by firmad
 };
 
 // Days besides weekends and the federal holidays on which requests do not advance.

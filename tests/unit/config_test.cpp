@@ -10,6 +10,7 @@
 #include <initializer_list>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "daemon/config.hpp"
@@ -372,6 +373,356 @@ TEST_F(ConfigTest, RefusesBytesThatAreNotUtf8) {
 TEST_F(ConfigTest, RefusesAnUnknownSocketGroupNamingTheKey) {
   expect_refused("[daemon]\nsocket_group = \"no-such-group-f1rmad\"\n" + std::string(kToken),
                  {": daemon.socket_group: ", "no-such-group-f1rmad"});
+}
+
+// [keys.<alias>.renewal] -------------------------------------------------------
+
+constexpr std::string_view kIdse = R"(provider = "idse"
+url = "https://idse.example.test:8443"
+trust_anchors = ["/etc/firmad/ca.pem"]
+)";
+
+constexpr std::string_view kHelper = R"(provider = "helper"
+command = ["/usr/libexec/certmonger/test-helper", "--ca", "x"]
+trust_anchors = ["/etc/firmad/ca.pem"]
+)";
+
+constexpr std::string_view kEst = R"(provider = "est"
+url = "https://ca.example.test/.well-known/est"
+trust_anchors = ["/etc/firmad/ca.pem"]
+)";
+
+// A file with one key whose renewal table holds `body`.
+std::string with_renewal(std::string_view body) {
+  return std::string(kToken) + "[keys.k]\ntoken = \"t\"\nuri = \"pkcs11:object=k\"\n[keys.k.renewal]\n" + std::string(body);
+}
+
+TEST_F(ConfigTest, LoadsAFullRenewalTable) {
+  const Config c = load_config(write(with_renewal(R"(provider = "idse"
+key = "reuse"
+key_type = "ec-p384"
+subject = "/C=MX/O=Empresa Ejemplo SA de CV/CN=EMPRESA EJEMPLO/serialNumber=EEJ010101AAA"
+trust_anchors = ["/etc/firmad/ca.pem", "/etc/firmad/ca2.pem"]
+automatic = false
+before_days = 45
+jitter = "2h"
+retry_initial = "5m"
+retry_max = "1d"
+warn_days = [7, 60, 7, 2]
+certificate_file = "/etc/firmad/empresa.pem"
+chain_file = "/etc/firmad/empresa-chain.pem"
+file_owner = "root"
+file_group = 0
+file_mode = "0640"
+post_install = ["/bin/systemctl", "reload", "x.service"]
+post_install_timeout = "500ms"
+url = "https://idse.example.test:8443/"
+lookup_path = "/v2/serie?npie={npie}&x=1"
+submit_path = "/v2/solicitud"
+fetch_path = "/v2/instala/{serial}"
+connect_timeout = "2s"
+timeout = "2m"
+max_response_bytes = 65536
+max_redirects = 0
+acceptance_text = "ACEPTO"
+)")));
+  const KeyConfig* k = c.key("k");
+  ASSERT_NE(k, nullptr);
+  ASSERT_TRUE(k->renewal.has_value());
+  const RenewalConfig& r = *k->renewal;
+  EXPECT_EQ(r.provider, RenewalProvider::Idse);
+  EXPECT_FALSE(r.new_key);
+  EXPECT_EQ(r.key_type, "ec-p384");
+  EXPECT_EQ(r.subject, "/C=MX/O=Empresa Ejemplo SA de CV/CN=EMPRESA EJEMPLO/serialNumber=EEJ010101AAA");
+  EXPECT_EQ(r.trust_anchors, (std::vector<std::string>{"/etc/firmad/ca.pem", "/etc/firmad/ca2.pem"}));
+  EXPECT_FALSE(r.automatic);
+  EXPECT_EQ(r.before_days, 45);
+  EXPECT_EQ(r.jitter, std::chrono::hours(2));
+  EXPECT_EQ(r.retry_initial, std::chrono::minutes(5));
+  EXPECT_EQ(r.retry_max, std::chrono::hours(24));
+  EXPECT_EQ(r.warn_days, (std::vector<int>{60, 7, 2}));  // sorted, duplicates dropped
+  EXPECT_EQ(r.certificate_file, "/etc/firmad/empresa.pem");
+  EXPECT_EQ(r.chain_file, "/etc/firmad/empresa-chain.pem");
+  EXPECT_EQ(r.file_owner, uid_t{0});
+  EXPECT_EQ(r.file_group, gid_t{0});
+  EXPECT_EQ(r.file_mode, 0640u);
+  EXPECT_EQ(r.post_install, (std::vector<std::string>{"/bin/systemctl", "reload", "x.service"}));
+  EXPECT_EQ(r.post_install_timeout, std::chrono::milliseconds(500));
+  EXPECT_EQ(r.url, "https://idse.example.test:8443");  // the trailing '/' dropped: paths are appended
+  EXPECT_EQ(r.lookup_path, "/v2/serie?npie={npie}&x=1");
+  EXPECT_EQ(r.submit_path, "/v2/solicitud");
+  EXPECT_EQ(r.fetch_path, "/v2/instala/{serial}");
+  EXPECT_EQ(r.connect_timeout, std::chrono::seconds(2));
+  EXPECT_EQ(r.timeout, std::chrono::minutes(2));
+  EXPECT_EQ(r.max_response_bytes, 65536u);
+  EXPECT_EQ(r.max_redirects, 0);
+  EXPECT_EQ(r.acceptance_text, "ACEPTO");
+}
+
+TEST_F(ConfigTest, AMinimalRenewalTableGetsTheDocumentedDefaults) {
+  const Config c = load_config(write(with_renewal(kIdse) + "[keys.plain]\ntoken = \"t\"\nuri = \"pkcs11:object=p\"\n"));
+  EXPECT_FALSE(c.key("plain")->renewal.has_value());
+  ASSERT_TRUE(c.key("k")->renewal.has_value());
+  const RenewalConfig& r = *c.key("k")->renewal;
+  const RenewalConfig defaults;
+  EXPECT_EQ(r.provider, RenewalProvider::Idse);
+  EXPECT_TRUE(r.new_key);
+  EXPECT_EQ(r.key_type, "");
+  EXPECT_EQ(r.subject, "");
+  EXPECT_TRUE(r.automatic);
+  EXPECT_FALSE(r.before_days.has_value());
+  EXPECT_DOUBLE_EQ(r.lifetime_fraction, 2.0 / 3.0);
+  EXPECT_EQ(r.jitter, std::chrono::hours(12));
+  EXPECT_EQ(r.retry_initial, std::chrono::seconds(60));
+  EXPECT_EQ(r.retry_max, std::chrono::hours(6));
+  EXPECT_EQ(r.warn_days, (std::vector<int>{30, 7, 1}));
+  EXPECT_EQ(r.certificate_file, "");
+  EXPECT_FALSE(r.file_owner.has_value());
+  EXPECT_EQ(r.file_mode, 0644u);
+  EXPECT_TRUE(r.post_install.empty());
+  EXPECT_EQ(r.post_install_timeout, std::chrono::seconds(30));
+  EXPECT_EQ(r.url, "https://idse.example.test:8443");
+  EXPECT_EQ(r.lookup_path, defaults.lookup_path);
+  EXPECT_EQ(r.submit_path, defaults.submit_path);
+  EXPECT_EQ(r.fetch_path, defaults.fetch_path);
+  EXPECT_EQ(r.connect_timeout, std::chrono::seconds(10));
+  EXPECT_EQ(r.timeout, std::chrono::seconds(60));
+  EXPECT_EQ(r.max_response_bytes, 1024u * 1024u);
+  EXPECT_EQ(r.max_redirects, 3);
+  EXPECT_EQ(r.acceptance_text, defaults.acceptance_text);
+}
+
+TEST_F(ConfigTest, LoadsAHelperRenewal) {
+  const Config c = load_config(
+      write(with_renewal(std::string(kHelper) + "helper_timeout = \"90s\"\nhelper_max_output = 4096\nlifetime_fraction = 0.5\n")));
+  const RenewalConfig& r = *c.key("k")->renewal;
+  EXPECT_EQ(r.provider, RenewalProvider::Helper);
+  EXPECT_EQ(r.command, (std::vector<std::string>{"/usr/libexec/certmonger/test-helper", "--ca", "x"}));
+  EXPECT_EQ(r.helper_timeout, std::chrono::seconds(90));
+  EXPECT_EQ(r.helper_max_output, 4096u);
+  EXPECT_DOUBLE_EQ(r.lifetime_fraction, 0.5);
+  EXPECT_TRUE(r.url.empty());
+}
+
+TEST_F(ConfigTest, LoadsAnEstRenewal) {
+  const Config c = load_config(write(with_renewal(std::string(kEst) + "key_type = \"rsa-3072\"\n")));
+  const RenewalConfig& r = *c.key("k")->renewal;
+  EXPECT_EQ(r.provider, RenewalProvider::Est);
+  EXPECT_EQ(r.url, "https://ca.example.test/.well-known/est");
+  EXPECT_EQ(r.key_type, "rsa-3072");
+}
+
+TEST_F(ConfigTest, ReadsDurationsInEveryUnit) {
+  const std::pair<std::string_view, std::chrono::milliseconds> cases[] = {
+      {"1500ms", std::chrono::milliseconds(1500)}, {"45s", std::chrono::seconds(45)},
+      {"3m", std::chrono::minutes(3)},             {"1h", std::chrono::hours(1)}};
+  for (const auto& [text, value] : cases) {
+    const Config c = load_config(write(with_renewal(std::string(kIdse) + "timeout = \"" + std::string(text) + "\"\n")));
+    EXPECT_EQ(c.key("k")->renewal->timeout, value) << text;
+  }
+  const Config c = load_config(write(with_renewal(std::string(kIdse) + "jitter = \"0s\"\nretry_max = \"2d\"\n")));
+  EXPECT_EQ(c.key("k")->renewal->jitter, std::chrono::seconds(0));
+  EXPECT_EQ(c.key("k")->renewal->retry_max, std::chrono::hours(48));
+}
+
+TEST_F(ConfigTest, AcceptsAnEmptyWarnDaysList) {
+  const Config c = load_config(write(with_renewal(std::string(kIdse) + "warn_days = []\n")));
+  EXPECT_TRUE(c.key("k")->renewal->warn_days.empty());
+}
+
+TEST_F(ConfigTest, RefusesAnUnknownRenewalKey) {
+  expect_refused(with_renewal(std::string(kIdse) + "jiter = \"1h\"\n"), {": keys.k.renewal.jiter: unknown key", "jitter"});
+  expect_refused(std::string(kToken) + "[keys.k]\ntoken = \"t\"\nuri = \"pkcs11:object=k\"\nrenewal = 1\n",
+                 {": keys.k.renewal: ", "table"});
+}
+
+TEST_F(ConfigTest, RefusesARenewalWithoutOrWithAnUnknownProvider) {
+  expect_refused(with_renewal("url = \"https://x\"\ntrust_anchors = [\"/ca.pem\"]\n"),
+                 {": keys.k.renewal.provider: ", "required", "\"idse\", \"helper\", \"est\""});
+  expect_refused(with_renewal("provider = \"acme\"\ntrust_anchors = [\"/ca.pem\"]\n"),
+                 {": keys.k.renewal.provider: ", "'acme'", "\"idse\", \"helper\", \"est\""});
+  expect_refused(with_renewal("provider = 1\n"), {": keys.k.renewal.provider: ", "string"});
+}
+
+TEST_F(ConfigTest, RefusesARenewalWithoutTrustAnchors) {
+  expect_refused(with_renewal("provider = \"idse\"\nurl = \"https://x\"\n"), {": keys.k.renewal.trust_anchors: ", "required"});
+  expect_refused(with_renewal("provider = \"idse\"\nurl = \"https://x\"\ntrust_anchors = []\n"),
+                 {": keys.k.renewal.trust_anchors: ", "required"});
+  expect_refused(with_renewal("provider = \"idse\"\nurl = \"https://x\"\ntrust_anchors = [\"ca.pem\"]\n"),
+                 {": keys.k.renewal.trust_anchors: ", "'ca.pem'", "absolute"});
+  expect_refused(with_renewal("provider = \"idse\"\nurl = \"https://x\"\ntrust_anchors = \"/ca.pem\"\n"),
+                 {": keys.k.renewal.trust_anchors: ", "array"});
+}
+
+TEST_F(ConfigTest, RefusesANetworkProviderWithoutAUrl) {
+  expect_refused(with_renewal("provider = \"idse\"\ntrust_anchors = [\"/ca.pem\"]\n"),
+                 {": keys.k.renewal.url: ", "required", "idse"});
+  expect_refused(with_renewal("provider = \"est\"\ntrust_anchors = [\"/ca.pem\"]\n"), {": keys.k.renewal.url: ", "required", "est"});
+}
+
+TEST_F(ConfigTest, RefusesAUrlThatIsNotHttpWithAHost) {
+  for (std::string_view url : {"ftp://ca.example.test", "idse.example.test", "https://", "https:///idse", "https://:443",
+                               "https://user:pw@ca.example.test", "https://ca.example.test/?a=1",
+                               "https://ca.example.test/#x", "https://ca.example.test:0", "https://ca.example.test:70000",
+                               "https://ca.example.test:", "https://ca example", "https://[::1", ""}) {
+    expect_refused(with_renewal("provider = \"idse\"\ntrust_anchors = [\"/ca.pem\"]\nurl = \"" + std::string(url) + "\"\n"),
+                   {": keys.k.renewal.url: ", "https://"});
+  }
+  ASSERT_NO_THROW(load_config(
+      write(with_renewal("provider = \"est\"\ntrust_anchors = [\"/ca.pem\"]\nurl = \"http://[::1]:8080/.well-known/est\"\n"))));
+}
+
+TEST_F(ConfigTest, RefusesAHelperWithoutAnAbsoluteCommand) {
+  expect_refused(with_renewal("provider = \"helper\"\ntrust_anchors = [\"/ca.pem\"]\n"),
+                 {": keys.k.renewal.command: ", "required"});
+  expect_refused(with_renewal("provider = \"helper\"\ntrust_anchors = [\"/ca.pem\"]\ncommand = []\n"),
+                 {": keys.k.renewal.command: ", "absolute"});
+  expect_refused(with_renewal("provider = \"helper\"\ntrust_anchors = [\"/ca.pem\"]\ncommand = [\"helper\", \"-x\"]\n"),
+                 {": keys.k.renewal.command: ", "absolute"});
+  expect_refused(with_renewal("provider = \"helper\"\ntrust_anchors = [\"/ca.pem\"]\ncommand = \"/usr/bin/helper\"\n"),
+                 {": keys.k.renewal.command: ", "array"});
+  expect_refused(with_renewal("provider = \"helper\"\ntrust_anchors = [\"/ca.pem\"]\ncommand = [\"/h\", \"a\\u0000b\"]\n"),
+                 {": keys.k.renewal.command: ", "NUL"});
+}
+
+TEST_F(ConfigTest, RefusesKeysThatDoNotGoWithTheProvider) {
+  expect_refused(with_renewal(std::string(kIdse) + "command = [\"/h\"]\n"), {": keys.k.renewal.command: ", "\"helper\""});
+  expect_refused(with_renewal(std::string(kIdse) + "helper_timeout = \"1m\"\n"), {": keys.k.renewal.helper_timeout: "});
+  expect_refused(with_renewal(std::string(kHelper) + "url = \"https://x\"\n"), {": keys.k.renewal.url: ", "\"idse\" or \"est\""});
+  expect_refused(with_renewal(std::string(kHelper) + "max_redirects = 1\n"), {": keys.k.renewal.max_redirects: "});
+  expect_refused(with_renewal(std::string(kEst) + "lookup_path = \"/x?n={npie}\"\n"), {": keys.k.renewal.lookup_path: ", "\"idse\""});
+  expect_refused(with_renewal(std::string(kEst) + "acceptance_text = \"ACEPTO\"\n"), {": keys.k.renewal.acceptance_text: "});
+}
+
+TEST_F(ConfigTest, RefusesAnUnknownKeyPolicyOrKeyType) {
+  expect_refused(with_renewal(std::string(kIdse) + "key = \"old\"\n"), {": keys.k.renewal.key: ", "\"new\", \"reuse\""});
+  expect_refused(with_renewal(std::string(kIdse) + "key_type = \"rsa-1024\"\n"),
+                 {": keys.k.renewal.key_type: ", "\"rsa-2048\"", "\"ec-p384\""});
+}
+
+TEST_F(ConfigTest, RefusesASubjectNotInOpenSslOneLineForm) {
+  for (std::string_view subject : {"CN=Nombre", "/", "/CN", "/CN=", "/=x", "/C=MX//CN=x", "/XX=y", "/C=MEX"}) {
+    expect_refused(with_renewal(std::string(kIdse) + "subject = \"" + std::string(subject) + "\"\n"),
+                   {": keys.k.renewal.subject: ", "/C=MX/O=Empresa/CN=Nombre"});
+  }
+  ASSERT_NO_THROW(load_config(write(with_renewal(std::string(kIdse) + "subject = \"/2.5.4.3=x/O=A+B\"\n"))));
+}
+
+TEST_F(ConfigTest, RefusesBeforeDaysOutOfRangeOrWithALifetimeFraction) {
+  for (std::string_view v : {"0", "3651", "-1", "\"30\""})
+    expect_refused(with_renewal(std::string(kIdse) + "before_days = " + std::string(v) + "\n"),
+                   {": keys.k.renewal.before_days: ", "from 1 to 3650"});
+  expect_refused(with_renewal(std::string(kIdse) + "before_days = 30\nlifetime_fraction = 0.5\n"),
+                 {": keys.k.renewal.lifetime_fraction: ", "before_days"});
+}
+
+TEST_F(ConfigTest, RefusesALifetimeFractionOutsideZeroToOne) {
+  for (std::string_view v : {"0.0", "1.0", "1", "0", "-0.5", "nan", "inf", "\"0.5\""})
+    expect_refused(with_renewal(std::string(kIdse) + "lifetime_fraction = " + std::string(v) + "\n"),
+                   {": keys.k.renewal.lifetime_fraction: ", "less than 1"});
+}
+
+TEST_F(ConfigTest, RefusesDurationsWithoutAUnitOrOutOfRange) {
+  for (std::string_view v : {"\"12\"", "\"12 h\"", "\"12x\"", "\"\"", "\"-1s\"", "\"1.5h\"", "\"h\"", "43200", "\"31d\"",
+                             "\"99999999999999999999d\""})
+    expect_refused(with_renewal(std::string(kIdse) + "jitter = " + std::string(v) + "\n"),
+                   {": keys.k.renewal.jitter: ", "0s to 30d", "ms, s, m, h, d"});
+  expect_refused(with_renewal(std::string(kIdse) + "jitter = \"1500ms\"\n"), {": keys.k.renewal.jitter: ", "whole number of seconds"});
+  expect_refused(with_renewal(std::string(kIdse) + "retry_initial = \"0s\"\n"), {": keys.k.renewal.retry_initial: ", "1s to 1d"});
+  expect_refused(with_renewal(std::string(kIdse) + "retry_max = \"31d\"\n"), {": keys.k.renewal.retry_max: ", "1s to 30d"});
+  expect_refused(with_renewal(std::string(kIdse) + "connect_timeout = \"50ms\"\n"),
+                 {": keys.k.renewal.connect_timeout: ", "100ms to 10m"});
+  expect_refused(with_renewal(std::string(kIdse) + "timeout = \"2h\"\n"), {": keys.k.renewal.timeout: ", "1s to 1h"});
+  expect_refused(with_renewal(std::string(kIdse) + "post_install_timeout = \"0s\"\n"),
+                 {": keys.k.renewal.post_install_timeout: ", "100ms to 1h"});
+  expect_refused(with_renewal(std::string(kHelper) + "helper_timeout = \"61m\"\n"), {": keys.k.renewal.helper_timeout: ", "1s to 1h"});
+}
+
+TEST_F(ConfigTest, RefusesARetryInitialLongerThanRetryMax) {
+  expect_refused(with_renewal(std::string(kIdse) + "retry_initial = \"2h\"\nretry_max = \"1h\"\n"),
+                 {": keys.k.renewal.retry_initial: ", "retry_max (1h)"});
+  expect_refused(with_renewal(std::string(kIdse) + "retry_max = \"30s\"\n"), {": keys.k.renewal.retry_initial: ", "retry_max (30s)"});
+}
+
+TEST_F(ConfigTest, RefusesWarnDaysOutOfRange) {
+  for (std::string_view v : {"[0]", "[3651]", "[30, -1]", "[1.5]", "[\"7\"]", "30"})
+    expect_refused(with_renewal(std::string(kIdse) + "warn_days = " + std::string(v) + "\n"),
+                   {": keys.k.renewal.warn_days: ", "from 1 to 3650"});
+}
+
+TEST_F(ConfigTest, RefusesRedirectAndResponseLimitsOutOfRange) {
+  for (std::string_view v : {"-1", "11"})
+    expect_refused(with_renewal(std::string(kIdse) + "max_redirects = " + std::string(v) + "\n"),
+                   {": keys.k.renewal.max_redirects: ", "from 0 to 10"});
+  for (std::string_view v : {"1023", "67108865", "0"})
+    expect_refused(with_renewal(std::string(kIdse) + "max_response_bytes = " + std::string(v) + "\n"),
+                   {": keys.k.renewal.max_response_bytes: ", "from 1024 to 67108864"});
+  expect_refused(with_renewal(std::string(kHelper) + "helper_max_output = 100\n"),
+                 {": keys.k.renewal.helper_max_output: ", "from 1024 to 67108864"});
+  for (std::string_view v : {"1024", "67108864"})
+    EXPECT_NO_THROW(load_config(write(with_renewal(std::string(kIdse) + "max_response_bytes = " + std::string(v) + "\n"))));
+}
+
+TEST_F(ConfigTest, RefusesInstallFilesThatAreNotAbsoluteOrModesAbove0777) {
+  expect_refused(with_renewal(std::string(kIdse) + "certificate_file = \"cert.pem\"\n"),
+                 {": keys.k.renewal.certificate_file: ", "absolute"});
+  expect_refused(with_renewal(std::string(kIdse) + "chain_file = \"\"\n"), {": keys.k.renewal.chain_file: ", "absolute"});
+  for (std::string_view mode : {"0778", "01777", "abc", "", "0644 "})
+    expect_refused(with_renewal(std::string(kIdse) + "certificate_file = \"/c.pem\"\nfile_mode = \"" + std::string(mode) + "\"\n"),
+                   {": keys.k.renewal.file_mode: ", "\"0644\""});
+  expect_refused(with_renewal(std::string(kIdse) + "certificate_file = \"/c.pem\"\nfile_mode = 420\n"),
+                 {": keys.k.renewal.file_mode: "});
+}
+
+TEST_F(ConfigTest, RefusesFileOwnershipWithoutAFileToOwn) {
+  for (std::string_view key : {"file_owner = \"root\"", "file_group = \"root\"", "file_mode = \"0600\""})
+    expect_refused(with_renewal(std::string(kIdse) + std::string(key) + "\n"), {": keys.k.renewal.file_", "certificate_file"});
+}
+
+TEST_F(ConfigTest, RefusesAnUnknownFileOwnerOrGroup) {
+  expect_refused(with_renewal(std::string(kIdse) + "chain_file = \"/c.pem\"\nfile_owner = \"no-such-user-f1rmad\"\n"),
+                 {": keys.k.renewal.file_owner: ", "no-such-user-f1rmad"});
+  expect_refused(with_renewal(std::string(kIdse) + "chain_file = \"/c.pem\"\nfile_group = \"no-such-group-f1rmad\"\n"),
+                 {": keys.k.renewal.file_group: ", "no-such-group-f1rmad"});
+  expect_refused(with_renewal(std::string(kIdse) + "chain_file = \"/c.pem\"\nfile_owner = -1\n"),
+                 {": keys.k.renewal.file_owner: "});
+}
+
+TEST_F(ConfigTest, RefusesAPostInstallCommandWithoutAnAbsoluteProgram) {
+  expect_refused(with_renewal(std::string(kIdse) + "post_install = [\"systemctl\", \"reload\", \"x\"]\n"),
+                 {": keys.k.renewal.post_install: ", "absolute"});
+  expect_refused(with_renewal(std::string(kIdse) + "post_install = []\n"), {": keys.k.renewal.post_install: "});
+}
+
+TEST_F(ConfigTest, RefusesIdsePathsWithoutTheirPlaceholders) {
+  expect_refused(with_renewal(std::string(kIdse) + "lookup_path = \"/idse/consultaSerie.idse?NPIE=\"\n"),
+                 {": keys.k.renewal.lookup_path: ", "{npie}"});
+  expect_refused(with_renewal(std::string(kIdse) + "fetch_path = \"/idse/instalaRenovacion.idse\"\n"),
+                 {": keys.k.renewal.fetch_path: ", "{serial}"});
+  expect_refused(with_renewal(std::string(kIdse) + "submit_path = \"idse/solicitud\"\n"),
+                 {": keys.k.renewal.submit_path: ", "'/'"});
+  expect_refused(with_renewal(std::string(kIdse) + "lookup_path = \"/a b?n={npie}\"\n"), {": keys.k.renewal.lookup_path: "});
+}
+
+TEST_F(ConfigTest, RefusesAnEmptyAcceptanceTextOrANonBooleanAutomatic) {
+  expect_refused(with_renewal(std::string(kIdse) + "acceptance_text = \"\"\n"), {": keys.k.renewal.acceptance_text: "});
+  expect_refused(with_renewal(std::string(kIdse) + "automatic = \"yes\"\n"), {": keys.k.renewal.automatic: ", "true or false"});
+}
+
+TEST_F(ConfigTest, EveryPrefixOfARenewalTableLoadsOrFailsWithConfigError) {
+  const std::string full = with_renewal(std::string(kIdse) +
+                                        "jitter = \"1h\"\nwarn_days = [10, 1]\ncertificate_file = \"/c.pem\"\n"
+                                        "file_mode = \"0600\"\npost_install = [\"/bin/true\"]\n");
+  ASSERT_NO_THROW(load_config(write(full)));
+  for (std::size_t n = 0; n < full.size(); ++n) {
+    const std::string path = write(std::string_view(full).substr(0, n));
+    try {
+      load_config(path);
+    } catch (const ConfigError&) {
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << "prefix of " << n << " bytes: " << e.what();
+    }
+  }
 }
 
 }  // namespace
