@@ -137,6 +137,22 @@ Json Client::call(const std::string& method, const Json& parameters) {
   return std::move(reply.parameters);
 }
 
+Json Client::call_more(const std::string& method, const Json& parameters, const std::function<void(const Json&)>& each) {
+  if (fd_ < 0) throw ConnectionError("not connected");
+  send_all(firmad::protocol::encode_call({method, parameters, true, false}));
+  for (;;) {
+    firmad::protocol::Reply reply;
+    try {
+      reply = firmad::protocol::parse_reply(receive_frame());
+    } catch (const firmad::protocol::VarlinkError& e) {
+      throw ConnectionError(std::string("firmad sent a malformed reply: ") + e.what());
+    }
+    if (reply.error) throw Error(*reply.error, std::move(reply.parameters));
+    if (!reply.continues) return std::move(reply.parameters);
+    each(reply.parameters);
+  }
+}
+
 Json Client::status() { return call("io.firmad.Signer.Status"); }
 
 Json Client::list_keys() { return call("io.firmad.Signer.ListKeys").at("keys"); }

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <span>
 #include <stdexcept>
@@ -63,6 +64,9 @@ class Client {
   // Calls a method and returns the reply's parameters. Throws Error for an
   // error reply, ConnectionError if the connection fails.
   Json call(const std::string& method, const Json& parameters = Json::object());
+  // Calls a method with "more": each intermediate reply's parameters go to
+  // `each` as they arrive; returns the last reply's. Throws like call().
+  Json call_more(const std::string& method, const Json& parameters, const std::function<void(const Json&)>& each);
 
   Json status();
   Json list_keys();  // the "keys" array

@@ -29,6 +29,7 @@ constexpr int kUsage = 2;        // bad command line
 constexpr int kUnreachable = 3;  // no daemon / connection lost
 constexpr int kDenied = 4;       // AccessDenied
 constexpr int kLocalIo = 5;      // a local file could not be read or written
+constexpr int kPending = 6;      // renew/fetch: not finished; firmad goes on by itself (waiting for the CA, retrying)
 
 struct Failure {
   int code;
@@ -232,12 +233,57 @@ void print_keys(const firma::Json& keys) {
     std::cout << "\n";
     if (k.contains("cancelled"))
       std::cout << "  CANCELLED " << k["cancelled"]["at"].get<std::string>() << ": " << k["cancelled"]["reason"].get<std::string>() << "\n";
+    if (k.contains("renewal")) {
+      const auto& r = k["renewal"];
+      std::cout << "  renewal " << r.value("state", "none");
+      if (r.contains("provider")) std::cout << " via " << r["provider"].get<std::string>();
+      if (r.contains("dueAt")) std::cout << ", due " << r["dueAt"].get<std::string>() << (r.value("needed", false) ? " (now)" : "");
+      if (r.contains("nextTry")) std::cout << ", next try " << r["nextTry"].get<std::string>();
+      if (r.contains("warningDays")) std::cout << ", EXPIRES within " << r["warningDays"].get<int>() << " days";
+      std::cout << "\n";
+      if (r.contains("reason")) std::cout << "    " << r["reason"].get<std::string>() << "\n";
+    }
     if (k.contains("request")) {
       const auto& r = k["request"];
       std::cout << "  request submitted " << r.value("submitted", "") << ", complete in person by " << r.value("deadline", "")
                 << " (" << r.value("businessDaysLeft", 0) << " business days left, " << r.value("state", "") << ")\n";
     }
   }
+}
+
+// One renewal step as it happens: a line for people, or one JSON object per line.
+void print_event(const firma::Json& e, bool json) {
+  if (json) {
+    std::cout << e.dump() << std::endl;
+    return;
+  }
+  std::cout << e.value("at", "") << "  " << e.value("key", "") << "  " << e.value("state", "") << ": "
+            << e.value("message", "");
+  if (e.contains("nextTry")) std::cout << " (next try " << e["nextTry"].get<std::string>() << ")";
+  std::cout << std::endl;
+}
+
+// renew --check: exit 1 when a certificate is in its renewal window or a
+// renewal waits for an administrator.
+int check_renewals(const firma::Json& status, bool json) {
+  firma::Json due = firma::Json::array();
+  for (const auto& k : status["keys"]) {
+    if (!k.contains("renewal")) continue;
+    const auto& r = k["renewal"];
+    const bool stuck = r.contains("failure") &&
+                       (r["failure"] == "rejected" || r["failure"] == "verification-failed" || r["failure"] == "underconfigured");
+    if (r.value("needed", false) || stuck)
+      due.push_back({{"key", k["alias"]}, {"dueAt", r.value("dueAt", "")}, {"state", r.value("state", "none")},
+                     {"reason", r.value("reason", "")}});
+  }
+  if (json) std::cout << firma::Json{{"needsRenewal", due}}.dump(2) << "\n";
+  else if (due.empty()) std::cout << "no certificate needs renewal\n";
+  else
+    for (const auto& d : due)
+      std::cout << d["key"].get<std::string>() << ": due since " << d["dueAt"].get<std::string>() << ", renewal "
+                << d["state"].get<std::string>() << (d["reason"].get<std::string>().empty() ? "" : " (" + d["reason"].get<std::string>() + ")")
+                << "\n";
+  return due.empty() ? kOk : kRefused;
 }
 
 void print_status(const firma::Json& s) {
@@ -264,7 +310,8 @@ int main(int argc, char** argv) {
   CLI::App app{"firmactl: sign with, and administer, keys held by firmad on PKCS#11 tokens"};
   app.footer(
       "Exit codes: 0 done; 1 firmad refused or failed the request; 2 usage error; 3 firmad unreachable;\n"
-      "4 access denied; 5 a local file could not be read or written.");
+      "4 access denied; 5 a local file could not be read or written; 6 renew/fetch not finished yet (firmad\n"
+      "goes on by itself). 'renew --check': 0 nothing needs renewal, 1 something does.");
   app.set_version_flag("--version", std::string("firmactl ") + FIRMAD_VERSION);
   app.require_subcommand(1);
   app.fallthrough();  // --socket and --json also after the command: 'firmactl status --json'
@@ -328,6 +375,17 @@ int main(int argc, char** argv) {
   request->add_option("key", key, "Key name")->required();
   request->add_option("--submitted", submitted, "Date submitted, YYYY-MM-DD (default today)");
   request->add_flag("--clear", clear, "Stop tracking it");
+
+  auto* renew = app.add_subcommand("renew", "Renew a key's certificate now, or check what needs renewal (administrators)");
+  bool check = false;
+  renew->add_option("key", key, "Key name");
+  renew->add_flag("--check", check, "Exit 0 if no certificate needs renewal, 1 if one does (for timers and monitoring)");
+
+  auto* fetch = app.add_subcommand("fetch", "Download and install a certificate the CA issued but that was never installed (administrators)");
+  std::string serial;
+  fetch->add_option("key", key, "Key name")->required();
+  fetch->add_option("--serial", serial, "The certificate's serial number at the CA");
+  fetch->add_option("--npie", npie, "Look the serial up by NPIE (default: the key's configured NPIE)");
 
   auto* logout = app.add_subcommand("logout", "Log firmad out of a token (administrators)");
   logout->add_option("token", token, "Token name")->required();
@@ -457,6 +515,22 @@ int main(int argc, char** argv) {
                   << r["deadline"].get<std::string>() << " (" << r["businessDaysLeft"].get<int>() << " business days left, "
                   << r["state"].get<std::string>() << ")\n";
       }
+    } else if (renew->parsed() && check) {
+      if (!key.empty()) throw Failure{kUsage, "--check looks at every key; give no key name"};
+      return check_renewals(client.status(), opt.json);
+    } else if (renew->parsed() || fetch->parsed()) {
+      if (key.empty()) throw Failure{kUsage, "renew needs a key name (or --check)"};
+      if (fetch->parsed() && !serial.empty() && !npie.empty()) throw Failure{kUsage, "give --serial or --npie, not both"};
+      firma::Json params = {{"key", key}};
+      if (!serial.empty()) params["serial"] = serial;
+      if (!npie.empty()) params["npie"] = npie;
+      auto print = [&](const firma::Json& reply) { print_event(reply.at("event"), opt.json); };
+      auto last = client.call_more(fetch->parsed() ? "io.firmad.Signer.Fetch" : "io.firmad.Signer.Renew", params, print);
+      print(last);
+      const std::string state = last["event"].value("state", "");
+      if (state == "retired") return kOk;
+      if (state == "rejected" || state == "verification-failed" || state == "underconfigured") return kRefused;
+      return kPending;
     } else if (logout->parsed()) {
       std::string state = client.logout(token);
       opt.json ? void(std::cout << firma::Json{{"loginState", state}}.dump() << "\n")

@@ -8,6 +8,7 @@
 
 #include <functional>
 #include <iostream>
+#include <thread>
 
 #include "daemon/busy_poll.hpp"
 #include "daemon/config.hpp"
@@ -72,6 +73,16 @@ void add_imported_keys(firmad::Config& cfg, const nlohmann::json& state) {
     } catch (const std::exception& e) {
       firmad::log::error("imported-key-unreadable", {{"key", alias}, {"error", e.what()}});
     }
+  }
+}
+
+// A renewal that installed a new key recorded where its objects are now.
+void apply_renewed_key_uris(firmad::Config& cfg, const nlohmann::json& state) {
+  auto uris = state.find("keyUris");
+  if (uris == state.end() || !uris->is_object()) return;
+  for (auto& key : cfg.keys) {
+    auto it = uris->find(key.alias);
+    if (it != uris->end() && it->is_string()) key.uri = it->get<std::string>();
   }
 }
 
@@ -143,20 +154,24 @@ int main(int argc, char** argv) {
     firmad::StateStore state(cfg.daemon.state_directory);
     const nlohmann::json saved = state.read();
     add_imported_keys(cfg, saved);
+    apply_renewed_key_uris(cfg, saved);
     workers = make_workers(cfg);
     restore_cancellations(workers, saved);
     boost::asio::io_context io(1);
-    firmad::Service service(cfg, workers, state, calendar_of(cfg));
+    firmad::renewal::Manager renewals(cfg, workers, state);
+    firmad::Service service(cfg, workers, state, calendar_of(cfg), renewals);
     firmad::Server server(io, cfg, service);
     // Signals are caught from here on: a SIGTERM during start-up (a token
     // slow to log in) still ends in an orderly stop.
     boost::asio::signal_set signals(io, SIGTERM, SIGINT);
+    std::thread renewal_stopper;
     server.open();  // first: a second daemon on the same socket stops before touching the token
     for (auto& w : workers) w->start();
     // Serve once every token has been scanned and, where the PIN source is
     // unattended, logged in: the first client sees the settled state.
     for (auto& w : workers) w->wait_discovered();
     server.start();
+    renewals.start();
     // The watchdog is pinged from the I/O thread: a wedged event loop stops
     // the pings and systemd restarts the daemon.
     boost::asio::steady_timer watchdog(io);
@@ -177,12 +192,17 @@ int main(int argc, char** argv) {
       firmad::systemd::notify("STOPPING=1");
       watchdog.cancel();
       server.shutdown();
+      // Off the I/O thread: the step under way may take its network time
+      // limit, and callers following a renewal are told it rests.
+      renewal_stopper = std::thread([&renewals] { renewals.stop(); });
     });
     ::signal(SIGPIPE, SIG_IGN);
     firmad::log::notice("started", {{"version", FIRMAD_VERSION}, {"config", config_path}, {"tokens", cfg.tokens.size()},
                                     {"keys", cfg.keys.size()}});
     firmad::systemd::notify("READY=1\nSTATUS=serving");
     run_io(io, cfg.daemon.busy_poll);
+    if (renewal_stopper.joinable()) renewal_stopper.join();
+    renewals.stop();
     for (auto& w : workers) w->stop();
     firmad::log::notice("stopped");
     return 0;

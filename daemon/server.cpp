@@ -218,6 +218,13 @@ asio::awaitable<void> Server::serve(std::shared_ptr<Connection> c) {
   using Phase = Connection::Phase;
   std::string buffer;
   std::string last_words;  // a protocol violation or ShuttingDown errors: written, then the connection closes
+  // A streamed call's intermediate replies, each under the write deadline.
+  const Stream stream = [this, c](std::string frame) -> asio::awaitable<void> {
+    c->phase = Connection::Phase::Writing;
+    c->deadline = Clock::now() + config_.daemon.idle_timeout;
+    co_await asio::async_write(c->socket, asio::buffer(frame), asio::use_awaitable);
+    c->phase = Connection::Phase::Working;
+  };
   try {
     while (!stopping_) {
       c->phase = Phase::Reading;
@@ -244,7 +251,7 @@ asio::awaitable<void> Server::serve(std::shared_ptr<Connection> c) {
         last_words = protocol::encode_error(e.name(), e.parameters());
         break;
       }
-      std::string reply = co_await service_.handle(call, c->peer);
+      std::string reply = co_await service_.handle(call, c->peer, stream);
       // The frame may have carried a PIN: wipe it and the parsed copy.
       if (auto it = call.parameters.find("pin"); it != call.parameters.end() && it->is_string())
         protocol::wipe(it->get_ref<std::string&>());

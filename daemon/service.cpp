@@ -21,8 +21,8 @@ using protocol::Params;
 using protocol::VarlinkError;
 
 Service::Service(const Config& config, std::vector<std::unique_ptr<TokenWorker>>& tokens, StateStore& state,
-                 BusinessCalendar calendar)
-    : config_(config), tokens_(tokens), state_(state), calendar_(std::move(calendar)) {
+                 BusinessCalendar calendar, renewal::Manager& renewals)
+    : config_(config), tokens_(tokens), state_(state), calendar_(std::move(calendar)), renewals_(renewals) {
   const Json doc = state_.read();
   if (auto it = doc.find("requests"); it != doc.end() && it->is_object()) {
     for (const auto& [alias, r] : it->items())
@@ -82,6 +82,10 @@ Json Service::key_json(const KeyState& key, const std::string& token, std::time_
   if (!key.config.registro_patronal.empty()) j["registroPatronal"] = key.config.registro_patronal;
   if (auto c = token_named(token).cancellation(key.config.alias)) j["cancelled"] = {{"at", iso8601(c->at)}, {"reason", c->reason}};
   if (Json r = request_json(key.config.alias, local_today()); !r.is_null()) j["request"] = std::move(r);
+  if (Json r = renewals_.status_json(key, now); !r.is_null()) {
+    if (j.contains("certificate")) j["certificate"]["renewalState"] = r["state"];
+    j["renewal"] = std::move(r);
+  }
   return j;
 }
 
@@ -170,7 +174,7 @@ boost::asio::awaitable<Json> Service::logout(const Json& params, const Peer& pee
   co_return Json{{"loginState", state}};
 }
 
-boost::asio::awaitable<Json> Service::dispatch(const protocol::Call& call, const Peer& peer) {
+boost::asio::awaitable<Json> Service::dispatch(const protocol::Call& call, const Peer& peer, const Stream& stream) {
   const std::string_view iface = protocol::interface_of(call.method);
   const std::string_view method = std::string_view(call.method).substr(iface.size() + 1);
   if (iface == protocol::kServiceInterface) {
@@ -211,6 +215,7 @@ boost::asio::awaitable<Json> Service::dispatch(const protocol::Call& call, const
     if (method == "Import") co_return co_await import_credential(call.parameters, peer);
     if (method == "Cancel") co_return co_await cancel(call.parameters, peer);
     if (method == "TrackRequest") co_return track_request(call.parameters, peer);
+    if (method == "Renew" || method == "Fetch") co_return co_await renew(call, peer, stream);
     if (method == "Login") co_return co_await login(call.parameters, peer);
     if (method == "Logout") co_return co_await logout(call.parameters, peer);
   } else {
@@ -219,10 +224,10 @@ boost::asio::awaitable<Json> Service::dispatch(const protocol::Call& call, const
   throw VarlinkError(perr::kMethodNotFound, {{"method", call.method}});
 }
 
-boost::asio::awaitable<std::string> Service::handle(const protocol::Call& call, const Peer& peer) {
+boost::asio::awaitable<std::string> Service::handle(const protocol::Call& call, const Peer& peer, const Stream& stream) {
   std::string out;
   try {
-    Json reply = co_await dispatch(call, peer);
+    Json reply = co_await dispatch(call, peer, stream);
     if (!call.oneway) out = protocol::encode_reply(reply);
   } catch (const VarlinkError& e) {
     if (!call.oneway) out = protocol::encode_error(e.name(), e.parameters());

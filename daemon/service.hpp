@@ -11,6 +11,7 @@
 #include "daemon/access.hpp"
 #include "daemon/business_days.hpp"
 #include "daemon/config.hpp"
+#include "daemon/renewal.hpp"
 #include "daemon/state.hpp"
 #include "daemon/token_worker.hpp"
 #include "protocol/message.hpp"
@@ -20,23 +21,29 @@ namespace firmad {
 // Today's date on this machine's clock and time zone.
 Date local_today();
 
+// Writes one intermediate reply (a streamed call's "continues" frame).
+using Stream = std::function<boost::asio::awaitable<void>(std::string frame)>;
+
 class Service {
  public:
   // tokens: one worker per [tokens.<name>], in configuration order; state:
   // where imports, cancellations and tracked requests are kept.
   Service(const Config& config, std::vector<std::unique_ptr<TokenWorker>>& tokens, StateStore& state,
-          BusinessCalendar calendar);
+          BusinessCalendar calendar, renewal::Manager& renewals);
 
-  // Answers one call: returns the encoded reply or error (with its NUL), or
-  // an empty string for a oneway call. Never throws.
-  boost::asio::awaitable<std::string> handle(const protocol::Call& call, const Peer& peer);
+  // Answers one call: returns the encoded (last) reply or error (with its
+  // NUL), or an empty string for a oneway call; a call with "more" may write
+  // replies before it through `stream`. Never throws.
+  boost::asio::awaitable<std::string> handle(const protocol::Call& call, const Peer& peer, const Stream& stream);
 
   // The Status reply's parameters, from cached state only.
   protocol::Json status() const;
   protocol::Json list_keys() const;
 
  private:
-  boost::asio::awaitable<protocol::Json> dispatch(const protocol::Call& call, const Peer& peer);
+  boost::asio::awaitable<protocol::Json> dispatch(const protocol::Call& call, const Peer& peer, const Stream& stream);
+  // Renew and Fetch (daemon/renewal_service.cpp).
+  boost::asio::awaitable<protocol::Json> renew(const protocol::Call& call, const Peer& peer, const Stream& stream);
   boost::asio::awaitable<protocol::Json> login(const protocol::Json& params, const Peer& peer);
   boost::asio::awaitable<protocol::Json> logout(const protocol::Json& params, const Peer& peer);
   // Credential lifecycle (daemon/lifecycle.cpp).
@@ -55,6 +62,7 @@ class Service {
   std::vector<std::unique_ptr<TokenWorker>>& tokens_;
   StateStore& state_;
   BusinessCalendar calendar_;
+  renewal::Manager& renewals_;
   std::deque<KeyConfig> imported_;                 // keys imported since start (stable addresses)
   std::map<std::string, std::string> requests_;    // alias -> submitted "YYYY-MM-DD"
 };

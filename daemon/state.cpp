@@ -50,12 +50,19 @@ nlohmann::json StateStore::read() const {
   return doc_;
 }
 
-void StateStore::write(const nlohmann::json& doc) const {
-  const std::filesystem::path tmp = file_.string() + ".tmp";
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+void StateStore::write(const nlohmann::json& doc) const { replace_file(file_, doc.dump(2) + "\n", 0600); }
+
+void replace_file(const std::filesystem::path& file, const std::string& data, mode_t mode, std::optional<uid_t> owner,
+                  std::optional<gid_t> group) {
+  const std::filesystem::path tmp = file.string() + ".tmp";
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
   if (fd < 0) fail("cannot create", tmp);
   try {
-    write_all(fd, doc.dump(2) + "\n", tmp);
+    write_all(fd, data, tmp);
+    // Owner and mode before the name appears: nobody sees the file with the wrong ones.
+    if ((owner || group) && ::fchown(fd, owner ? *owner : uid_t(-1), group ? *group : gid_t(-1)) != 0)
+      fail("cannot change the owner of", tmp);
+    if (::fchmod(fd, mode) != 0) fail("cannot change the mode of", tmp);
     if (::fsync(fd) != 0) fail("cannot sync", tmp);
   } catch (...) {
     ::close(fd);
@@ -63,18 +70,19 @@ void StateStore::write(const nlohmann::json& doc) const {
     throw;
   }
   ::close(fd);
-  if (::rename(tmp.c_str(), file_.c_str()) != 0) {
+  if (::rename(tmp.c_str(), file.c_str()) != 0) {
     const int err = errno;
     ::unlink(tmp.c_str());
     errno = err;
-    fail("cannot replace", file_);
+    fail("cannot replace", file);
   }
   // The rename is durable only once the directory entry is.
-  const int dir = ::open(directory_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dir < 0) fail("cannot open", directory_);
+  const std::filesystem::path directory = file.has_parent_path() ? file.parent_path() : std::filesystem::path(".");
+  const int dir = ::open(directory.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir < 0) fail("cannot open", directory);
   const int rc = ::fsync(dir);
   ::close(dir);
-  if (rc != 0) fail("cannot sync", directory_);
+  if (rc != 0) fail("cannot sync", directory);
 }
 
 }  // namespace firmad

@@ -2,6 +2,8 @@
 #pragma once
 #include <filesystem>
 #include <mutex>
+#include <optional>
+#include <sys/types.h>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 #include <string>
@@ -12,6 +14,13 @@ class StateError : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
 };
+
+// Replaces `file` with `data`: written to "<file>.tmp" with the given mode
+// (and owner/group), fsynced, renamed over `file`, and the directory fsynced,
+// so a crash leaves the old or the new content, never half. Throws StateError
+// naming the path.
+void replace_file(const std::filesystem::path& file, const std::string& data, mode_t mode,
+                  std::optional<uid_t> owner = std::nullopt, std::optional<gid_t> group = std::nullopt);
 
 // Holds the document in memory; every update writes it through to
 // <directory>/state.json with write-to-temporary, fsync, rename, fsync of the
@@ -38,6 +47,7 @@ class StateStore {
   }
 
   const std::filesystem::path& file() const noexcept { return file_; }
+  const std::filesystem::path& directory() const noexcept { return directory_; }
 
  private:
   void write(const nlohmann::json& doc) const;

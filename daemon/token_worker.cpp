@@ -428,6 +428,35 @@ KeyConfig TokenWorker::import_credential(const Credential& credential, KeyConfig
   return key;
 }
 
+void TokenWorker::write_objects(const std::function<void(const pkcs11::Session&)>& write) {
+  const std::string& name = config_.name;
+  if (!control_session_) throw VarlinkError(perr::kTokenAbsent, {{"token", name}});
+  const auto snap = snapshot();
+  if (!snap->logged_in) throw VarlinkError(perr::kNotLoggedIn, {{"token", name}, {"loginState", snap->login_state}});
+  struct Rescan {  // also after a failed write: some objects may have changed
+    TokenWorker* w;
+    ~Rescan() { w->publish([this](TokenSnapshot& s) { w->rescan_keys(s); }); }
+  } rescan{this};
+  pkcs11::Session rw(module_, control_session_->slot(), pkcs11::Session::Access::ReadWrite);
+  write(rw);
+}
+
+void TokenWorker::set_key_uri(const std::string& alias, const std::string& uri) {
+  auto parsed = pkcs11::Uri::parse(uri);
+  for (std::size_t i = 0; i < key_configs_.size(); ++i) {
+    if (key_configs_[i].alias != alias) continue;
+    key_configs_[i].uri = uri;
+    key_uris_[i] = std::move(parsed);
+    publish([&](TokenSnapshot& s) {
+      for (auto& k : s.keys)
+        if (k.config.alias == alias) k.config.uri = uri;
+      rescan_keys(s);
+    });
+    log::info("key-uri-changed", {{"token", config_.name}, {"key", alias}, {"uri", uri}});
+    return;
+  }
+}
+
 void TokenWorker::add_key(const KeyConfig& key) {
   key_configs_.push_back(key);
   key_uris_.push_back(pkcs11::Uri::parse(key.uri));

@@ -119,6 +119,14 @@ class TokenWorker {
   // CKA_ID and `key.alias` as label (nothing left behind on failure) and
   // serves it; returns `key` with its URI set. Throws VarlinkError.
   KeyConfig import_credential(const Credential& credential, KeyConfig key);
+  // Control thread only. Runs `write` with a read-write session on the
+  // present, logged-in token, then rescans the keys. Throws VarlinkError
+  // TokenAbsent or NotLoggedIn, or what `write` threw.
+  void write_objects(const std::function<void(const pkcs11::Session&)>& write);
+  // Control thread only. Serves `alias` from the objects `uri` selects from
+  // now on (a renewal installed a new key). Throws std::invalid_argument for
+  // a bad URI.
+  void set_key_uri(const std::string& alias, const std::string& uri);
 
  private:
   void control_loop();

@@ -1,0 +1,65 @@
+// Where renewed certificates come from: IDSE-style endpoints, a certmonger CA helper, or an EST server.
+#pragma once
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "daemon/config.hpp"
+#include "pkcs11/openssl.hpp"
+#include "pkcs11/types.hpp"
+
+namespace firmad::renewal {
+
+using pkcs11::Bytes;
+
+// What a CA answered.
+struct Outcome {
+  // Invalid: the CA answered with something that is not a certificate.
+  enum class Kind { Issued, Pending, Rejected, Unreachable, Underconfigured, Invalid };
+  Kind kind = Kind::Unreachable;
+  std::vector<Bytes> certificates;      // Issued: the certificate first, then any chain (DER)
+  std::string ticket;                   // Pending: what to poll with (a serial, a cookie)
+  std::chrono::seconds retry_after{0};  // Pending/Unreachable: the CA's own hint; 0 = none
+  std::string reason;                   // why, for every kind but Issued
+
+  static Outcome issued(std::vector<Bytes> certs) { return {Kind::Issued, std::move(certs), {}, {}, {}}; }
+  static Outcome pending(std::string ticket, std::chrono::seconds after, std::string why = "the CA has not issued it yet") {
+    return {Kind::Pending, {}, std::move(ticket), after, std::move(why)};
+  }
+  static Outcome failed(Kind kind, std::string why, std::chrono::seconds after = std::chrono::seconds(0)) {
+    return {kind, {}, {}, after, std::move(why)};
+  }
+};
+
+// Everything a provider may need for one request.
+struct Submission {
+  std::string key;             // the alias, for messages
+  std::string npie;            // the employer's NPIE (idse)
+  Bytes csr;                   // DER PKCS#10
+  Bytes acceptance;            // DER CMS over the acceptance text (idse)
+  Bytes current_certificate;   // DER, may have expired
+  // TLS client authentication with the current key on the token (est).
+  EVP_PKEY* client_key = nullptr;
+  X509* client_certificate = nullptr;
+};
+
+class Provider {
+ public:
+  virtual ~Provider() = default;
+  // Sends a new request. Blocks (bounded by the configured time limits);
+  // never throws: every failure is an Outcome.
+  virtual Outcome submit(const Submission& s) = 0;
+  // Asks again about a Pending request.
+  virtual Outcome poll(const Submission& s, const std::string& ticket) = 0;
+};
+
+// The provider the key's renewal configuration names.
+std::unique_ptr<Provider> make_provider(const RenewalConfig& config);
+
+// IDSE only: the serial of the certificate most recently issued for `npie`
+// (Pending with empty ticket = none), and the certificate with that serial.
+Outcome idse_lookup_serial(const RenewalConfig& config, const std::string& npie);
+Outcome idse_fetch(const RenewalConfig& config, const std::string& serial);
+
+}  // namespace firmad::renewal

@@ -1,0 +1,387 @@
+// Certificate renewal end to end: a real firmad on a SoftHSM token renewing against a real CA on loopback.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <stdlib.h>
+
+#include <atomic>
+#include <sstream>
+#include <thread>
+
+#include "ca_service.hpp"
+#include "client/firma.hpp"
+#include "rig.hpp"
+
+namespace firmad::test {
+namespace {
+
+constexpr const char* kNpie = "A1234567890";
+
+class Renewal : public ::testing::Test {
+ protected:
+  TokenRig rig;
+  fs::path out = rig.dir() / "out";
+  std::unique_ptr<CaService> ca;
+  std::unique_ptr<Daemon> daemon;
+
+  void SetUp() override { fs::create_directories(out); }
+
+  void start_ca(bool tls = false) { ca = std::make_unique<CaService>(rig.ca(), rig.dir() / "ca" / "ca.key", tls); }
+
+  // A [keys.<alias>.renewal] table for the provider, manual unless `extra` says otherwise.
+  std::string table(const std::string& alias, const std::string& provider, const std::string& extra = "") const {
+    std::string t = "\n[keys." + alias + ".renewal]\nprovider = \"" + provider + "\"\n" +
+                    "trust_anchors = [\"" + rig.ca().string() + "\"]\n" +
+                    "certificate_file = \"" + (out / (alias + ".pem")).string() + "\"\n" +
+                    "chain_file = \"" + (out / (alias + "-chain.pem")).string() + "\"\n" +
+                    "retry_initial = \"1s\"\nretry_max = \"2s\"\n";
+    if (provider != "helper") t += "connect_timeout = \"1s\"\ntimeout = \"3s\"\n";
+    if (extra.find("automatic") == std::string::npos) t += "automatic = false\n";
+    if (provider == "idse") t += "url = \"" + ca->base_url() + "\"\n";
+    if (provider == "est") t += "url = \"" + ca->base_url() + "/.well-known/est\"\n";
+    if (provider == "helper")
+      t += "command = [\"/bin/bash\", \"" + (source_dir() / "tests/support/certmonger-helper.sh").string() + "\", \"" +
+           (rig.dir() / "ca").string() + "\"]\nhelper_timeout = \"3s\"\n";
+    return t + extra;
+  }
+
+  // Starts firmad with the renewal tables; crash_at arms $FIRMAD_TEST_CRASH_AT.
+  void start(const std::string& tables, const std::string& crash_at = "") {
+    daemon.reset();
+    if (!crash_at.empty()) ::setenv("FIRMAD_TEST_CRASH_AT", crash_at.c_str(), 1);
+    const auto config = rig.write_config(
+        {{"uri = \"pkcs11:object=empresa;id=%01\"", "uri = \"pkcs11:object=empresa;id=%01\"\nnpie = \"" + std::string(kNpie) + "\""}},
+        tables);
+    daemon = std::make_unique<Daemon>(config, rig.socket());
+    ::unsetenv("FIRMAD_TEST_CRASH_AT");
+    ASSERT_TRUE(daemon->wait_for_log("event=token-login ")) << daemon->log();
+  }
+
+  CommandResult ctl(const std::string& args, int timeout = 60) {
+    return run(quote(firmactl_binary().string()) + " --socket " + quote(rig.socket().string()) + " " + args, timeout);
+  }
+
+  firma::Json key(const std::string& alias) {
+    firma::Client c(rig.socket().string());
+    for (auto& k : c.list_keys())
+      if (k["alias"] == alias) return k;
+    return nullptr;
+  }
+  std::string state(const std::string& alias) {
+    auto k = key(alias);
+    return k.contains("renewal") ? k["renewal"].value("state", "") : "";
+  }
+  std::string serial(const std::string& alias) { return key(alias)["certificate"].value("serial", ""); }
+
+  // The public key of a PEM certificate file, as base64 DER, via openssl.
+  std::string certificate_key(const fs::path& pem) {
+    auto r = run("openssl x509 -in " + quote(pem.string()) + " -pubkey -noout | openssl pkey -pubin -outform DER | base64 -w0");
+    return r.exit_code == 0 ? r.out : "";
+  }
+
+  // Signs with firmactl and verifies with the public key of `certificate` (PEM).
+  bool signs_for(const std::string& alias, const fs::path& certificate) {
+    write_file(out / "data.txt", "factura " + alias);
+    auto r = ctl("sign " + alias + " " + quote((out / "data.txt").string()) + " -o " + quote((out / "data.sig").string()));
+    if (r.exit_code != 0) {
+      ADD_FAILURE() << r.out;
+      return false;
+    }
+    r = run("openssl x509 -in " + quote(certificate.string()) + " -pubkey -noout > " + quote((out / "v.pub").string()) +
+            " && openssl dgst -sha256 -verify " + quote((out / "v.pub").string()) + " -signature " +
+            quote((out / "data.sig").string()) + " " + quote((out / "data.txt").string()));
+    return r.exit_code == 0;
+  }
+
+  // The certificate the token holds for a key now, as a PEM file.
+  fs::path token_certificate(const std::string& alias) {
+    auto k = key(alias);
+    const fs::path p = out / (alias + "-token.pem");
+    // Read it back with pkcs11-tool by the id the daemon serves it under.
+    const std::string uri = k.value("uri", "");
+    const auto at = uri.find("id=");
+    std::string id;
+    for (std::size_t i = at + 3; at != std::string::npos && i < uri.size() && uri[i] != ';'; ++i)
+      if (uri[i] != '%') id += uri[i];
+    run(std::string("pkcs11-tool --module ") + TokenRig::kModule + " --read-object --type cert --id " + id + " -o " +
+        quote((out / "t.der").string()) + " 2>/dev/null && openssl x509 -inform DER -in " + quote((out / "t.der").string()) +
+        " -out " + quote(p.string()));
+    return p;
+  }
+
+  long certificates_on_token() {
+    auto r = run(std::string("pkcs11-tool --module ") + TokenRig::kModule + " --list-objects --type cert 2>/dev/null | grep -c 'Certificate Object'");
+    return std::stol(r.out.empty() ? "0" : r.out);
+  }
+};
+
+TEST_F(Renewal, IdseRenewsWithANewKeyOnTheTokenAndStreamsEachStep) {
+  start_ca();
+  start(table("empresa", "idse"));
+  const auto before = key("empresa");
+  const long certs_before = certificates_on_token();
+  auto r = ctl("renew empresa");
+  ASSERT_EQ(r.exit_code, 0) << r.out << daemon->log();
+  for (const char* step : {"started", "key-pending", "key-ready", "request-built", "submitted", "issued", "verified", "installed", "retired"})
+    EXPECT_NE(r.out.find(std::string("  ") + step + ": "), std::string::npos) << step << "\n" << r.out;
+
+  const auto after = key("empresa");
+  EXPECT_EQ(after["renewal"]["state"], "retired");
+  EXPECT_NE(after["certificate"]["serial"], before["certificate"]["serial"]);
+  EXPECT_NE(after["publicKey"], before["publicKey"]) << "a new key was asked for";
+  // The installed certificate is the token key's, the file holds it, and signatures verify with it.
+  EXPECT_EQ(certificate_key(out / "empresa.pem"), after["publicKey"].get<std::string>());
+  EXPECT_EQ(read_file(token_certificate("empresa")), read_file(out / "empresa.pem"));
+  EXPECT_TRUE(signs_for("empresa", out / "empresa.pem"));
+  EXPECT_EQ(run("openssl verify -CAfile " + quote(rig.ca().string()) + " " + quote((out / "empresa.pem").string())).exit_code, 0);
+  EXPECT_EQ(read_file(out / "empresa-chain.pem"), read_file(rig.ca()));
+  // The old certificate left the token for a backup file; nothing else piled up.
+  EXPECT_EQ(certificates_on_token(), certs_before);
+  EXPECT_TRUE(fs::exists(rig.dir() / "state" / "backup" / ("empresa-" + before["certificate"]["serial"].get<std::string>() + ".pem")));
+  // The new key is private, sensitive and stays on the token.
+  auto attrs = run(std::string("pkcs11-tool --module ") + TokenRig::kModule + " --login --pin " + TokenRig::kPin +
+                   " --list-objects --type privkey 2>/dev/null");
+  EXPECT_NE(attrs.out.find("never extractable"), std::string::npos) << attrs.out;
+
+  // After a restart firmad serves the new pair.
+  start(table("empresa", "idse"));
+  EXPECT_EQ(key("empresa")["publicKey"], after["publicKey"]);
+  EXPECT_TRUE(signs_for("empresa", out / "empresa.pem"));
+  EXPECT_NE(ca->requests().find("POST /idse/solicitudRenovacion.idse 200"), std::string::npos) << ca->requests();
+}
+
+TEST_F(Renewal, JsonProgressIsOneObjectPerStep) {
+  start_ca();
+  start(table("firma-ec", "helper", "key = \"reuse\"\n"));
+  auto r = ctl("renew firma-ec --json");
+  ASSERT_EQ(r.exit_code, 0) << r.out << daemon->log();
+  int lines = 0;
+  std::string last;
+  std::istringstream in(r.out);
+  for (std::string line; std::getline(in, line);) {
+    auto j = firma::Json::parse(line, nullptr, false);
+    ASSERT_FALSE(j.is_discarded()) << line;
+    EXPECT_EQ(j["key"], "firma-ec");
+    last = j["state"];
+    ++lines;
+  }
+  EXPECT_GE(lines, 7);
+  EXPECT_EQ(last, "retired");
+  EXPECT_TRUE(signs_for("firma-ec", out / "firma-ec.pem"));
+}
+
+TEST_F(Renewal, AcceptanceIsSignedWithTheExpiredCertificateAndRenewalRevivesTheKey) {
+  // An RSA key whose certificate ended in 2024, put on the token as IMSS's would be.
+  const fs::path w = rig.dir() / "old";
+  fs::create_directories(w);
+  auto r = run("cd " + quote(w.string()) + " && openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out k.pem && "
+               "openssl req -new -key k.pem -subj '/O=PATRON VENCIDO/CN=PATRON VENCIDO' -out k.csr && "
+               "printf '[ca]\\ndefault_ca=d\\n[d]\\ndatabase=idx\\nnew_certs_dir=.\\nserial=ser\\ndefault_md=sha256\\npolicy=p\\n[p]\\ncommonName=supplied\\norganizationName=optional\\n' > ca.cnf && "
+               "touch idx && echo 01 > ser && openssl ca -batch -config ca.cnf -cert " + quote(rig.ca().string()) + " -keyfile " +
+               quote((rig.dir() / "ca" / "ca.key").string()) + " -in k.csr -out k.crt -startdate 20240101000000Z -enddate 20240301000000Z && "
+               "openssl x509 -in k.crt -outform DER -out k.der && "
+               "softhsm2-util --import k.pem --token firmad-demo --label vencido --id 05 --pin 123456 && "
+               "pkcs11-tool --module " + TokenRig::kModule + " --login --pin 123456 --write-object k.der --type cert --id 05 --label vencido");
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  start_ca();
+  start("\n[keys.vencido]\ntoken = \"demo\"\nuri = \"pkcs11:object=vencido;id=%05\"\nallow_users = [" +
+        std::to_string(::getuid()) + "]\nnpie = \"B0000000001\"\n" + table("vencido", "idse"));
+  write_file(out / "x.txt", "x");
+  EXPECT_EQ(ctl("sign vencido " + quote((out / "x.txt").string()) + " -o " + quote((out / "x.sig").string())).exit_code, 1)
+      << "an expired certificate signs nothing for clients";
+  r = ctl("renew vencido");
+  ASSERT_EQ(r.exit_code, 0) << r.out << daemon->log() << ca->log();
+  EXPECT_TRUE(signs_for("vencido", out / "vencido.pem"));
+}
+
+TEST_F(Renewal, HelperProviderFollowsCertmongersContractIncludingWaitAndPoll) {
+  start_ca();  // not used by the helper; keeps table() simple
+  fs::create_directories(rig.dir() / "ca" / "helper");
+  write_file(rig.dir() / "ca" / "helper" / "control", "wait");
+  start(table("empresa", "helper", "key = \"reuse\"\n"));
+  const auto before = key("empresa");
+  auto r = ctl("renew empresa");
+  EXPECT_EQ(r.exit_code, 6) << r.out;  // waiting: firmad polls by itself
+  EXPECT_NE(r.out.find("waiting"), std::string::npos) << r.out;
+  ASSERT_TRUE(eventually([&] { return state("empresa") == "retired"; }, std::chrono::seconds(20))) << daemon->log();
+  const auto after = key("empresa");
+  EXPECT_EQ(after["publicKey"], before["publicKey"]) << "key = reuse keeps the key";
+  EXPECT_NE(after["certificate"]["serial"], before["certificate"]["serial"]);
+  EXPECT_EQ(certificates_on_token(), 3) << "the old certificate of the reused key is gone";
+  EXPECT_TRUE(signs_for("empresa", out / "empresa.pem"));
+  const std::string calls = read_file(rig.dir() / "ca" / "helper" / "calls.log");
+  EXPECT_NE(calls.find("SUBMIT 1"), std::string::npos) << calls;
+  EXPECT_NE(calls.find("POLL 0"), std::string::npos) << calls;
+}
+
+TEST_F(Renewal, EstReenrollsOverTlsAuthenticatedByTheTokenKey) {
+  start_ca(true);
+  start(table("firma-ec", "est") + table("empresa", "est"));
+  for (const char* alias : {"firma-ec", "empresa"}) {
+    const auto before = key(alias);
+    auto r = ctl(std::string("renew ") + alias);
+    ASSERT_EQ(r.exit_code, 0) << r.out << daemon->log() << ca->log();
+    EXPECT_NE(key(alias)["certificate"]["serial"], before["certificate"]["serial"]);
+    EXPECT_TRUE(signs_for(alias, out / (std::string(alias) + ".pem")));
+  }
+  const std::string log = ca->requests();
+  EXPECT_NE(log.find("GET /.well-known/est/cacerts 200"), std::string::npos) << log;
+  EXPECT_NE(log.find("POST /.well-known/est/simplereenroll 200"), std::string::npos) << log;
+  EXPECT_EQ(log.find("simplereenroll 401"), std::string::npos) << "the client certificate was presented: " << log;
+}
+
+// Every way the CA can fail ends in a named state, installs nothing, and the
+// old certificate keeps signing.
+TEST_F(Renewal, EachCaFailureEndsInANamedStateAndTheOldCertificateStillSigns) {
+  start_ca();
+  start(table("empresa", "idse"));
+  const std::string old_serial = serial("empresa");
+  const long certs = certificates_on_token();
+  write_file(out / "old.pem", "");
+  run("pkcs11-tool --module " + std::string(TokenRig::kModule) + " --read-object --type cert --id 01 -o " +
+      quote((out / "old.der").string()) + " && openssl x509 -inform DER -in " + quote((out / "old.der").string()) +
+      " -out " + quote((out / "old.pem").string()));
+  const std::pair<const char*, const char*> cases[] = {
+      {"http500", "ca-unreachable"},  {"submit:timeout", "ca-unreachable"}, {"fetch:garbage", "verification-failed"},
+      {"wrong_key", "verification-failed"}, {"expired", "verification-failed"}, {"untrusted", "verification-failed"},
+      {"fetch:huge", "ca-unreachable"}, {"fetch:endless", "ca-unreachable"}, {"reject", "rejected"},
+      {"redirect_loop", "ca-unreachable"}};
+  for (const auto& [mode, expected] : cases) {
+    SCOPED_TRACE(mode);
+    ca->control(mode);
+    auto r = ctl("renew empresa");
+    EXPECT_NE(r.exit_code, 0) << r.out;
+    EXPECT_EQ(state("empresa"), expected) << r.out;
+    EXPECT_NE(key("empresa")["renewal"].value("reason", ""), "");
+    EXPECT_EQ(serial("empresa"), old_serial);
+    EXPECT_FALSE(fs::exists(out / "empresa.pem"));
+    EXPECT_TRUE(signs_for("empresa", out / "old.pem"));
+  }
+  // Abandoned new keys were cleaned up as each new attempt started: at most one is left.
+  EXPECT_EQ(certificates_on_token(), certs);
+  // And once the CA behaves, the same key renews.
+  ca->control("");
+  auto r = ctl("renew empresa");
+  EXPECT_EQ(r.exit_code, 0) << r.out << daemon->log();
+  EXPECT_TRUE(signs_for("empresa", out / "empresa.pem"));
+}
+
+TEST_F(Renewal, UnreachableCaIsRetriedWithBackoffAndRecoversByItself) {
+  start_ca();
+  ca->control("submit:http500");
+  start(table("empresa", "idse"));
+  auto r = ctl("renew empresa");
+  EXPECT_EQ(r.exit_code, 6) << r.out;
+  EXPECT_EQ(state("empresa"), "ca-unreachable");
+  EXPECT_TRUE(key("empresa")["renewal"].contains("nextTry"));
+  ca->control("");
+  ASSERT_TRUE(eventually([&] { return state("empresa") == "retired"; }, std::chrono::seconds(20))) << daemon->log();
+  EXPECT_GE(key("empresa")["renewal"].value("attempts", 0), 0);
+  EXPECT_TRUE(signs_for("empresa", out / "empresa.pem"));
+}
+
+TEST_F(Renewal, FetchRecoversAnIssuedCertificateOnlyForAKeyOnTheToken) {
+  start_ca();
+  // The CA issues at submit but the download fails: the certificate waits at the CA.
+  ca->control("fetch:http500");
+  start(table("empresa", "idse", "key = \"reuse\"\n"));
+  const std::string old_serial = serial("empresa");
+  EXPECT_EQ(ctl("renew empresa").exit_code, 6);
+  ca->control("");
+  auto r = ctl(std::string("fetch empresa --npie ") + kNpie);
+  ASSERT_EQ(r.exit_code, 0) << r.out << daemon->log();
+  EXPECT_NE(serial("empresa"), old_serial);
+  EXPECT_TRUE(signs_for("empresa", out / "empresa.pem"));
+
+  // A certificate issued for some other key is refused and nothing changes.
+  const std::string now_serial = serial("empresa");
+  ca->control("wrong_key");
+  start(table("empresa", "idse", "key = \"reuse\"\n"));
+  (void)ctl("renew empresa");  // the CA issues the wrong certificate: verification fails
+  auto issued = run("ls -t " + quote((ca->dir() / "issued").string()) + " | head -1 | sed 's/\\.der$//'");
+  ca->control("");
+  r = ctl("fetch empresa --serial " + issued.out.substr(0, issued.out.find('\n')));
+  EXPECT_EQ(r.exit_code, 1) << r.out;
+  EXPECT_NE(r.out.find("not on the token"), std::string::npos) << r.out;
+  EXPECT_EQ(serial("empresa"), now_serial);
+}
+
+TEST_F(Renewal, SignaturesRacingARenewalOfTheSameKeyAllSucceed) {
+  start_ca();
+  start(table("empresa", "idse"));
+  std::atomic<bool> done{false};
+  std::atomic<int> ok{0}, failed{0};
+  std::vector<std::thread> signers;
+  for (int i = 0; i < 4; ++i)
+    signers.emplace_back([&] {
+      firma::Client c(rig.socket().string());
+      while (!done) {
+        try {
+          c.sign_digest("empresa", firma::Bytes(32, 7));
+          ++ok;
+        } catch (const std::exception&) {
+          ++failed;
+        }
+      }
+    });
+  auto r = ctl("renew empresa");
+  done = true;
+  for (auto& t : signers) t.join();
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_GT(ok.load(), 20);
+  EXPECT_EQ(failed.load(), 0);
+}
+
+TEST_F(Renewal, DueCertificatesRenewByThemselvesOnceAndCheckReportsThem) {
+  start_ca();
+  // Not due until 30 days before the end of a one-year certificate.
+  start(table("empresa", "idse", "before_days = 30\njitter = \"0s\"\n"));
+  auto r = ctl("renew --check");
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_NE(r.out.find("no certificate needs renewal"), std::string::npos) << r.out;
+  // Due (400 days before the end of a one-year certificate) but not automatic: --check says so.
+  start(table("empresa", "idse", "before_days = 400\njitter = \"0s\"\n"));
+  r = ctl("renew --check");
+  EXPECT_EQ(r.exit_code, 1) << r.out;
+  EXPECT_NE(r.out.find("empresa: due since"), std::string::npos) << r.out;
+  EXPECT_EQ(state("empresa"), "none");
+  // Automatic: firmad renews by itself — once, even though this window makes
+  // every new certificate due at once.
+  start(table("firma-ec", "helper", "automatic = true\nbefore_days = 400\njitter = \"0s\"\nkey = \"reuse\"\n"));
+  ASSERT_TRUE(eventually([&] { return state("firma-ec") == "retired"; }, std::chrono::seconds(20))) << daemon->log();
+  EXPECT_TRUE(daemon->wait_for_log("event=renewal-window-too-early level=warning key=firma-ec")) << daemon->log();
+  std::this_thread::sleep_for(std::chrono::seconds(2));  // time for a loop to show itself
+  const std::string log = daemon->log();
+  std::size_t starts = 0;
+  for (auto at = log.find("event=renewal-due"); at != std::string::npos; at = log.find("event=renewal-due", at + 1)) ++starts;
+  EXPECT_EQ(starts, 1u) << log;
+  EXPECT_EQ(ctl("renew --check").exit_code, 1) << "still due: the window is wrong, and --check says so";
+}
+
+// kill -9 at every step, install included: after a restart the token and the
+// files hold a consistent pair and the renewal finishes by itself.
+TEST_F(Renewal, KillNineAtEveryStepLeavesAConsistentPairAndResumes) {
+  start_ca();
+  const std::string tables = table("empresa", "idse");
+  for (const char* point : {"started", "key-pending", "key-ready", "request-built", "submitted", "issued", "verified",
+                            "certificate-written", "installed", "old-certificate-removed", "retired"}) {
+    SCOPED_TRACE(point);
+    start(tables, point);
+    const std::string before = serial("empresa");
+    (void)ctl("renew empresa");  // cut short by the crash (at "retired" the reply may get out first)
+    ASSERT_TRUE(eventually([&] { return !daemon->running(); }, std::chrono::seconds(20))) << daemon->log();
+    start(tables);
+    ASSERT_TRUE(eventually([&] { return state("empresa") == "retired"; }, std::chrono::seconds(20)))
+        << state("empresa") << "\n" << daemon->log();
+    const auto k = key("empresa");
+    EXPECT_NE(k["certificate"]["serial"], before);
+    // Token: the key served and its certificate belong together, and one certificate is left.
+    EXPECT_EQ(certificate_key(token_certificate("empresa")), k["publicKey"].get<std::string>());
+    EXPECT_EQ(certificates_on_token(), 3);
+    // Files: the certificate file is the token's.
+    EXPECT_EQ(read_file(out / "empresa.pem"), read_file(token_certificate("empresa")));
+    EXPECT_TRUE(signs_for("empresa", out / "empresa.pem"));
+  }
+}
+
+}  // namespace
+}  // namespace firmad::test
