@@ -43,10 +43,31 @@ demo() {
   local ctl="$build_dir/client/firmactl"
   softhsm2-util --show-slots | grep -E 'Label|Serial' | sed 's/^ */  /' | head -2
 
-  step "Starting firmad (configuration $dir/firmad.toml, log $dir/firmad.log)"
-  "$build_dir/daemon/firmad" --config "$dir/firmad.toml" 2>"$dir/firmad.log" &
+  step "Starting a demo IDSE-style CA on loopback (HTTPS, tests/support/renewal_ca.py) for the renewal below"
+  mkdir -p "$dir/idse"
+  rm -f "$dir/idse/port"
+  python3 tests/support/renewal_ca.py --dir "$dir/idse" --ca-cert "$dir/ca/ca.pem" --ca-key "$dir/ca/ca.key" \
+    --port-file "$dir/idse/port" --tls --lifetime 300 2>"$dir/idse/service.log" &
+  local ca_pid=$!
+  for _ in $(seq 100); do [ -s "$dir/idse/port" ] && break; sleep 0.1; done
+  local idse="https://127.0.0.1:$(cat "$dir/idse/port")"
+  echo "  $idse"
+  # The demo configuration plus the employer's NPIE and a renewal table for 'empresa'.
+  sed 's|^uri = "pkcs11:object=empresa;id=%01"$|&\nnpie = "A1234567890"|' "$dir/firmad.toml" > "$dir/firmad-demo.toml"
+  cat >> "$dir/firmad-demo.toml" <<TOML
+
+[keys.empresa.renewal]
+provider = "idse"
+url = "$idse"
+trust_anchors = ["$dir/ca/ca.pem"]
+certificate_file = "$dir/empresa-renovado.pem"
+automatic = false
+TOML
+
+  step "Starting firmad (configuration $dir/firmad-demo.toml, log $dir/firmad.log)"
+  "$build_dir/daemon/firmad" --config "$dir/firmad-demo.toml" 2>"$dir/firmad.log" &
   local pid=$!
-  trap 'kill $pid 2>/dev/null || true' EXIT
+  trap 'kill $pid $ca_pid 2>/dev/null || true' EXIT
   for _ in $(seq 100); do "$ctl" status >/dev/null 2>&1 && break; sleep 0.1; done
   "$ctl" status
 
@@ -68,9 +89,18 @@ demo() {
   openssl cms -verify -binary -inform DER -in "$dir/documento-ec.p7s" -content "$dir/documento.txt" \
     -CAfile "$dir/ca/ca.pem" -out /dev/null
 
+  step "Renewing 'empresa': a new key generated on the token, CSR and acceptance signed there, certificate fetched, verified, installed"
+  "$ctl" renew empresa
+  "$ctl" status | sed -n '/^key empresa/,/^key /p' | sed '$d'
+  step "Signing with the renewed key and verifying against the new certificate"
+  "$ctl" sign empresa "$dir/documento.txt" --cms -o "$dir/documento-renovado.p7s"
+  openssl cms -verify -binary -inform DER -in "$dir/documento-renovado.p7s" -CAfile "$dir/ca/ca.pem" -out /dev/null
+  openssl x509 -in "$dir/empresa-renovado.pem" -noout -serial -enddate | sed 's/^/  /'
+
   step "Stopping firmad (SIGTERM: finishes requests, logs out, exits 0)"
   kill -TERM $pid
   wait $pid
+  kill $ca_pid 2>/dev/null || true
   trap - EXIT
   tail -n 4 "$dir/firmad.log"
   step "Demo complete: files are in $dir"

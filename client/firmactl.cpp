@@ -263,6 +263,13 @@ void print_event(const firma::Json& e, bool json) {
   std::cout << std::endl;
 }
 
+// The exit code for where a renewal rests.
+int renewal_exit(const std::string& state) {
+  if (state == "retired") return kOk;
+  if (state == "rejected" || state == "verification-failed" || state == "underconfigured") return kRefused;
+  return kPending;
+}
+
 // renew --check: exit 1 when a certificate is in its renewal window or a
 // renewal waits for an administrator.
 int check_renewals(const firma::Json& status, bool json) {
@@ -377,9 +384,10 @@ int main(int argc, char** argv) {
   request->add_flag("--clear", clear, "Stop tracking it");
 
   auto* renew = app.add_subcommand("renew", "Renew a key's certificate now, or check what needs renewal (administrators)");
-  bool check = false;
+  bool check = false, due_only = false;
   renew->add_option("key", key, "Key name");
   renew->add_flag("--check", check, "Exit 0 if no certificate needs renewal, 1 if one does (for timers and monitoring)");
+  renew->add_flag("--due", due_only, "Renew every key whose certificate is due (what firmad-renew.timer runs)");
 
   auto* fetch = app.add_subcommand("fetch", "Download and install a certificate the CA issued but that was never installed (administrators)");
   std::string serial;
@@ -518,8 +526,28 @@ int main(int argc, char** argv) {
     } else if (renew->parsed() && check) {
       if (!key.empty()) throw Failure{kUsage, "--check looks at every key; give no key name"};
       return check_renewals(client.status(), opt.json);
+    } else if (renew->parsed() && due_only) {
+      if (!key.empty()) throw Failure{kUsage, "--due renews every due key; give no key name"};
+      int worst = kOk;
+      const firma::Json status = client.status();  // named: a range over a temporary's member dangles
+      for (const auto& k : status["keys"]) {
+        if (!k.contains("renewal") || !k["renewal"].value("needed", false)) continue;
+        const std::string state = k["renewal"].value("state", "none");
+        if (state == "rejected" || state == "verification-failed" || state == "underconfigured") {
+          std::cout << k["alias"].get<std::string>() << ": renewal " << state << ", waiting for an administrator: "
+                    << k["renewal"].value("reason", "") << std::endl;
+          worst = kRefused;
+          continue;
+        }
+        auto last = client.call_more("io.firmad.Signer.Renew", {{"key", k["alias"]}},
+                                     [&](const firma::Json& reply) { print_event(reply.at("event"), opt.json); });
+        print_event(last.at("event"), opt.json);
+        const int code = renewal_exit(last["event"].value("state", ""));
+        if (code == kRefused || (code == kPending && worst == kOk)) worst = code;
+      }
+      return worst;
     } else if (renew->parsed() || fetch->parsed()) {
-      if (key.empty()) throw Failure{kUsage, "renew needs a key name (or --check)"};
+      if (key.empty()) throw Failure{kUsage, "renew needs a key name (or --check, --due)"};
       if (fetch->parsed() && !serial.empty() && !npie.empty()) throw Failure{kUsage, "give --serial or --npie, not both"};
       firma::Json params = {{"key", key}};
       if (!serial.empty()) params["serial"] = serial;
@@ -527,10 +555,7 @@ int main(int argc, char** argv) {
       auto print = [&](const firma::Json& reply) { print_event(reply.at("event"), opt.json); };
       auto last = client.call_more(fetch->parsed() ? "io.firmad.Signer.Fetch" : "io.firmad.Signer.Renew", params, print);
       print(last);
-      const std::string state = last["event"].value("state", "");
-      if (state == "retired") return kOk;
-      if (state == "rejected" || state == "verification-failed" || state == "underconfigured") return kRefused;
-      return kPending;
+      return renewal_exit(last["event"].value("state", ""));
     } else if (logout->parsed()) {
       std::string state = client.logout(token);
       opt.json ? void(std::cout << firma::Json{{"loginState", state}}.dump() << "\n")

@@ -45,15 +45,15 @@ class Renewal : public ::testing::Test {
   }
 
   // Starts firmad with the renewal tables; crash_at arms $FIRMAD_TEST_CRASH_AT.
-  void start(const std::string& tables, const std::string& crash_at = "") {
+  void start(const std::string& tables, const std::string& crash_at = "", bool pin_from_admin = false) {
     daemon.reset();
     if (!crash_at.empty()) ::setenv("FIRMAD_TEST_CRASH_AT", crash_at.c_str(), 1);
-    const auto config = rig.write_config(
-        {{"uri = \"pkcs11:object=empresa;id=%01\"", "uri = \"pkcs11:object=empresa;id=%01\"\nnpie = \"" + std::string(kNpie) + "\""}},
-        tables);
-    daemon = std::make_unique<Daemon>(config, rig.socket());
+    std::map<std::string, std::string> replace = {
+        {"uri = \"pkcs11:object=empresa;id=%01\"", "uri = \"pkcs11:object=empresa;id=%01\"\nnpie = \"" + std::string(kNpie) + "\""}};
+    if (pin_from_admin) replace["pin_source ="] = "pin_source = \"admin\"", replace["pin_file ="] = "";
+    daemon = std::make_unique<Daemon>(rig.write_config(replace, tables), rig.socket());
     ::unsetenv("FIRMAD_TEST_CRASH_AT");
-    ASSERT_TRUE(daemon->wait_for_log("event=token-login ")) << daemon->log();
+    ASSERT_TRUE(daemon->wait_for_log(pin_from_admin ? "event=started " : "event=token-login ")) << daemon->log();
   }
 
   CommandResult ctl(const std::string& args, int timeout = 60) {
@@ -355,6 +355,51 @@ TEST_F(Renewal, DueCertificatesRenewByThemselvesOnceAndCheckReportsThem) {
   for (auto at = log.find("event=renewal-due"); at != std::string::npos; at = log.find("event=renewal-due", at + 1)) ++starts;
   EXPECT_EQ(starts, 1u) << log;
   EXPECT_EQ(ctl("renew --check").exit_code, 1) << "still due: the window is wrong, and --check says so";
+}
+
+TEST_F(Renewal, FilesGetTheirModeAndThePostInstallCommandRunsWithinItsLimit) {
+  start_ca();
+  const fs::path marker = out / "reloaded";
+  start(table("empresa", "idse", "file_mode = \"0640\"\npost_install = [\"/bin/sh\", \"-c\", \"echo $FIRMAD_KEY > " +
+                                     marker.string() + "\"]\n") +
+        table("firma-p384", "helper", "key = \"reuse\"\npost_install = [\"/bin/sleep\", \"30\"]\npost_install_timeout = \"500ms\"\n"));
+  auto r = ctl("renew empresa");
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_EQ(read_file(marker), "empresa\n");
+  EXPECT_EQ(fs::status(out / "empresa.pem").permissions() & fs::perms::all,
+            fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read);
+  // A post-install command that hangs is killed at its limit; the renewal stands and says so.
+  r = ctl("renew firma-p384");
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_NE(r.out.find("post-install command failed (killed after 500 ms)"), std::string::npos) << r.out;
+  EXPECT_TRUE(signs_for("firma-p384", out / "firma-p384.pem"));
+}
+
+TEST_F(Renewal, WithoutTheTokensPinTheRenewalWaitsAndGoesOnAfterLogin) {
+  start_ca();
+  start(table("empresa", "idse"), "", /*pin_from_admin=*/true);
+  auto r = ctl("renew empresa");
+  EXPECT_EQ(r.exit_code, 6) << r.out;
+  EXPECT_EQ(state("empresa"), "needs-pin") << r.out;
+  EXPECT_NE(key("empresa")["renewal"].value("reason", "").find("firmactl login"), std::string::npos);
+  r = run("printf '%s\\n' 123456 | " + quote(firmactl_binary().string()) + " --socket " + quote(rig.socket().string()) +
+          " login demo --pin-stdin");
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  ASSERT_TRUE(eventually([&] { return state("empresa") == "retired"; }, std::chrono::seconds(20))) << daemon->log();
+  EXPECT_TRUE(signs_for("empresa", out / "empresa.pem"));
+}
+
+TEST_F(Renewal, RenewDueRenewsExactlyTheKeysThatAreDue) {
+  start_ca();
+  start(table("empresa", "idse", "before_days = 30\n") +
+        table("firma-ec", "helper", "before_days = 400\njitter = \"0s\"\nkey = \"reuse\"\n"));
+  const std::string empresa = serial("empresa"), ec = serial("firma-ec");
+  auto r = ctl("renew --due");
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_NE(r.out.find("firma-ec  retired"), std::string::npos) << r.out << ctl("status --json").out;
+  EXPECT_EQ(serial("empresa"), empresa);
+  EXPECT_NE(serial("firma-ec"), ec);
+  EXPECT_EQ(state("empresa"), "none");
 }
 
 // kill -9 at every step, install included: after a restart the token and the

@@ -14,6 +14,7 @@ info=$(dpkg-deb --info "$deb")
 grep -q "Package: firmad" <<<"$info" || { echo "not a firmad package" >&2; exit 1; }
 dpkg-deb -x "$deb" "$work/root"
 for f in usr/sbin/firmad usr/bin/firmactl lib/systemd/system/firmad.service lib/systemd/system/firmad.socket \
+         lib/systemd/system/firmad-renew.service lib/systemd/system/firmad-renew.timer \
          lib/sysusers.d/firmad.conf lib/tmpfiles.d/firmad.conf usr/share/man/man8/firmad.8 \
          usr/share/man/man1/firmactl.1 usr/share/man/man5/firmad.toml.5 \
          usr/share/bash-completion/completions/firmactl usr/share/doc/firmad/firmad.toml.example \
@@ -22,6 +23,9 @@ for f in usr/sbin/firmad usr/bin/firmactl lib/systemd/system/firmad.service lib/
 done
 grep -q "ExecStart=/usr/sbin/firmad " "$work/root"/*/systemd/system/firmad.service "$work/root"/usr/lib/systemd/system/firmad.service 2>/dev/null ||
   { echo "firmad.service does not start /usr/sbin/firmad" >&2; exit 1; }
+cat "$work/root"/*/systemd/system/firmad-renew.service "$work/root"/usr/lib/systemd/system/firmad-renew.service 2>/dev/null |
+  grep "ExecStart=/usr/bin/firmactl renew --due" >/dev/null ||
+  { echo "firmad-renew.service does not run /usr/bin/firmactl renew --due" >&2; exit 1; }
 version=$("$work/root/usr/sbin/firmad" --version)
 grep -q "^firmad " <<<"$version" || { echo "packaged firmad does not run: $version" >&2; exit 1; }
 version=$("$work/root/usr/bin/firmactl" --version)

@@ -9,8 +9,10 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 # ExecStart must name an existing binary: point it at the one just built.
 sed "s|/usr/sbin/firmad|$binary|" "$src/systemd/firmad.service" > "$work/firmad.service"
-cp "$src/systemd/firmad.socket" "$work/"
-out=$(cd "$work" && systemd-analyze verify firmad.socket firmad.service 2>&1) || true
+cp "$src/systemd/firmad.socket" "$src/systemd/firmad-renew.timer" "$work/"
+# The renewal service runs firmactl: point it at a binary that exists here.
+sed "s|/usr/bin/firmactl|$(dirname "$binary")/../client/firmactl|" "$src/systemd/firmad-renew.service" > "$work/firmad-renew.service"
+out=$(cd "$work" && systemd-analyze verify firmad.socket firmad.service firmad-renew.timer firmad-renew.service 2>&1) || true
 if [ -n "$out" ]; then
   echo "systemd-analyze verify is not clean:" >&2
   echo "$out" >&2
