@@ -1,5 +1,6 @@
 // Certificate renewal: a persisted state machine per key, run on a thread of its own.
 #pragma once
+#include <atomic>
 #include <condition_variable>
 #include <ctime>
 #include <functional>
@@ -139,7 +140,7 @@ class Manager {
 
   mutable std::mutex mutex_;
   std::condition_variable wake_;
-  bool stopping_ = false;
+  std::atomic<bool> stopping_{false};  // also read between steps without the lock
   bool kicked_ = false;
   std::map<std::string, Record> records_;
   std::map<std::string, std::vector<Listener>> listeners_;

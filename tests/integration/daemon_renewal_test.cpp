@@ -45,11 +45,12 @@ class Renewal : public ::testing::Test {
   }
 
   // Starts firmad with the renewal tables; crash_at arms $FIRMAD_TEST_CRASH_AT.
-  void start(const std::string& tables, const std::string& crash_at = "", bool pin_from_admin = false) {
+  void start(const std::string& tables, const std::string& crash_at = "", bool pin_from_admin = false,
+             std::map<std::string, std::string> replace = {}) {
     daemon.reset();
     if (!crash_at.empty()) ::setenv("FIRMAD_TEST_CRASH_AT", crash_at.c_str(), 1);
-    std::map<std::string, std::string> replace = {
-        {"uri = \"pkcs11:object=empresa;id=%01\"", "uri = \"pkcs11:object=empresa;id=%01\"\nnpie = \"" + std::string(kNpie) + "\""}};
+    replace.emplace("uri = \"pkcs11:object=empresa;id=%01\"",
+                    "uri = \"pkcs11:object=empresa;id=%01\"\nnpie = \"" + std::string(kNpie) + "\"");
     if (pin_from_admin) replace["pin_source ="] = "pin_source = \"admin\"", replace["pin_file ="] = "";
     daemon = std::make_unique<Daemon>(rig.write_config(replace, tables), rig.socket());
     ::unsetenv("FIRMAD_TEST_CRASH_AT");
@@ -400,6 +401,40 @@ TEST_F(Renewal, RenewDueRenewsExactlyTheKeysThatAreDue) {
   EXPECT_EQ(serial("empresa"), empresa);
   EXPECT_NE(serial("firma-ec"), ec);
   EXPECT_EQ(state("empresa"), "none");
+}
+
+TEST_F(Renewal, AbsentTokenAndMissingSettingsAreNamedStates) {
+  start_ca();
+  // The token behind the fault-injecting module: taken out before the renewal starts.
+  const fs::path control = rig.dir() / "fault";
+  write_file(control, "");
+  ::setenv("FIRMAD_FAULT_CONTROL", control.c_str(), 1);
+  start(table("empresa", "idse") + table("firma-ec", "idse") +
+            table("firma-p384", "helper", "key = \"reuse\"\n"),
+        "", false,
+        {{"module", std::string("module = \"") + FIRMAD_FAULT_MODULE + "\""},
+         {"sessions", "sessions = 1\nrefresh_interval_ms = 100"}});
+  ::unsetenv("FIRMAD_FAULT_CONTROL");
+  // firma-ec has no NPIE: the idse provider cannot work, and says why.
+  auto r = ctl("renew firma-ec");
+  EXPECT_EQ(r.exit_code, 1) << r.out;
+  EXPECT_EQ(state("firma-ec"), "underconfigured");
+  EXPECT_NE(r.out.find("npie"), std::string::npos) << r.out;
+  // The helper reports it is not configured (exit 4).
+  fs::create_directories(rig.dir() / "ca" / "helper");
+  write_file(rig.dir() / "ca" / "helper" / "control", "underconfigured");
+  EXPECT_EQ(ctl("renew firma-p384").exit_code, 1);
+  EXPECT_EQ(state("firma-p384"), "underconfigured");
+  // No token: token-absent, retried by itself once the token is back.
+  write_file(control, "removed");
+  ASSERT_TRUE(eventually([&] { return !key("empresa").is_null() && ctl("status --json").out.find("\"present\": false") != std::string::npos; }))
+      << daemon->log();
+  r = ctl("renew empresa");
+  EXPECT_EQ(r.exit_code, 6) << r.out;
+  EXPECT_EQ(state("empresa"), "token-absent") << r.out;
+  write_file(control, "");
+  ASSERT_TRUE(eventually([&] { return state("empresa") == "retired"; }, std::chrono::seconds(20))) << daemon->log();
+  EXPECT_TRUE(signs_for("empresa", out / "empresa.pem"));
 }
 
 // kill -9 at every step, install included: after a restart the token and the
