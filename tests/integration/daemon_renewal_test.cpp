@@ -185,7 +185,11 @@ TEST_F(Renewal, AcceptanceIsSignedWithTheExpiredCertificateAndRenewalRevivesTheK
   ASSERT_EQ(r.exit_code, 0) << r.out;
   start_ca();
   start("\n[keys.vencido]\ntoken = \"demo\"\nuri = \"pkcs11:object=vencido;id=%05\"\nallow_users = [" +
-        std::to_string(::getuid()) + "]\nnpie = \"B0000000001\"\n" + table("vencido", "idse"));
+        std::to_string(::getuid()) + "]\nnpie = \"B0000000001\"\n" + table("vencido", "idse") + table("empresa", "idse"));
+  // Past every warning threshold: status and the log say so.
+  EXPECT_EQ(key("vencido")["renewal"].value("warningDays", -1), 0);
+  EXPECT_TRUE(daemon->wait_for_log("event=certificate-expiring level=warning key=vencido")) << daemon->log();
+  EXPECT_EQ(key("empresa")["renewal"].count("warningDays"), 0u) << "a fresh certificate warns of nothing";
   write_file(out / "x.txt", "x");
   EXPECT_EQ(ctl("sign vencido " + quote((out / "x.txt").string()) + " -o " + quote((out / "x.sig").string())).exit_code, 1)
       << "an expired certificate signs nothing for clients";
