@@ -40,7 +40,7 @@ class Renewal : public ::testing::Test {
     if (provider == "est") t += "url = \"" + ca->base_url() + "/.well-known/est\"\n";
     if (provider == "helper")
       t += "command = [\"/bin/bash\", \"" + (source_dir() / "tests/support/certmonger-helper.sh").string() + "\", \"" +
-           (rig.dir() / "ca").string() + "\"]\nhelper_timeout = \"3s\"\n";
+           (rig.dir() / "ca").string() + "\"]\n" + (extra.find("helper_timeout") == std::string::npos ? "helper_timeout = \"3s\"\n" : "");
     return t + extra;
   }
 
@@ -268,6 +268,46 @@ TEST_F(Renewal, EachCaFailureEndsInANamedStateAndTheOldCertificateStillSigns) {
   auto r = ctl("renew empresa");
   EXPECT_EQ(r.exit_code, 0) << r.out << daemon->log();
   EXPECT_TRUE(signs_for("empresa", out / "empresa.pem"));
+}
+
+// The same for the helper and EST providers.
+TEST_F(Renewal, HelperAndEstFailuresEndInNamedStatesAndTheOldCertificatesStillSign) {
+  start_ca(true);
+  start(table("firma-p384", "helper", "key = \"reuse\"\nhelper_timeout = \"1s\"\nhelper_max_output = 65536\n") +
+        table("firma-ec", "est"));
+  run(std::string("pkcs11-tool --module ") + TokenRig::kModule + " --read-object --type cert --id 04 -o " +
+      quote((out / "p384.der").string()) + " && openssl x509 -inform DER -in " + quote((out / "p384.der").string()) + " -out " +
+      quote((out / "p384.pem").string()));
+  run(std::string("pkcs11-tool --module ") + TokenRig::kModule + " --read-object --type cert --id 02 -o " +
+      quote((out / "ec.der").string()) + " && openssl x509 -inform DER -in " + quote((out / "ec.der").string()) + " -out " +
+      quote((out / "ec.pem").string()));
+  fs::create_directories(rig.dir() / "ca" / "helper");
+  const std::pair<const char*, const char*> helper_cases[] = {
+      {"reject", "rejected"}, {"unreachable", "ca-unreachable"}, {"hang", "ca-unreachable"}, {"huge", "ca-unreachable"},
+      {"garbage", "verification-failed"}, {"wrong_key", "verification-failed"}, {"expired", "verification-failed"},
+      {"untrusted", "verification-failed"}};
+  for (const auto& [mode, expected] : helper_cases) {
+    SCOPED_TRACE(std::string("helper ") + mode);
+    write_file(rig.dir() / "ca" / "helper" / "control", mode);
+    auto r = ctl("renew firma-p384");
+    EXPECT_NE(r.exit_code, 0) << r.out;
+    EXPECT_EQ(state("firma-p384"), expected) << r.out;
+    EXPECT_TRUE(signs_for("firma-p384", out / "p384.pem"));
+  }
+  const std::pair<const char*, const char*> est_cases[] = {
+      {"reenroll:reject", "rejected"}, {"reenroll:http500", "ca-unreachable"}, {"wrong_key", "verification-failed"},
+      {"expired", "verification-failed"}, {"untrusted", "verification-failed"}, {"reenroll:garbage", "verification-failed"},
+      {"cacerts:garbage", "verification-failed"}, {"reenroll:huge", "ca-unreachable"}};
+  for (const auto& [mode, expected] : est_cases) {
+    SCOPED_TRACE(std::string("est ") + mode);
+    ca->control(mode);
+    auto r = ctl("renew firma-ec");
+    EXPECT_NE(r.exit_code, 0) << r.out;
+    EXPECT_EQ(state("firma-ec"), expected) << r.out;
+    EXPECT_TRUE(signs_for("firma-ec", out / "ec.pem"));
+  }
+  EXPECT_FALSE(fs::exists(out / "firma-p384.pem"));
+  EXPECT_FALSE(fs::exists(out / "firma-ec.pem"));
 }
 
 TEST_F(Renewal, UnreachableCaIsRetriedWithBackoffAndRecoversByItself) {
