@@ -19,8 +19,12 @@ class VerificationError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// Parses an OpenSSL one-line subject ("/C=MX/O=Empresa/CN=Nombre"). Throws
-// std::invalid_argument naming the bad part.
+// Returns the DER X509_NAME of an OpenSSL one-line subject, as `openssl req
+// -subj` reads one: "/C=MX/O=Empresa/CN=Nombre", '\' escaping the next
+// character ("/CN=A \/ B" for a '/' in a value), '+' taken literally, at
+// most 1024 bytes, no control characters. Types are short or long names or
+// dotted OIDs. Throws std::invalid_argument saying what is wrong (the part,
+// an unknown type, a value OpenSSL refuses such as C=MEX).
 Bytes parse_subject(std::string_view oneline);
 // The DER subject of a DER certificate. Throws std::runtime_error.
 Bytes certificate_subject(const Bytes& certificate_der);
@@ -37,7 +41,8 @@ Bytes sign_acceptance(std::string_view text, const Bytes& certificate_der, EVP_P
 
 // Certificates from a body: DER, PEM (one or several), or base64 of a DER
 // PKCS#7 certs-only (EST, RFC 7030 §4.1.3). Returns DER certificates, the
-// first being the first in the body. Throws VerificationError when there is none.
+// first being the first in the body. Throws VerificationError when there is
+// none, or when a PEM certificate in the body is damaged or cut short.
 std::vector<Bytes> certificates_from(std::string_view body);
 
 // PEM text of a DER certificate.

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <charconv>
 #include <map>
+#include <optional>
 
 #include "daemon/http_client.hpp"
 #include "daemon/renewal_crypto.hpp"
@@ -18,6 +19,8 @@ using Kind = Outcome::Kind;
 using std::chrono::seconds;
 
 constexpr seconds kMaxRetryHint{86400};
+// An IDSE answer has a handful of fields; the rest of a longer one is ignored.
+constexpr std::size_t kMaxIdseFields = 32;
 
 std::string trim(std::string_view s) {
   const auto b = s.find_first_not_of(" \t\r\n");
@@ -31,14 +34,6 @@ std::string excerpt(std::string_view s) {
   std::string out;
   for (char c : s.substr(0, 200)) out += (c >= 0x20 && c < 0x7f) ? c : ' ';
   return trim(out);
-}
-
-seconds parse_seconds(std::string_view s) {
-  long long v = 0;
-  const std::string t = trim(s);
-  auto [p, ec] = std::from_chars(t.data(), t.data() + t.size(), v);
-  if (ec != std::errc() || p != t.data() + t.size() || v < 0) return seconds(0);
-  return std::min(seconds(v), kMaxRetryHint);
 }
 
 std::string replace(std::string text, std::string_view placeholder, const std::string& value) {
@@ -76,7 +71,7 @@ Exchange exchange(const RenewalConfig& c, http::Request req, EVP_PKEY* client_ke
 
 seconds retry_after(const http::Response& r) {
   auto it = r.headers.find("retry-after");
-  return it == r.headers.end() ? seconds(0) : parse_seconds(it->second);
+  return it == r.headers.end() ? seconds(0) : retry_after_seconds(it->second);
 }
 
 // Status classes every provider treats alike.
@@ -97,20 +92,6 @@ Outcome issued_from(std::string_view body, const std::string& origin) {
   }
 }
 
-// "KEY=value" lines, as the IDSE endpoints answer.
-std::map<std::string, std::string> fields_of(std::string_view body) {
-  std::map<std::string, std::string> out;
-  std::size_t pos = 0;
-  while (pos < body.size() && out.size() < 32) {
-    std::size_t end = body.find('\n', pos);
-    if (end == std::string_view::npos) end = body.size();
-    const std::string line = trim(body.substr(pos, end - pos));
-    if (auto eq = line.find('='); eq != std::string::npos && eq > 0) out[line.substr(0, eq)] = line.substr(eq + 1);
-    pos = end + 1;
-  }
-  return out;
-}
-
 class Idse final : public Provider {
  public:
   explicit Idse(RenewalConfig c) : c_(std::move(c)) {}
@@ -127,7 +108,7 @@ class Idse final : public Provider {
     if (!x.response) return x.failure;
     const auto& r = *x.response;
     if (auto f = common_failure(r)) return *f;
-    auto fields = fields_of(r.body);
+    auto fields = idse_fields(r.body);
     if (r.status != 200) {
       const std::string why = fields.count("ERROR") ? fields["ERROR"] : excerpt(r.body);
       return Outcome::failed(Kind::Rejected, "the CA refused the request (HTTP " + std::to_string(r.status) + "): " + why);
@@ -136,9 +117,12 @@ class Idse final : public Provider {
     if (state == "RECHAZADO")
       return Outcome::failed(Kind::Rejected, "the CA rejected the request: " + (fields.count("MOTIVO") ? fields["MOTIVO"] : "no reason given"));
     if ((state == "EMITIDO" || state == "PENDIENTE") && !serial.empty()) {
-      if (state == "PENDIENTE") return Outcome::pending(serial, parse_seconds(fields["REINTENTAR"]));
+      if (state == "PENDIENTE") return Outcome::pending(serial, retry_after_seconds(fields["REINTENTAR"]));
+      // Accepted: whatever the download does, the serial is kept and the
+      // certificate polled for by it (never a second request to the CA).
       Outcome o = idse_fetch(c_, serial);
-      o.ticket = serial;  // kept: a crash before the download polls by it
+      if (o.kind == Kind::Unreachable) o = Outcome::pending(serial, o.retry_after, "issued; download failed (" + o.reason + ")");
+      o.ticket = serial;
       return o;
     }
     return Outcome::failed(Kind::Unreachable, "the CA's answer is not understood: " + excerpt(r.body));
@@ -182,7 +166,7 @@ class Helper final : public Provider {
       case 4: return Outcome::failed(Kind::Underconfigured, who + " is not configured: " + said);
       case 5: {
         const auto nl = r.output.find('\n');
-        const seconds after = parse_seconds(r.output.substr(0, nl));
+        const seconds after = retry_after_seconds(r.output.substr(0, nl));
         const std::string next = nl == std::string::npos ? cookie : trim(r.output.substr(nl + 1));
         return Outcome::pending(next.empty() ? cookie : next, after, who + " asked to retry in " + std::to_string(after.count()) + " s");
       }
@@ -199,7 +183,21 @@ class Est final : public Provider {
   explicit Est(RenewalConfig c) : c_(std::move(c)) {}
 
   Outcome submit(const Submission& s) override {
-    // The CA's certificates: candidates for the chain (never trusted by themselves).
+    if (auto failed = fetch_cacerts()) return *failed;
+    return enroll(s);
+  }
+
+  // RFC 7030 §4.2.3: after a 202 the client sends the same request again
+  // (with the CA's certificates fetched again: the provider is made afresh
+  // for every attempt, and after a restart).
+  Outcome poll(const Submission& s, const std::string&) override {
+    if (auto failed = fetch_cacerts()) return *failed;
+    return enroll(s);
+  }
+
+ private:
+  // The CA's certificates: candidates for the chain (never trusted by themselves).
+  std::optional<Outcome> fetch_cacerts() {
     http::Request ca;
     ca.url = c_.url + "/cacerts";
     auto x = exchange(c_, ca);
@@ -212,13 +210,9 @@ class Est final : public Provider {
     } catch (const VerificationError& e) {
       return Outcome::failed(Kind::Invalid, "invalid answer from " + ca.url + ": " + e.what());
     }
-    return enroll(s);
+    return std::nullopt;
   }
 
-  // RFC 7030 §4.2.3: after a 202 the client sends the same request again.
-  Outcome poll(const Submission& s, const std::string&) override { return enroll(s); }
-
- private:
   Outcome enroll(const Submission& s) {
     http::Request req;
     req.method = "POST";
@@ -244,6 +238,31 @@ class Est final : public Provider {
 
 }  // namespace
 
+std::map<std::string, std::string> idse_fields(std::string_view body) {
+  std::map<std::string, std::string> out;
+  std::size_t pos = 0;
+  while (pos < body.size() && out.size() < kMaxIdseFields) {
+    std::size_t end = body.find('\n', pos);
+    if (end == std::string_view::npos) end = body.size();
+    const std::string line = trim(body.substr(pos, end - pos));
+    if (auto eq = line.find('='); eq != std::string::npos && eq > 0) out[line.substr(0, eq)] = line.substr(eq + 1);
+    pos = end + 1;
+  }
+  return out;
+}
+
+seconds retry_after_seconds(std::string_view value) {
+  const std::size_t b = value.find_first_not_of(" \t\r\n");
+  if (b == std::string_view::npos) return seconds(0);
+  const std::string_view t = value.substr(b, value.find_last_not_of(" \t\r\n") - b + 1);
+  if (!std::all_of(t.begin(), t.end(), [](char c) { return c >= '0' && c <= '9'; })) return seconds(0);
+  long long v = 0;
+  // All digits: the only failure left is a number too large, which is
+  // "much later" and gets the cap, not "no hint".
+  if (std::from_chars(t.data(), t.data() + t.size(), v).ec != std::errc()) return kMaxRetryHint;
+  return std::min(seconds(v), kMaxRetryHint);
+}
+
 std::unique_ptr<Provider> make_provider(const RenewalConfig& config) {
   switch (config.provider) {
     case RenewalProvider::Idse: return std::make_unique<Idse>(config);
@@ -261,7 +280,7 @@ Outcome idse_lookup_serial(const RenewalConfig& c, const std::string& npie) {
   const auto& r = *x.response;
   if (auto f = common_failure(r)) return *f;
   if (r.status == 404) return Outcome::failed(Kind::Rejected, "the CA has no certificate issued for NPIE " + npie);
-  auto fields = fields_of(r.body);
+  auto fields = idse_fields(r.body);
   if (r.status != 200 || fields["SERIAL_NOM"].empty())
     return Outcome::failed(Kind::Unreachable, "the CA's answer to the serial lookup is not understood (HTTP " +
                                                   std::to_string(r.status) + "): " + excerpt(r.body));

@@ -1,8 +1,10 @@
 // Where renewed certificates come from: IDSE-style endpoints, a certmonger CA helper, or an EST server.
 #pragma once
 #include <chrono>
+#include <map>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "daemon/config.hpp"
@@ -61,5 +63,18 @@ std::unique_ptr<Provider> make_provider(const RenewalConfig& config);
 // (Pending with empty ticket = none), and the certificate with that serial.
 Outcome idse_lookup_serial(const RenewalConfig& config, const std::string& npie);
 Outcome idse_fetch(const RenewalConfig& config, const std::string& serial);
+
+// The fields of an IDSE answer, "KEY=value" lines: each line trimmed of
+// spaces, tabs and CR and split at its first '=' (the value may hold more);
+// lines without '=' or with an empty key are skipped; a repeated key keeps
+// its last value; reading stops after 32 distinct keys. Never throws but
+// std::bad_alloc.
+std::map<std::string, std::string> idse_fields(std::string_view body);
+
+// The wait a CA asks for, from a Retry-After value, an IDSE REINTENTAR field
+// or a helper's first output line: decimal seconds (surrounding whitespace
+// allowed), capped at one day. Anything else, an HTTP-date included, is 0
+// (no hint). Never throws.
+std::chrono::seconds retry_after_seconds(std::string_view value);
 
 }  // namespace firmad::renewal

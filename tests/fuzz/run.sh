@@ -6,7 +6,7 @@
 #
 # Environment:
 #   FUZZ_SECONDS       seconds per target (default 60)
-#   FUZZ_TARGETS       targets to run (default: all four)
+#   FUZZ_TARGETS       targets to run (default: all seven)
 #   FUZZ_BUILD_DIR     build directory (default <source>/build-fuzz); the corpus
 #                      grows in <build>/corpus/<target> from run to run
 #   FIRMAD_SOURCE_DIR  the CMake source tree (default: this repository)
@@ -22,7 +22,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 src="${FIRMAD_SOURCE_DIR:-$(cd "$here/../.." && pwd)}"
 build="${FUZZ_BUILD_DIR:-$src/build-fuzz}"
 seconds="${FUZZ_SECONDS:-60}"
-targets="${FUZZ_TARGETS:-fuzz_protocol fuzz_config fuzz_credential fuzz_identity}"
+targets="${FUZZ_TARGETS:-fuzz_protocol fuzz_config fuzz_credential fuzz_identity fuzz_http_url fuzz_subject fuzz_ca_answer}"
 jobs="${JOBS:-2}"
 
 die() { echo "fuzz: $*" >&2; exit 2; }
@@ -84,7 +84,7 @@ seed() {  # seed <target> <name> <content>
   [[ -e "$dir/seed-$2" ]] || printf '%s' "$3" >"$dir/seed-$2"
 }
 
-for t in $targets fuzz_identity fuzz_credential; do mkdir -p "$build/corpus/$t"; done
+for t in $targets fuzz_identity fuzz_credential fuzz_ca_answer; do mkdir -p "$build/corpus/$t"; done
 # Real credentials as seeds: a certificate (DER) and a PKCS#12 with the
 # password the target uses ("fuzz").
 if [[ ! -e "$build/corpus/fuzz_identity/seed-cert.der" ]]; then
@@ -95,6 +95,33 @@ if [[ ! -e "$build/corpus/fuzz_identity/seed-cert.der" ]]; then
   openssl pkcs12 -export -inkey "$tmp/k.pem" -in "$tmp/c.pem" -passout pass:fuzz -out "$build/corpus/fuzz_credential/seed.pfx"
   rm -rf "$tmp"
 fi
+
+# A CA's answers as they come: PEM (a chain), DER, base64 PKCS#7 with line breaks.
+if [[ ! -e "$build/corpus/fuzz_ca_answer/seed-chain.pem" ]]; then
+  tmp=$(mktemp -d)
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$tmp/ca.key" -out "$tmp/ca.pem" \
+    -days 30 -subj "/CN=Seed CA" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$tmp/k.pem" -out "$tmp/r.pem" \
+    -subj "/C=MX/O=Seed/CN=SEED" 2>/dev/null
+  openssl x509 -req -in "$tmp/r.pem" -CA "$tmp/ca.pem" -CAkey "$tmp/ca.key" -CAcreateserial -days 30 \
+    -out "$tmp/c.pem" 2>/dev/null
+  cat "$tmp/c.pem" "$tmp/ca.pem" >"$build/corpus/fuzz_ca_answer/seed-chain.pem"
+  openssl x509 -in "$tmp/c.pem" -outform DER -out "$build/corpus/fuzz_ca_answer/seed-cert.der"
+  openssl crl2pkcs7 -nocrl -certfile "$tmp/c.pem" -certfile "$tmp/ca.pem" -outform DER | base64 \
+    >"$build/corpus/fuzz_ca_answer/seed-certs-only.b64"
+  rm -rf "$tmp"
+fi
+seed fuzz_ca_answer idse-issued $'ESTADO=EMITIDO\r\nSERIAL_NOM=00001000000504465028\r\n'
+seed fuzz_ca_answer idse-pending $'ESTADO=PENDIENTE\nSERIAL_NOM=42\nREINTENTAR=120\n'
+seed fuzz_ca_answer retry-after ' 120 '
+
+seed fuzz_http_url absolute 'https://CA.example.test:8443/idse/consulta.idse?NPIE=A%20B#f'
+seed fuzz_http_url ipv6 'http://[2001:db8::1]:8080/.well-known/est'
+seed fuzz_http_url relative $'https://h/a/b/c?q\n../../x/./y?z#f'
+seed fuzz_http_url scheme-relative '//other.example.test:9/x'
+
+seed fuzz_subject sat '/C=MX/x500UniqueIdentifier=AAA010101AAA \/ HEGT7610034S2/serialNumber= \/ HEGT761003MDFRNN09/CN=SEED'
+seed fuzz_subject oid $'/2.5.4.3=x/O=A+B/commonName=Jos\xc3\xa9'
 
 seed fuzz_protocol call '{"method":"io.firmad.Signer.Sign","parameters":{"key":"release","hash":"sha256","digest":"3q2+7w=="}}'
 seed fuzz_protocol more '{"method":"io.firmad.Signer.ListKeys","parameters":{},"more":true}'
@@ -138,6 +165,29 @@ token = "hsm"
 uri = "pkcs11:object=release;type=private"
 allow_users = ["root", 1000]
 allow_groups = [0]
+'
+seed fuzz_config renewal '[tokens.t]
+module = "m"
+uri = "pkcs11:"
+
+[keys.k]
+token = "t"
+uri = "pkcs11:object=k"
+
+[keys.k.renewal]
+provider = "idse"
+key = "new"
+key_type = "ec-p256"
+subject = "/C=MX/O=Empresa/x500UniqueIdentifier=AAA010101AAA \\/ HEGT7610034S2/CN=Nombre"
+trust_anchors = ["/etc/firmad/ca.pem"]
+before_days = 30
+jitter = "12h"
+warn_days = [30, 7, 1]
+certificate_file = "/etc/firmad/k.pem"
+file_mode = "0644"
+url = "https://[::1]:8443/"
+lookup_path = "/idse/consultaSerie.idse?NPIE={npie}"
+timeout = "60s"
 '
 seed fuzz_config minimal '[tokens.t]
 module = "m"
@@ -224,6 +274,77 @@ cat >"$build/dict/fuzz_config.dict" <<'EOF'
 "inf"
 "nan"
 "{ }"
+".renewal]"
+"provider"
+"\"idse\""
+"\"est\""
+"\"helper\""
+"subject"
+"\"/C=MX/CN="
+"\\\\/"
+"trust_anchors"
+"lifetime_fraction"
+"warn_days"
+"jitter"
+"\"12h\""
+"url"
+"\"https://[::1]:8443\""
+"command"
+EOF
+
+cat >"$build/dict/fuzz_http_url.dict" <<'EOF'
+"http://"
+"https://"
+"//"
+"["
+"]"
+":"
+"@"
+"?"
+"#"
+"%"
+"/../"
+"/./"
+".."
+"::1"
+"::ffff:"
+"%25"
+"127.0.0.1"
+"65535"
+"65536"
+"xn--"
+"\x0a"
+EOF
+cat >"$build/dict/fuzz_subject.dict" <<'EOF'
+"/C="
+"/CN="
+"/O="
+"/OU="
+"/serialNumber="
+"/x500UniqueIdentifier="
+"/2.5.4.3="
+"\\/"
+"\\"
+"="
+"+"
+"MX"
+EOF
+cat >"$build/dict/fuzz_ca_answer.dict" <<'EOF'
+"-----BEGIN CERTIFICATE-----"
+"-----END CERTIFICATE-----"
+"-----BEGIN PKCS7-----"
+"ESTADO="
+"SERIAL_NOM="
+"REINTENTAR="
+"EMITIDO"
+"PENDIENTE"
+"RECHAZADO"
+"="
+"\x0a"
+"\x0d\x0a"
+"MII"
+"=="
+"86400"
 EOF
 
 # --- run -----------------------------------------------------------------------
