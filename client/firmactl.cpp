@@ -533,6 +533,12 @@ int main(int argc, char** argv) {
       for (const auto& k : status["keys"]) {
         if (!k.contains("renewal") || !k["renewal"].value("needed", false)) continue;
         const std::string state = k["renewal"].value("state", "none");
+        if (k["renewal"].value("windowTooEarly", false)) {
+          std::cout << k["alias"].get<std::string>() << ": just renewed and due again at once: before_days or "
+                    << "lifetime_fraction is set too early; not renewed again" << std::endl;
+          worst = kRefused;
+          continue;
+        }
         if (state == "rejected" || state == "verification-failed" || state == "underconfigured") {
           std::cout << k["alias"].get<std::string>() << ": renewal " << state << ", waiting for an administrator: "
                     << k["renewal"].value("reason", "") << std::endl;

@@ -120,6 +120,7 @@ boost::asio::awaitable<Json> Service::cancel(const Json& params, const Peer& pee
     throw VarlinkError(perr::kInternalError, {{"reason", e.what()}});
   }
   log::notice("key-cancelled", {{"key", alias}, {"uid", peer.uid}, {"pid", peer.pid}, {"reason", reason}});
+  renewals_.cancel(alias);  // a renewal under way stops, and its uninstalled new key goes
   const std::string a = alias;
   auto job = [&worker, a] { return worker.destroy_key_objects(a); };
   const int destroyed = co_await on_control_thread<int>(worker, std::move(job));

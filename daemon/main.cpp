@@ -6,6 +6,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <functional>
 #include <iostream>
 #include <thread>
@@ -49,6 +50,23 @@ void harden_process() {
   ::prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
 }
 
+// Every connection is a descriptor, and systemd and login shells start
+// processes with a soft limit of 1024: raise it as far as max_connections
+// needs (plus room for tokens, state and renewal), never above the hard
+// limit. Not to the hard limit itself: helpers firmad runs inherit it.
+// Returns the soft limit firmad runs with.
+rlim_t raise_open_file_limit(std::size_t max_connections, rlim_t headroom) {
+  rlimit r{};
+  if (::getrlimit(RLIMIT_NOFILE, &r) != 0) return 0;
+  const rlim_t wanted = max_connections + headroom;
+  if (r.rlim_cur < wanted) {
+    r.rlim_cur = std::min(wanted, r.rlim_max);
+    ::setrlimit(RLIMIT_NOFILE, &r);
+    ::getrlimit(RLIMIT_NOFILE, &r);
+  }
+  return r.rlim_cur;
+}
+
 // Adds the keys brought in with 'firmactl import', kept in the state directory.
 void add_imported_keys(firmad::Config& cfg, const nlohmann::json& state) {
   auto keys = state.find("keys");
@@ -77,12 +95,23 @@ void add_imported_keys(firmad::Config& cfg, const nlohmann::json& state) {
 }
 
 // A renewal that installed a new key recorded where its objects are now.
+// It applies only while firmad.toml still names the URI it replaced: an
+// administrator who points the key elsewhere wins.
 void apply_renewed_key_uris(firmad::Config& cfg, const nlohmann::json& state) {
   auto uris = state.find("keyUris");
   if (uris == state.end() || !uris->is_object()) return;
   for (auto& key : cfg.keys) {
     auto it = uris->find(key.alias);
-    if (it != uris->end() && it->is_string()) key.uri = it->get<std::string>();
+    if (it == uris->end() || !it->is_object()) continue;
+    const std::string uri = it->value("uri", ""), configured = it->value("configured", "");
+    if (uri.empty()) continue;
+    if (!key.imported && configured != key.uri) {
+      firmad::log::warning("renewed-key-uri-ignored", {{"key", key.alias}, {"renewed", uri}, {"configured", key.uri},
+                                                       {"why", "firmad.toml no longer names the key a renewal replaced"}});
+      continue;
+    }
+    firmad::log::info("renewed-key-uri", {{"key", key.alias}, {"uri", uri}});
+    key.uri = uri;
   }
 }
 
@@ -149,6 +178,11 @@ int main(int argc, char** argv) {
   }
   firmad::log::set_max_level(cfg.daemon.log_level);
   harden_process();
+  constexpr rlim_t kFdHeadroom = 256;
+  if (const rlim_t fds = raise_open_file_limit(cfg.daemon.max_connections, kFdHeadroom);
+      fds < cfg.daemon.max_connections + kFdHeadroom)
+    firmad::log::warning("open-file-limit-low", {{"limit", fds}, {"max_connections", cfg.daemon.max_connections},
+                                                 {"fix", "raise the hard limit: LimitNOFILE= in the unit, or ulimit -Hn"}});
 
   try {
     firmad::StateStore state(cfg.daemon.state_directory);

@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <future>
@@ -72,6 +73,14 @@ std::string key_type_of(const pkcs11::KeyInfo& k) {
 
 std::time_t now_s() { return std::time(nullptr); }
 
+// Text from a CA or helper as it may be stored, logged and sent: printable
+// ASCII only (anything else becomes '?'), at most `max` bytes.
+std::string printable(std::string_view text, std::size_t max = 400) {
+  std::string out;
+  for (char c : text.substr(0, max)) out += (c >= 0x20 && c < 0x7f) ? c : '?';
+  return out;
+}
+
 // A value in [0,1) fixed for a certificate: its renewal time does not move
 // when the daemon restarts, and certificates of one batch spread out.
 double stable_unit(const Bytes& certificate) {
@@ -82,7 +91,9 @@ double stable_unit(const Bytes& certificate) {
   return static_cast<double>(v >> 11) / static_cast<double>(std::uint64_t(1) << 53);
 }
 
-Clock::time_point tp(std::time_t t) { return Clock::from_time_t(t); }
+// The system clock counts nanoseconds in 64 bits (to 2262): a certificate's
+// "99991231235959Z" must not overflow it.
+Clock::time_point tp(std::time_t t) { return Clock::from_time_t(std::clamp<std::time_t>(t, 0, 8'000'000'000)); }
 
 // Blocks the renewal thread until the token's control thread has run f.
 template <typename T>
@@ -137,6 +148,15 @@ struct StepFailure {
   std::string failure;
   std::string reason;
 };
+
+// Token trouble found inside an OpenSSL callback comes back as a generic
+// failure: look first, so absent and not-logged-in keep their names.
+void require_token(const TokenWorker& w) {
+  const auto snap = w.snapshot();
+  if (!snap->present) throw StepFailure{"token-absent", "the token is not present"};
+  if (!snap->logged_in)
+    throw StepFailure{"needs-pin", "the token is not logged in: 'firmactl login " + w.config().name + "'"};
+}
 
 // Names what went wrong with the token for the record.
 StepFailure token_problem(const std::exception& e) {
@@ -205,8 +225,17 @@ Record Record::from_json(const Json& j) {
   r.csr = unb64(j, "csr");
   r.acceptance = unb64(j, "acceptance");
   r.ticket = j.value("ticket", "");
-  for (const auto& c : j.value("issued", Json::array())) r.issued.push_back(*protocol::base64_decode(c.get<std::string>()));
-  for (const auto& c : j.value("chain", Json::array())) r.chain.push_back(*protocol::base64_decode(c.get<std::string>()));
+  auto certificates = [&j](const char* name) {
+    std::vector<Bytes> out;
+    for (const auto& c : j.value(name, Json::array())) {
+      auto der = protocol::base64_decode(c.get<std::string>());
+      if (!der) throw std::runtime_error(std::string("bad base64 in ") + name);
+      out.push_back(std::move(*der));
+    }
+    return out;
+  };
+  r.issued = certificates("issued");
+  r.chain = certificates("chain");
   r.attempts = j.value("attempts", 0u);
   r.started = j.value("started", std::time_t{0});
   r.updated = j.value("updated", std::time_t{0});
@@ -270,8 +299,10 @@ void Manager::stop() noexcept {
   }
   for (auto& [alias, ls] : left) {
     Event e{alias, "stopping", "", "", "firmad is stopping; the renewal resumes when it starts again", now_s(), 0, true};
-    auto it = records_.find(alias);
-    if (it != records_.end()) e.state = it->second.state(), e.step = it->second.step;
+    {
+      std::lock_guard lock(mutex_);
+      if (auto it = records_.find(alias); it != records_.end()) e.state = it->second.state(), e.step = it->second.step;
+    }
     for (auto& l : ls) l(e);
   }
 }
@@ -292,55 +323,118 @@ std::optional<Manager::Target> Manager::target(const std::string& alias) const {
   return std::nullopt;
 }
 
-void Manager::renew(const std::string& alias, Listener listener) {
+Manager::Target Manager::checked_target(const std::string& alias, bool fetch) const {
   auto t = target(alias);
   if (!t) throw VarlinkError(perr::kKeyNotFound, {{"key", alias}});
-  if (!t->key.renewal) throw VarlinkError(perr::kRenewalNotConfigured, {{"key", alias}});
+  if (!t->key.renewal || (fetch && t->key.renewal->provider != RenewalProvider::Idse))
+    throw VarlinkError(perr::kRenewalNotConfigured, {{"key", alias}});
   if (auto c = t->worker->cancellation(alias)) throw VarlinkError(perr::kKeyCancelled, {{"key", alias}, {"at", iso8601(c->at)}});
+  return std::move(*t);
+}
+
+void Manager::request(const std::string& alias, Request req, Listener listener) {
   {
     std::lock_guard lock(mutex_);
-    auto it = records_.find(alias);
-    if (it != records_.end() && it->second.active()) {
-      it->second.next_try = 0;  // under way: try its next step now
-    } else {
-      Record r;
-      r.origin = "manual";
-      r.started = now_s();
-      // An abandoned renewal's key that was never installed is removed first.
-      if (it != records_.end() && it->second.new_key && !it->second.new_id.empty() && it->second.step != "installed" &&
-          !it->second.done())
-        r.cleanup_id = it->second.new_id;
-      records_[alias] = std::move(r);
-    }
-    listeners_[alias].push_back(std::move(listener));
+    if (stopping_) throw VarlinkError(perr::kShuttingDown, Json::object());
+    requests_.emplace_back(alias, std::move(req));
+    if (listener) listeners_[alias].push_back(std::move(listener));
     kicked_ = true;
   }
   wake_.notify_all();
 }
 
+void Manager::renew(const std::string& alias, Listener listener) {
+  checked_target(alias, false);
+  request(alias, {Request::Kind::Renew, {}}, std::move(listener));
+}
+
 void Manager::fetch(const std::string& alias, const std::string& serial, const std::string& npie, Listener listener) {
-  auto t = target(alias);
-  if (!t) throw VarlinkError(perr::kKeyNotFound, {{"key", alias}});
-  if (!t->key.renewal || t->key.renewal->provider != RenewalProvider::Idse)
-    throw VarlinkError(perr::kRenewalNotConfigured, {{"key", alias}});
-  if (auto c = t->worker->cancellation(alias)) throw VarlinkError(perr::kKeyCancelled, {{"key", alias}, {"at", iso8601(c->at)}});
+  auto t = checked_target(alias, true);
   {
     std::lock_guard lock(mutex_);
     auto it = records_.find(alias);
-    Record r;
-    // Keep the renewal under way (its new key may be the one the certificate is for).
-    if (it != records_.end() && it->second.active() && it->second.step != "installed") r = it->second;
+    if (it != records_.end() && it->second.active())
+      throw VarlinkError(perr::kRenewalInProgress, {{"key", alias}, {"state", it->second.state()}});
+  }
+  const std::string ticket = serial.empty() ? "npie:" + (npie.empty() ? t.key.npie : npie) : serial;
+  request(alias, {Request::Kind::Fetch, ticket}, std::move(listener));
+}
+
+void Manager::cancel(const std::string& alias) {
+  try {
+    request(alias, {Request::Kind::Cancel, {}}, nullptr);
+  } catch (const VarlinkError&) {
+    // Stopping: the next start sees the cancellation before anything else.
+  }
+}
+
+// On the renewal thread: what a queued request does to the key's record.
+void Manager::handle(const std::string& alias, const Request& req) {
+  std::optional<Record> current;
+  {
+    std::lock_guard lock(mutex_);
+    if (auto it = records_.find(alias); it != records_.end()) current = it->second;
+  }
+  // A new key of an earlier renewal that never got installed.
+  auto abandoned = [](const Record& old) {
+    return old.new_key && !old.new_id.empty() && old.new_id != old.old_id && old.step != "installed" && !old.done()
+               ? old.new_id
+               : Bytes{};
+  };
+  if (req.kind == Request::Kind::Cancel) {
+    if (!current || current->done()) return;
+    Record r = *current;
+    r.failure = "underconfigured";
+    r.reason = "the key was cancelled";
+    r.next_try = 0;
+    if (const Bytes pending = abandoned(r); !pending.empty()) {
+      if (auto t = target(alias)) {
+        try {
+          on_control<int>(*t->worker, [&] {
+            t->worker->write_objects([&](const pkcs11::Session& s) { destroy_objects_by_id(s, pending); });
+            return 0;
+          });
+        } catch (const std::exception& e) {
+          log::warning("renewal-key-not-removed", {{"key", alias}, {"id", hex(pending)}, {"error", e.what()}});
+          r.cleanup_id = pending;
+        }
+      }
+    }
+    persist_or_keep(alias, r, "renewal stopped: the key was cancelled");
+    return;
+  }
+  Record r;
+  if (req.kind == Request::Kind::Renew) {
+    if (current && current->active()) {
+      r = *current;
+      r.next_try = 0;  // under way: its next step now
+    } else {
+      r.origin = "manual";
+      r.started = now_s();
+      if (current) r.cleanup_id = abandoned(*current);
+    }
+  } else {
+    if (current && current->active()) {
+      notify(alias, Event{alias, current->state(), current->step, current->failure,
+                          "a renewal is under way; it fetches its certificate by itself", now_s(), current->next_try, true});
+      return;
+    }
+    // Keep what an ended renewal knew: the certificate may be for its new key.
+    if (current && !current->done()) r = *current;
     r.origin = "fetch";
     r.failure.clear(), r.reason.clear();
     r.step = "fetching";
-    r.ticket = serial.empty() ? "npie:" + (npie.empty() ? t->key.npie : npie) : serial;
+    r.ticket = req.ticket;
+    r.issued.clear(), r.chain.clear();
+    r.attempts = 0;
     r.next_try = 0;
-    if (!r.started) r.started = now_s();
-    records_[alias] = std::move(r);
-    listeners_[alias].push_back(std::move(listener));
-    kicked_ = true;
+    r.started = now_s();
   }
-  wake_.notify_all();
+  {
+    std::lock_guard lock(mutex_);
+    records_[alias] = r;
+  }
+  advance(alias);
 }
 
 void Manager::notify(const std::string& alias, const Event& e) {
@@ -355,10 +449,39 @@ void Manager::notify(const std::string& alias, const Event& e) {
   for (auto& l : ls) l(e);
 }
 
+void Manager::release_listeners(const std::string& alias) {
+  Event e{alias, "none", "", "", "the renewal rests", now_s(), 0, true};
+  {
+    std::lock_guard lock(mutex_);
+    if (!listeners_.count(alias)) return;
+    if (auto it = records_.find(alias); it != records_.end()) {
+      const Record& r = it->second;
+      e.state = r.state(), e.step = r.step, e.failure = r.failure, e.next_try = r.next_try;
+      e.message = r.reason.empty() ? "the renewal rests at " + r.state() : r.reason;
+    }
+  }
+  notify(alias, e);
+}
+
+void Manager::persist_or_keep(const std::string& alias, const Record& r, const std::string& message) {
+  try {
+    persist(alias, r, message);
+  } catch (const StateError& e) {
+    // Kept in memory and tried again later; listeners still hear how it ended.
+    log::error("renewal-state-unwritable", {{"key", alias}, {"error", e.what()}});
+    {
+      std::lock_guard lock(mutex_);
+      records_[alias] = r;
+    }
+    notify(alias, Event{alias, r.state(), r.step, r.failure, message, now_s(), r.next_try, true});
+  }
+}
+
 void Manager::persist(const std::string& alias, const Record& r, const std::string& message,
                       const std::function<void(Json&)>& also) {
   Record copy = r;
   copy.updated = now_s();
+  const std::string said = printable(message, 600);
   state_.update([&](Json& doc) {
     if (!doc["renewals"].is_object()) doc["renewals"] = Json::object();
     doc["renewals"][alias] = copy.to_json();
@@ -369,16 +492,16 @@ void Manager::persist(const std::string& alias, const Record& r, const std::stri
     records_[alias] = copy;
   }
   const bool resting = copy.done() || !copy.failure.empty() || copy.next_try > copy.updated;
-  Event e{alias, copy.state(), copy.step, copy.failure, message, copy.updated, resting ? copy.next_try : 0, resting};
+  Event e{alias, copy.state(), copy.step, copy.failure, said, copy.updated, resting ? copy.next_try : 0, resting};
   log::write(copy.failure.empty() ? log::Level::Info : log::Level::Warning, "renewal-step",
-           {{"key", alias}, {"step", copy.step}, {"state", copy.state()}, {"message", message}});
+           {{"key", alias}, {"step", copy.step}, {"state", copy.state()}, {"message", said}});
   notify(alias, e);
   crash_point(crash_at_, copy.state());
 }
 
 void Manager::fail(Record& r, const std::string& failure, const std::string& reason, const Target& t) {
   r.failure = failure;
-  r.reason = reason;
+  r.reason = printable(reason);
   if (!r.terminal()) {
     ++r.attempts;
     r.next_try = now_s() + retry_delay(r.attempts, t.config, random_unit()).count();
@@ -391,14 +514,35 @@ void Manager::run() {
   std::unique_lock lock(mutex_);
   while (!stopping_) {
     kicked_ = false;
-    const std::time_t now = now_s();
-    std::time_t wake = now + 60;
-    lock.unlock();
-    warn_expiry(now);
-    lock.lock();
-    if (auto alias = next_work(now, wake)) {
+    std::optional<std::pair<std::string, Request>> req;
+    std::optional<std::string> alias;
+    std::time_t wake = 0;
+    if (!requests_.empty()) {
+      req = std::move(requests_.front());
+      requests_.pop_front();
+    } else {
+      const std::time_t now = now_s();
+      wake = now + 60;
       lock.unlock();
-      advance(*alias);
+      warn_expiry(now);
+      lock.lock();
+      alias = next_work(now, wake);
+    }
+    if (req || alias) {
+      lock.unlock();
+      const std::string key = req ? req->first : *alias;
+      try {
+        if (req) handle(req->first, req->second);
+        else advance(*alias);
+      } catch (const std::exception& e) {
+        // Never takes the daemon down: the record stays as last written and
+        // is tried again after a pause.
+        log::error("renewal-failed", {{"key", key}, {"error", e.what()}});
+        std::lock_guard l(mutex_);
+        if (auto it = records_.find(key); it != records_.end() && it->second.active())
+          it->second.next_try = now_s() + 60;
+      }
+      release_listeners(key);
       lock.lock();
       continue;
     }
@@ -424,6 +568,7 @@ std::optional<std::string> Manager::next_work(std::time_t now, std::time_t& wake
       }
       if (w->cancellation(k.config.alias)) continue;
       auto it = records_.find(k.config.alias);
+      if (it != records_.end() && it->second.active()) continue;  // under way, waiting for its next try
       const std::string serial = k.certificate->serial_hex;
       // A renewal of this very certificate failed for good: never again by itself.
       if (it != records_.end() && it->second.terminal() && it->second.for_serial == serial) continue;
@@ -446,7 +591,8 @@ std::optional<std::string> Manager::next_work(std::time_t now, std::time_t& wake
       Record r;
       r.origin = "automatic";
       r.started = now;
-      if (it != records_.end() && it->second.new_key && !it->second.done() && it->second.step != "installed")
+      if (it != records_.end() && it->second.new_key && !it->second.done() && it->second.step != "installed" &&
+          it->second.new_id != it->second.old_id)
         r.cleanup_id = it->second.new_id;
       records_[k.config.alias] = std::move(r);
       log::notice("renewal-due", {{"key", k.config.alias}, {"serial", serial}, {"due", iso8601(due)}});
@@ -485,41 +631,44 @@ void Manager::advance(const std::string& alias) {
   auto t = target(alias);
   if (!t || !t->key.renewal) {
     r.failure = "underconfigured", r.reason = "the key or its [keys." + alias + ".renewal] table is no longer configured";
-    persist(alias, r, r.reason);
+    persist_or_keep(alias, r, r.reason);
     return;
   }
   if (r.step == "started") {
     r.failure.clear(), r.reason.clear();
-    persist(alias, r, "renewal started (" + r.origin + ")");
+    try {
+      persist(alias, r, "renewal started (" + r.origin + ")");
+    } catch (const StateError& e) {
+      fail(r, "token-error", std::string("cannot record the renewal: ") + e.what(), *t);
+      persist_or_keep(alias, r, r.reason);
+      return;
+    }
   }
   while (!stopping_) {
     const std::string before = r.step;
     r.failure.clear();
     try {
+      // A key cancelled while its renewal runs signs nothing more, here too.
+      if (t->worker->cancellation(alias)) throw StepFailure{"underconfigured", "the key was cancelled"};
       step(r, *t);
     } catch (const StepFailure& f) {
       fail(r, f.failure, f.reason, *t);
     } catch (const VerificationError& e) {
       fail(r, "verification-failed", e.what(), *t);
     } catch (const StateError& e) {
+      // What was not recorded did not happen: go on from the last record.
       log::error("renewal-state-unwritable", {{"key", alias}, {"error", e.what()}});
+      {
+        std::lock_guard lock(mutex_);
+        r = records_[alias];
+      }
       fail(r, "token-error", std::string("cannot record the renewal: ") + e.what(), *t);
     } catch (const std::exception& e) {
       const StepFailure f = token_problem(e);
       fail(r, f.failure, f.reason, *t);
     }
     if (!r.failure.empty()) {
-      try {
-        persist(alias, r, r.reason);
-      } catch (const StateError& e) {
-        // Kept in memory and retried; listeners still hear how it ended.
-        log::error("renewal-state-unwritable", {{"key", alias}, {"error", e.what()}});
-        {
-          std::lock_guard lock(mutex_);
-          records_[alias] = r;
-        }
-        notify(alias, Event{alias, r.state(), r.step, r.failure, r.reason, now_s(), r.next_try, true});
-      }
+      persist_or_keep(alias, r, r.reason);
       return;
     }
     if (r.step == before) return;  // the step persisted its own resting state
@@ -533,6 +682,7 @@ void Manager::step(Record& r, Target& t) {
   if (r.step == "started") return begin(r, t);
   if (r.step == "key-pending") return make_key(r, t);
   if (r.step == "key-ready") return build_request(r, t);
+  if (r.step == "submitted" && !r.issued.empty()) return settle(r, Outcome::issued(r.issued), t);
   if (r.step == "request-built" || r.step == "submitted" || r.step == "waiting") return submit(r, t);
   if (r.step == "fetching") return fetch_by_serial(r, t);
   if (r.step == "issued") return verify(r, t);
@@ -587,6 +737,7 @@ void Manager::begin(Record& r, Target& t) {
 }
 
 void Manager::make_key(Record& r, Target& t) {
+  require_token(*t.worker);
   const auto spec = pkcs11::parse_key_spec(r.key_type);
   if (!spec) throw StepFailure{"underconfigured", "unknown key type '" + r.key_type + "'"};
   const std::string label = t.key.alias + ".renewal";
@@ -611,6 +762,7 @@ void Manager::make_key(Record& r, Target& t) {
 }
 
 void Manager::build_request(Record& r, Target& t) {
+  require_token(*t.worker);
   const Bytes subject = t.config.subject.empty() ? certificate_subject(r.old_certificate) : parse_subject(t.config.subject);
   {
     auto key = token_key(*t.worker, r.new_id, r.spki);
@@ -642,12 +794,14 @@ void Manager::submit(Record& r, Target& t) {
     s.client_key = client_key.get();
     s.client_certificate = client_cert.get();
   }
+  if (client_key) require_token(*t.worker);
   auto provider = make_provider(t.config);
   const bool first = r.step == "request-built";
   const Outcome o = first ? provider->submit(s) : provider->poll(s, r.ticket);
   if (first && (o.kind == Kind::Issued || o.kind == Kind::Pending)) {
     r.step = "submitted";
-    if (!o.ticket.empty()) r.ticket = o.ticket;
+    if (!o.ticket.empty() && printable(o.ticket, 512) == o.ticket) r.ticket = o.ticket;
+    if (o.kind == Kind::Issued) r.issued = o.certificates;  // a crash before "issued" keeps them
     persist(t.key.alias, r, "request accepted by the CA" + (r.ticket.empty() ? std::string() : " (" + r.ticket + ")"));
   }
   settle(r, o, t);
@@ -655,6 +809,8 @@ void Manager::submit(Record& r, Target& t) {
 
 // What the CA's answer means for the record.
 void Manager::settle(Record& r, const Outcome& o, const Target& t) {
+  if (o.ticket.size() > 512 || printable(o.ticket, 512) != o.ticket)
+    return fail(r, "ca-unreachable", "the CA's handle on the request is not printable text; not kept", t);
   switch (o.kind) {
     case Kind::Issued:
       if (!o.ticket.empty()) r.ticket = o.ticket;
@@ -677,10 +833,13 @@ void Manager::settle(Record& r, const Outcome& o, const Target& t) {
       return;
     }
     case Kind::Unreachable:
+      if (!o.ticket.empty()) r.ticket = o.ticket;
       fail(r, "ca-unreachable", o.reason, t);
       if (o.retry_after.count() > 0) r.next_try = std::max<std::time_t>(r.next_try, now_s() + o.retry_after.count());
       return;
-    case Kind::Rejected: return fail(r, "rejected", o.reason, t);
+    case Kind::Rejected:
+      if (!o.ticket.empty()) r.ticket = o.ticket;
+      return fail(r, "rejected", o.reason, t);
     case Kind::Underconfigured: return fail(r, "underconfigured", o.reason, t);
     case Kind::Invalid: return fail(r, "verification-failed", o.reason, t);
   }
@@ -707,6 +866,7 @@ void Manager::fetch_by_serial(Record& r, Target& t) {
   if (!r.spki.empty() && spki == r.spki) {
     // the renewal's new key: carry on with it
   } else if (current && spki == current->public_key) {
+    if (r.new_key && !r.new_id.empty() && r.new_id != current->id) r.cleanup_id = r.new_id;
     r.new_key = false;
     r.old_id = r.new_id = current->id;
     r.old_spki = r.spki = current->public_key;
@@ -730,6 +890,7 @@ void Manager::verify(Record& r, Target& t) {
 }
 
 void Manager::install(Record& r, Target& t) {
+  require_token(*t.worker);
   const std::string alias = t.key.alias;
   const Bytes cert = r.issued.front();
   on_control<int>(*t.worker, [&] {
@@ -747,10 +908,17 @@ void Manager::install(Record& r, Target& t) {
   const std::string uri = id_uri(r.new_id);
   r.step = "installed";
   r.reason.clear();
+  const KeyConfig* configured = config_.key(alias);
   persist(alias, r, "certificate installed on the token next to its key", [&](Json& doc) {
     if (!r.new_key) return;
     if (!doc["keyUris"].is_object()) doc["keyUris"] = Json::object();
-    doc["keyUris"][alias] = uri;
+    // The URI firmad.toml names: applied at start only while it still does.
+    // When an earlier renewal's URI is in force, the file's is the one it kept.
+    std::string file_uri = configured ? configured->uri : t.key.uri;
+    if (auto old = doc["keyUris"].find(alias); old != doc["keyUris"].end() && old->is_object() &&
+                                               old->value("uri", "") == file_uri)
+      file_uri = old->value("configured", file_uri);
+    doc["keyUris"][alias] = {{"uri", uri}, {"configured", file_uri}};
   });
   on_control<int>(*t.worker, [&] {
     if (r.new_key) t.worker->set_key_uri(alias, uri);
@@ -760,10 +928,27 @@ void Manager::install(Record& r, Target& t) {
 }
 
 void Manager::retire(Record& r, Target& t) {
+  require_token(*t.worker);
   const std::string alias = t.key.alias;
   const RenewalConfig& c = t.config;
   const Bytes cert = r.issued.front();
   std::string note;
+  if (r.new_key) {
+    // The old objects go only once the new key is what firmad serves.
+    const std::string uri = id_uri(r.new_id);
+    const Json doc = state_.read();
+    const Json* recorded = nullptr;
+    if (auto u = doc.find("keyUris"); u != doc.end() && u->is_object())
+      if (auto k = u->find(alias); k != u->end() && k->is_object()) recorded = &*k;
+    if (!recorded || recorded->value("uri", "") != uri) {
+      r.step = "verified";  // the commit did not take: install again
+      return;
+    }
+    if (t.key.uri != uri) on_control<int>(*t.worker, [&] {
+        t.worker->set_key_uri(alias, uri);
+        return 0;
+      });
+  }
   try {
     if (!c.certificate_file.empty())
       replace_file(c.certificate_file, to_pem(cert), c.file_mode, c.file_owner, c.file_group);
@@ -804,6 +989,7 @@ void Manager::retire(Record& r, Target& t) {
       for (const auto& [handle, der] : old.certificates)
         if (der != cert) s.destroy(handle);
       crash_point(crash_at_, "old-certificate-removed");
+      if (!r.cleanup_id.empty() && r.cleanup_id != r.new_id && r.cleanup_id != r.old_id) destroy_objects_by_id(s, r.cleanup_id);
       if (r.new_key) {
         // The old key stays (non-extractable, harmless) under a name that says what it is.
         if (old.private_key) pkcs11::set_label(s, *old.private_key, alias + ".previous");
@@ -838,6 +1024,9 @@ Json Manager::status_json(const KeyState& key, std::time_t now) const {
           due_time(tp(key.certificate->not_before), tp(key.certificate->not_after), c, stable_unit(key.info->certificate)));
       j["dueAt"] = iso8601(due);
       j["needed"] = due <= now;
+      // Installed by the last renewal and due on arrival: renewing again would loop.
+      if (due <= now && r && r->done() && !r->issued.empty() && r->issued.front() == key.info->certificate && r->updated >= due)
+        j["windowTooEarly"] = true;
     }
   }
   if (key.certificate) {

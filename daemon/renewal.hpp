@@ -2,6 +2,7 @@
 #pragma once
 #include <atomic>
 #include <condition_variable>
+#include <deque>
 #include <ctime>
 #include <functional>
 #include <map>
@@ -103,8 +104,13 @@ class Manager {
   // Recovers a certificate the CA issued but that was never installed (IDSE):
   // by serial, or by the serial the CA has for `npie`. Installs it if and
   // only if it belongs to the key on the token or to the new key of the
-  // renewal under way. Throws like renew().
+  // last renewal. Throws like renew(), and RenewalInProgress while a renewal
+  // is under way (it fetches by itself).
   void fetch(const std::string& alias, const std::string& serial, const std::string& npie, Listener listener);
+
+  // The key was cancelled: its renewal stops for good and a new key it
+  // made that was never installed is removed. Any thread; does not wait.
+  void cancel(const std::string& alias);
 
   // The key's renewal as Status shows it; null when it has none configured
   // and none ever ran.
@@ -112,6 +118,17 @@ class Manager {
 
  private:
   struct Target;
+  // What callers ask of the renewal thread; only that thread changes records.
+  struct Request {
+    enum class Kind { Renew, Fetch, Cancel };
+    Kind kind;
+    std::string ticket;  // Fetch: a serial, or "npie:<NPIE>"
+  };
+  Target checked_target(const std::string& alias, bool fetch) const;
+  void request(const std::string& alias, Request req, Listener listener);
+  void handle(const std::string& alias, const Request& req);
+  void release_listeners(const std::string& alias);
+  void persist_or_keep(const std::string& alias, const Record& r, const std::string& message);
   void run();
   std::optional<std::string> next_work(std::time_t now, std::time_t& wake);
   void advance(const std::string& alias);
@@ -143,6 +160,7 @@ class Manager {
   std::atomic<bool> stopping_{false};  // also read between steps without the lock
   bool kicked_ = false;
   std::map<std::string, Record> records_;
+  std::deque<std::pair<std::string, Request>> requests_;
   std::map<std::string, std::vector<Listener>> listeners_;
   std::set<std::string> warned_;  // "alias/serial/threshold" already logged
   std::thread thread_;

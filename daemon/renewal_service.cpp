@@ -72,6 +72,12 @@ asio::awaitable<Json> Service::renew(const protocol::Call& call, const Peer& pee
         co_await stream(std::move(frame));
       }
     }
+    {
+      // An event may have come while a reply was being written (when the
+      // wake-up found nothing to cancel): look again before sleeping.
+      std::lock_guard lock(feed->mutex);
+      if (!feed->events.empty()) continue;
+    }
     boost::system::error_code ec;
     co_await feed->timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
   }

@@ -50,13 +50,20 @@ nlohmann::json StateStore::read() const {
   return doc_;
 }
 
-void StateStore::write(const nlohmann::json& doc) const { replace_file(file_, doc.dump(2) + "\n", 0600); }
+// Invalid UTF-8 that slipped into a string is replaced, never a reason to
+// lose the document.
+void StateStore::write(const nlohmann::json& doc) const {
+  replace_file(file_, doc.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n", 0600);
+}
 
 void replace_file(const std::filesystem::path& file, const std::string& data, mode_t mode, std::optional<uid_t> owner,
                   std::optional<gid_t> group) {
-  const std::filesystem::path tmp = file.string() + ".tmp";
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-  if (fd < 0) fail("cannot create", tmp);
+  // A fresh name created exclusively: nothing planted beside the target
+  // (a FIFO, a link) is opened, truncated or chowned.
+  std::string name = file.string() + ".XXXXXX";
+  const int fd = ::mkostemp(name.data(), O_CLOEXEC);
+  if (fd < 0) fail("cannot create a temporary file beside", file);
+  const std::filesystem::path tmp = name;
   try {
     write_all(fd, data, tmp);
     // Owner and mode before the name appears: nobody sees the file with the wrong ones.
@@ -82,7 +89,7 @@ void replace_file(const std::filesystem::path& file, const std::string& data, mo
   if (dir < 0) fail("cannot open", directory);
   const int rc = ::fsync(dir);
   ::close(dir);
-  if (rc != 0) fail("cannot sync", directory);
+  if (rc != 0) throw StateError("cannot sync " + directory.string() + ": " + std::strerror(errno), /*replaced=*/true);
 }
 
 }  // namespace firmad

@@ -12,7 +12,12 @@ namespace firmad {
 
 class StateError : public std::runtime_error {
  public:
-  using std::runtime_error::runtime_error;
+  explicit StateError(const std::string& what, bool replaced = false) : std::runtime_error(what), replaced_(replaced) {}
+  // The new content is in place (only its durability is in doubt).
+  bool replaced() const noexcept { return replaced_; }
+
+ private:
+  bool replaced_;
 };
 
 // Replaces `file` with `data`: written to "<file>.tmp" with the given mode
@@ -42,7 +47,12 @@ class StateStore {
     std::lock_guard lock(mutex_);
     nlohmann::json next = doc_;
     change(next);
-    write(next);
+    try {
+      write(next);
+    } catch (const StateError& e) {
+      if (e.replaced()) doc_ = std::move(next);  // on disk already: the next write builds on it
+      throw;
+    }
     doc_ = std::move(next);
   }
 

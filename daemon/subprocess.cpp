@@ -63,6 +63,9 @@ ProgramResult run_program(const std::vector<std::string>& argv, const std::vecto
   posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
   posix_spawn_file_actions_adddup2(&actions, out.fd[1], 1);
   posix_spawn_file_actions_adddup2(&actions, err.fd[1], 2);
+  // Nothing else of the daemon's crosses over: not its sockets (client
+  // connections may carry PINs), not the token module's descriptors.
+  posix_spawn_file_actions_addclosefrom_np(&actions, 3);
   posix_spawnattr_t attr;
   posix_spawnattr_init(&attr);
   // Its own process group, so a helper's children die with it; default

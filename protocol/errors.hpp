@@ -35,6 +35,7 @@ inline constexpr const char* kKeyExists = "io.firmad.Signer.KeyExists";
 inline constexpr const char* kImportFailed = "io.firmad.Signer.ImportFailed";
 inline constexpr const char* kCertificateMissing = "io.firmad.Signer.CertificateMissing";
 inline constexpr const char* kRenewalNotConfigured = "io.firmad.Signer.RenewalNotConfigured";
+inline constexpr const char* kRenewalInProgress = "io.firmad.Signer.RenewalInProgress";
 inline constexpr const char* kQueueFull = "io.firmad.Signer.QueueFull";
 inline constexpr const char* kShuttingDown = "io.firmad.Signer.ShuttingDown";
 inline constexpr const char* kTokenError = "io.firmad.Signer.TokenError";

@@ -71,7 +71,10 @@ class Renewal : public ::testing::Test {
     auto k = key(alias);
     return k.contains("renewal") ? k["renewal"].value("state", "") : "";
   }
-  std::string serial(const std::string& alias) { return key(alias)["certificate"].value("serial", ""); }
+  std::string serial(const std::string& alias) {
+    const auto k = key(alias);
+    return k.is_object() && k.contains("certificate") ? k["certificate"].value("serial", "") : "";
+  }
 
   // The public key of a PEM certificate file, as base64 DER, via openssl.
   std::string certificate_key(const fs::path& pem) {
@@ -148,6 +151,14 @@ TEST_F(Renewal, IdseRenewsWithANewKeyOnTheTokenAndStreamsEachStep) {
   EXPECT_EQ(key("empresa")["publicKey"], after["publicKey"]);
   EXPECT_TRUE(signs_for("empresa", out / "empresa.pem"));
   EXPECT_NE(ca->requests().find("POST /idse/solicitudRenovacion.idse 200"), std::string::npos) << ca->requests();
+
+  // An administrator who points the key elsewhere in firmad.toml wins over the renewal's record.
+  daemon.reset();
+  daemon = std::make_unique<Daemon>(
+      rig.write_config({{"uri = \"pkcs11:object=empresa;id=%01\"", "uri = \"pkcs11:object=firma-p384;id=%04\""}}), rig.socket());
+  ASSERT_TRUE(daemon->wait_for_log("event=token-login ")) << daemon->log();
+  EXPECT_TRUE(daemon->wait_for_log("event=renewed-key-uri-ignored level=warning key=empresa")) << daemon->log();
+  EXPECT_EQ(key("empresa")["curve"], "P-384");
 }
 
 TEST_F(Renewal, JsonProgressIsOneObjectPerStep) {
@@ -245,18 +256,23 @@ TEST_F(Renewal, EachCaFailureEndsInANamedStateAndTheOldCertificateStillSigns) {
   run("pkcs11-tool --module " + std::string(TokenRig::kModule) + " --read-object --type cert --id 01 -o " +
       quote((out / "old.der").string()) + " && openssl x509 -inform DER -in " + quote((out / "old.der").string()) +
       " -out " + quote((out / "old.pem").string()));
+  // In an order where each case meets the renewal the previous one left:
+  // retryable failures keep it under way (the next 'renew' goes on with it),
+  // the others end it (the next 'renew' starts afresh).
   const std::pair<const char*, const char*> cases[] = {
-      {"http500", "ca-unreachable"},  {"submit:timeout", "ca-unreachable"}, {"fetch:garbage", "verification-failed"},
-      {"wrong_key", "verification-failed"}, {"expired", "verification-failed"}, {"untrusted", "verification-failed"},
-      {"fetch:huge", "ca-unreachable"}, {"fetch:endless", "ca-unreachable"}, {"reject", "rejected"},
-      {"redirect_loop", "ca-unreachable"}};
+      {"submit:http500", "ca-unreachable"},      {"submit:timeout", "ca-unreachable"},
+      {"submit:redirect_loop", "ca-unreachable"}, {"fetch:garbage", "verification-failed"},
+      {"wrong_key", "verification-failed"},      {"expired", "verification-failed"},
+      {"untrusted", "verification-failed"},      {"reject", "rejected"},
+      {"fetch:huge", "waiting"},                 {"fetch:endless", "ca-unreachable"},
+      {"fetch:http500", "ca-unreachable"}};
   for (const auto& [mode, expected] : cases) {
     SCOPED_TRACE(mode);
     ca->control(mode);
     auto r = ctl("renew empresa");
     EXPECT_NE(r.exit_code, 0) << r.out;
     EXPECT_EQ(state("empresa"), expected) << r.out;
-    EXPECT_NE(key("empresa")["renewal"].value("reason", ""), "");
+    if (std::string(expected) != "waiting") EXPECT_NE(key("empresa")["renewal"].value("reason", ""), "");
     EXPECT_EQ(serial("empresa"), old_serial);
     EXPECT_FALSE(fs::exists(out / "empresa.pem"));
     EXPECT_TRUE(signs_for("empresa", out / "old.pem"));
@@ -326,21 +342,34 @@ TEST_F(Renewal, UnreachableCaIsRetriedWithBackoffAndRecoversByItself) {
 
 TEST_F(Renewal, FetchRecoversAnIssuedCertificateOnlyForAKeyOnTheToken) {
   start_ca();
-  // The CA issues at submit but the download fails: the certificate waits at the CA.
-  ca->control("fetch:http500");
-  start(table("empresa", "idse", "key = \"reuse\"\n"));
+  // The CA issues, but what it sends back is garbage: the renewal fails for good.
+  ca->control("fetch:garbage");
+  start(table("empresa", "idse"));
   const std::string old_serial = serial("empresa");
-  EXPECT_EQ(ctl("renew empresa").exit_code, 6);
+  EXPECT_EQ(ctl("renew empresa").exit_code, 1);
+  EXPECT_EQ(state("empresa"), "verification-failed");
+  // The certificate waits at the CA for the renewal's new key: fetch finds it by NPIE.
   ca->control("");
   auto r = ctl(std::string("fetch empresa --npie ") + kNpie);
   ASSERT_EQ(r.exit_code, 0) << r.out << daemon->log();
   EXPECT_NE(serial("empresa"), old_serial);
   EXPECT_TRUE(signs_for("empresa", out / "empresa.pem"));
+  EXPECT_EQ(certificates_on_token(), 3);
+
+  // While a renewal is under way, fetch leaves it alone: it polls by itself.
+  ca->control("fetch:http500");
+  r = ctl("renew empresa");
+  EXPECT_EQ(r.exit_code, 6) << r.out;
+  EXPECT_EQ(state("empresa"), "waiting") << r.out;
+  r = ctl(std::string("fetch empresa --npie ") + kNpie);
+  EXPECT_EQ(r.exit_code, 1) << r.out;
+  EXPECT_NE(r.out.find("RenewalInProgress"), std::string::npos) << r.out;
+  ca->control("");
+  ASSERT_TRUE(eventually([&] { return state("empresa") == "retired"; }, std::chrono::seconds(20))) << daemon->log();
 
   // A certificate issued for some other key is refused and nothing changes.
   const std::string now_serial = serial("empresa");
   ca->control("wrong_key");
-  start(table("empresa", "idse", "key = \"reuse\"\n"));
   (void)ctl("renew empresa");  // the CA issues the wrong certificate: verification fails
   auto issued = run("ls -t " + quote((ca->dir() / "issued").string()) + " | head -1 | sed 's/\\.der$//'");
   ca->control("");
@@ -479,6 +508,23 @@ TEST_F(Renewal, AbsentTokenAndMissingSettingsAreNamedStates) {
   write_file(control, "");
   ASSERT_TRUE(eventually([&] { return state("empresa") == "retired"; }, std::chrono::seconds(20))) << daemon->log();
   EXPECT_TRUE(signs_for("empresa", out / "empresa.pem"));
+}
+
+TEST_F(Renewal, AnAutomaticRenewalWaitingForTheCaIsNeverStartedAgain) {
+  start_ca();
+  fs::create_directories(rig.dir() / "ca" / "helper");
+  write_file(rig.dir() / "ca" / "helper" / "control", "retry=30");
+  start(table("firma-ec", "helper", "automatic = true\nbefore_days = 400\njitter = \"0s\"\nkey = \"reuse\"\n"));
+  ASSERT_TRUE(eventually([&] { return state("firma-ec") == "waiting"; }, std::chrono::seconds(20))) << daemon->log();
+  std::this_thread::sleep_for(std::chrono::seconds(2));  // time for a loop to show itself
+  const std::string log = daemon->log();
+  std::size_t starts = 0;
+  for (auto at = log.find("event=renewal-due"); at != std::string::npos; at = log.find("event=renewal-due", at + 1)) ++starts;
+  EXPECT_EQ(starts, 1u) << log;
+  const std::string calls = read_file(rig.dir() / "ca" / "helper" / "calls.log");
+  EXPECT_EQ(calls, "SUBMIT 5\n") << calls;
+  EXPECT_EQ(state("firma-ec"), "waiting");
+  EXPECT_TRUE(key("firma-ec")["renewal"].contains("nextTry"));
 }
 
 // kill -9 at every step, install included: after a restart the token and the
