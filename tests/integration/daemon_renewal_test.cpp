@@ -527,6 +527,25 @@ TEST_F(Renewal, AnAutomaticRenewalWaitingForTheCaIsNeverStartedAgain) {
   EXPECT_TRUE(key("firma-ec")["renewal"].contains("nextTry"));
 }
 
+TEST_F(Renewal, CancellingTheKeyStopsItsRenewalAndRemovesTheUninstalledNewKey) {
+  start_ca();
+  ca->control("fetch:http500");  // issued, but the download keeps failing: the renewal waits
+  start(table("empresa", "idse"));
+  EXPECT_EQ(ctl("renew empresa").exit_code, 6);
+  auto objects = [&] {
+    return run(std::string("pkcs11-tool --module ") + TokenRig::kModule + " --login --pin " + TokenRig::kPin +
+               " --list-objects 2>/dev/null").out;
+  };
+  ASSERT_NE(objects().find("empresa.renewal"), std::string::npos) << objects();
+  auto r = ctl("cancel empresa --reason perdido --yes");
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  ASSERT_TRUE(eventually([&] { return state("empresa") == "underconfigured"; })) << daemon->log();
+  EXPECT_EQ(key("empresa")["renewal"].value("reason", ""), "the key was cancelled");
+  EXPECT_TRUE(eventually([&] { return objects().find("empresa.renewal") == std::string::npos; })) << objects();
+  ca->control("");
+  EXPECT_EQ(ctl("renew empresa").exit_code, 1) << "a cancelled key is not renewed";
+}
+
 // kill -9 at every step, install included: after a restart the token and the
 // files hold a consistent pair and the renewal finishes by itself.
 TEST_F(Renewal, KillNineAtEveryStepLeavesAConsistentPairAndResumes) {
