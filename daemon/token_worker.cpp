@@ -13,6 +13,24 @@ namespace firmad {
 namespace perr = protocol::error;
 using protocol::VarlinkError;
 
+namespace {
+
+// The signing thread running now, if any: suspect_token() called from one of
+// its jobs marks that thread's own session for a check after the job.
+struct SigningThread {
+  const TokenWorker* worker = nullptr;
+  bool* session_suspect = nullptr;
+};
+thread_local SigningThread this_signing_thread;
+
+// The state of a token firmad will not serve: not used, and why.
+void refused(TokenSnapshot& s, const std::string& why) {
+  s.present = false, s.logged_in = false, s.login_state = "error", s.reason = why;
+  for (auto& k : s.keys) k.info.reset(), k.certificate.reset();
+}
+
+}  // namespace
+
 const KeyState* TokenSnapshot::key(const std::string& alias) const {
   for (const auto& k : keys)
     if (k.config.alias == alias) return &k;
@@ -24,8 +42,11 @@ protocol::VarlinkError token_failure(const std::string& token, const std::except
   if (const auto* p = dynamic_cast<const pkcs11::Error*>(&e)) {
     switch (p->fault()) {
       case pkcs11::Fault::TokenAbsent:
-      case pkcs11::Fault::SessionLost:
         return VarlinkError(perr::kTokenAbsent, {{"token", token}});
+      // A dead session is not an absent token: this request failed, and the
+      // signing thread reopens its session for the next one.
+      case pkcs11::Fault::SessionLost:
+        return VarlinkError(perr::kTokenError, {{"token", token}, {"call", p->call()}, {"code", p->code_name()}});
       case pkcs11::Fault::NotLoggedIn:
         return VarlinkError(perr::kNotLoggedIn, {{"token", token}, {"loginState", "logged-out"}});
       case pkcs11::Fault::PinIncorrect:
@@ -119,6 +140,9 @@ void TokenWorker::wait_discovered() {
 }
 
 void TokenWorker::sign_loop(std::size_t index) {
+  bool session_suspect = false;
+  this_signing_thread = SigningThread{this, &session_suspect};
+  std::optional<pkcs11::SlotId> reopen_on;  // this thread's session died and is not replaced yet
   for (;;) {
     Job job;
     WorkContext ctx{nullptr, nullptr};
@@ -134,7 +158,13 @@ void TokenWorker::sign_loop(std::size_t index) {
       ctx.session = sessions_[index].get();
       ctx.snapshot = snapshot();
     }
+    if (ctx.session) reopen_on.reset();  // a rediscovery gave every thread a new session
+    else if (reopen_on && ctx.snapshot->present)
+      ctx.session = reopen_session(index, *reopen_on, ctx.snapshot->logged_in, "an earlier reopen failed");
+    session_suspect = false;
     job(ctx);  // jobs answer their caller themselves and do not throw
+    // Still counted active: the control thread does not swap sessions meanwhile.
+    if (session_suspect && ctx.session) check_session(index, *ctx.snapshot, reopen_on);
     {
       std::lock_guard lock(mutex_);
       --active_;
@@ -214,8 +244,8 @@ void TokenWorker::discover() {
     if (known_serial_ && found.serial != *known_serial_) {
       const std::string why = "the token in the slot (serial " + found.serial + ") is not the one firmad served (serial " +
                               *known_serial_ + "); not used";
-      publish([&](TokenSnapshot& s) { s.present = false, s.logged_in = false, s.login_state = "error", s.reason = why; });
-      log::error("token-replaced", {{"token", config_.name}, {"serial", found.serial}, {"expected", *known_serial_}});
+      publish([&](TokenSnapshot& s) { refused(s, why); });
+      refuse_token(found.serial, why);
       return;
     }
     control_session_.emplace(module_, *slot);
@@ -227,11 +257,17 @@ void TokenWorker::discover() {
       sessions_ = std::move(opened);
     }
     const auto info = module_->token_info(*slot);
+    std::optional<std::string> replaced;
     publish([&](TokenSnapshot& s) {
       s.present = true, s.info = info, s.login_state = "logged-out";
       s.reason = unattended(config_) ? "" : "waiting for 'firmactl login " + config_.name + "'";
-      rescan_keys(s);
+      replaced = rescan_keys(s, KeyScan::Verify);
+      if (replaced) refused(s, *replaced);  // never seen as present: no login, no signature
     });
+    if (replaced) {
+      refuse_token(info.serial, *replaced);
+      return;
+    }
     log::info("token-found", {{"token", config_.name}, {"label", info.label}, {"serial", info.serial},
                               {"sessions", config_.sessions}});
   } catch (const std::exception& e) {
@@ -275,23 +311,99 @@ void TokenWorker::lose_token(const std::string& why) {
     s.reason = "the token went away (" + why + "); waiting for it to come back";
   });
   control_session_.reset();
-  {
-    std::unique_lock lock(mutex_);
-    idle_cv_.wait(lock, [this] { return active_ == 0; });
-    for (auto& session : sessions_) session.reset();
-  }
+  close_signing_sessions();
   log::warning("token-removed", {{"token", config_.name}, {"why", why}});
 }
 
+// Control thread only: after refused() was published. Closes every session
+// (which also ends a login), so nothing touches the token until a refresh
+// finds the one firmad served back in the slot.
+void TokenWorker::refuse_token(const std::string& serial, const std::string& why) {
+  control_session_.reset();
+  close_signing_sessions();
+  log::error("token-replaced", {{"token", config_.name}, {"serial", serial},
+                                {"expected", known_serial_.value_or("")}, {"why", why}});
+}
+
+void TokenWorker::close_signing_sessions() {
+  std::unique_lock lock(mutex_);
+  idle_cv_.wait(lock, [this] { return active_ == 0; });
+  for (auto& session : sessions_) session.reset();
+}
+
 void TokenWorker::suspect_token() {
+  if (this_signing_thread.worker == this) {
+    *this_signing_thread.session_suspect = true;  // sign_loop checks the session once the job returns
+    return;
+  }
+  check_token();
+}
+
+void TokenWorker::check_token() {
   if (suspected_.exchange(true)) return;  // a check is already on its way
   control([this] {
     suspected_ = false;
     refresh();
+    if (control_session_) log::info("token-checked", {{"token", config_.name}, {"present", "yes"}});
   });
 }
 
-void TokenWorker::rescan_keys(TokenSnapshot& snap) {
+// Signing thread `index`, still counted active, after a job on `seen` said
+// its session failed.
+void TokenWorker::check_session(std::size_t index, const TokenSnapshot& seen,
+                                std::optional<pkcs11::SlotId>& reopen_on) {
+  pkcs11::Session& own = *sessions_[index];
+  const pkcs11::SlotId slot = own.slot();
+  std::string why;
+  try {
+    own.logged_in();
+    check_token();  // the session answers: what failed was the token
+    return;
+  } catch (const pkcs11::Error& e) {
+    if (e.fault() != pkcs11::Fault::SessionLost) {
+      check_token();  // the device went away, or something worse: the control thread decides
+      return;
+    }
+    why = e.what();
+  } catch (const std::exception&) {
+    check_token();
+    return;
+  }
+  {
+    // Closed before the new one opens: a module may give the new session the
+    // dead one's handle (SoftHSM does), which closing afterwards would end.
+    std::lock_guard lock(mutex_);
+    sessions_[index].reset();
+  }
+  if (!reopen_session(index, slot, seen.logged_in, why)) reopen_on = slot;
+}
+
+// Signing thread `index`. Opens its session anew; returns it, or null (the
+// control thread is then asked to check the token).
+pkcs11::Session* TokenWorker::reopen_session(std::size_t index, pkcs11::SlotId slot, bool expect_login,
+                                             const std::string& why) {
+  try {
+    auto fresh = std::make_unique<pkcs11::Session>(module_, slot);
+    const bool logged_in = fresh->logged_in();  // it answers, and shares the token's login
+    pkcs11::Session* opened = fresh.get();
+    {
+      std::lock_guard lock(mutex_);
+      sessions_[index] = std::move(fresh);
+    }
+    log::notice("session-reopened", {{"token", config_.name}, {"session", index}, {"why", why},
+                                     {"logged_in", logged_in ? "yes" : "no"}});
+    if (expect_login && !logged_in) check_token();  // the token forgot its login: reset or replaced
+    return opened;
+  } catch (const std::exception& e) {
+    log::warning("session-reopen-failed", {{"token", config_.name}, {"session", index}, {"error", e.what()}});
+    check_token();  // perhaps the token is gone
+    return nullptr;
+  }
+}
+
+std::optional<std::string> TokenWorker::rescan_keys(TokenSnapshot& snap, KeyScan scan) {
+  std::map<std::string, pkcs11::Bytes> seen;  // remembered only if the token is accepted
+  std::optional<std::string> replaced;
   for (std::size_t i = 0; i < snap.keys.size(); ++i) {
     KeyState& k = snap.keys[i];
     try {
@@ -301,12 +413,36 @@ void TokenWorker::rescan_keys(TokenSnapshot& snap) {
       log::warning("key-scan-failed", {{"token", config_.name}, {"key", k.config.alias}, {"error", e.what()}});
     }
     k.certificate = k.info && !k.info->certificate.empty() ? identify_certificate(k.info->certificate) : std::nullopt;
+    if (!k.info || k.info->public_key.empty()) continue;
+    const auto known = known_keys_.find(k.config.alias);
+    if (scan == KeyScan::Adopt || known == known_keys_.end()) {
+      seen[k.config.alias] = k.info->public_key;
+    } else if (known->second != k.info->public_key && !replaced) {
+      const std::string serial = snap.info ? snap.info->serial : "?";
+      replaced = "the token in the slot (serial " + serial + ") is not the one firmad served: key " + k.config.alias +
+                 " (" + k.config.uri + ") has another public key than when firmad last saw it (re-initialised or "
+                 "altered while away); not used";
+    }
   }
+  if (!replaced)
+    for (auto& [alias, spki] : seen) known_keys_[alias] = std::move(spki);
+  return replaced;
 }
 
 std::string TokenWorker::login(std::optional<protocol::Secret> pin, bool force, bool automatic) {
   const std::string& name = config_.name;
   if (!control_session_) throw VarlinkError(perr::kTokenAbsent, {{"token", name}});
+  // Keys only the login shows may tell the token is not the one firmad served.
+  auto refuse = [&](const std::string& why) -> VarlinkError {
+    const auto snap = snapshot();
+    try {
+      control_session_->logout();
+    } catch (const std::exception&) {
+      // Closing every session below ends the login as well.
+    }
+    refuse_token(snap->info ? snap->info->serial : "", why);
+    return VarlinkError(perr::kTokenAbsent, {{"token", name}});
+  };
   auto fail = [&](const char* state, std::string reason, const char* error, nlohmann::json params) -> VarlinkError {
     publish([&](TokenSnapshot& s) { s.logged_in = false, s.login_state = state, s.reason = reason; });
     log::warning("token-login-refused", {{"token", name}, {"state", state}, {"reason", reason},
@@ -316,10 +452,13 @@ std::string TokenWorker::login(std::optional<protocol::Secret> pin, bool force, 
   try {
     if (control_session_->logged_in()) {
       // Logged in already (a failed logout, another login): say so everywhere.
+      std::optional<std::string> replaced;
       publish([&](TokenSnapshot& s) {
         s.logged_in = true, s.login_state = "logged-in", s.reason.clear();
-        rescan_keys(s);
+        replaced = rescan_keys(s, KeyScan::Verify);
+        if (replaced) refused(s, *replaced);
       });
+      if (replaced) throw refuse(*replaced);
       return "logged-in";
     }
     const auto info = module_->token_info(control_session_->slot());
@@ -361,10 +500,13 @@ std::string TokenWorker::login(std::optional<protocol::Secret> pin, bool force, 
     throw fail("error", e.what(), perr::kTokenError, {{"token", name}, {"call", e.call()}, {"code", e.code_name()}});
   }
   pin_refused_ = false;
+  std::optional<std::string> replaced;
   publish([&](TokenSnapshot& s) {
     s.logged_in = true, s.login_state = "logged-in", s.reason.clear();
-    rescan_keys(s);
+    replaced = rescan_keys(s, KeyScan::Verify);
+    if (replaced) refused(s, *replaced);
   });
+  if (replaced) throw refuse(*replaced);
   log::notice("token-login", {{"token", name}, {"automatic", automatic ? "yes" : "no"}});
   return "logged-in";
 }
@@ -400,7 +542,8 @@ int TokenWorker::destroy_key_objects(const std::string& alias) {
   } catch (const std::exception& e) {
     throw token_failure(name, e);
   }
-  publish([&](TokenSnapshot& s) { rescan_keys(s); });
+  known_keys_.erase(alias);  // firmad removed it: a key under the alias later is a new one
+  publish([&](TokenSnapshot& s) { rescan_keys(s, KeyScan::Adopt); });
   log::notice("key-objects-destroyed", {{"token", name}, {"key", alias}, {"objects", destroyed}});
   return destroyed;
 }
@@ -435,7 +578,7 @@ void TokenWorker::write_objects(const std::function<void(const pkcs11::Session&)
   if (!snap->logged_in) throw VarlinkError(perr::kNotLoggedIn, {{"token", name}, {"loginState", snap->login_state}});
   struct Rescan {  // also after a failed write: some objects may have changed
     TokenWorker* w;
-    ~Rescan() { w->publish([this](TokenSnapshot& s) { w->rescan_keys(s); }); }
+    ~Rescan() { w->publish([this](TokenSnapshot& s) { w->rescan_keys(s, KeyScan::Adopt); }); }
   } rescan{this};
   pkcs11::Session rw(module_, control_session_->slot(), pkcs11::Session::Access::ReadWrite);
   write(rw);
@@ -450,7 +593,7 @@ void TokenWorker::set_key_uri(const std::string& alias, const std::string& uri) 
     publish([&](TokenSnapshot& s) {
       for (auto& k : s.keys)
         if (k.config.alias == alias) k.config.uri = uri;
-      rescan_keys(s);
+      rescan_keys(s, KeyScan::Adopt);  // the renewal's new key: what firmad serves from now on
     });
     log::info("key-uri-changed", {{"token", config_.name}, {"key", alias}, {"uri", uri}});
     return;
@@ -462,7 +605,7 @@ void TokenWorker::add_key(const KeyConfig& key) {
   key_uris_.push_back(pkcs11::Uri::parse(key.uri));
   publish([&](TokenSnapshot& s) {
     s.keys.push_back(KeyState{key, std::nullopt, std::nullopt});
-    rescan_keys(s);
+    rescan_keys(s, KeyScan::Adopt);
   });
 }
 
@@ -488,8 +631,13 @@ std::string TokenWorker::logout() {
     if (still) publish([&](TokenSnapshot& s) { s.logged_in = true, s.login_state = "logged-in", s.reason.clear(); });
     throw token_failure(config_.name, e);
   }
-  publish([&](TokenSnapshot& s) { rescan_keys(s); });
+  std::optional<std::string> replaced;
+  publish([&](TokenSnapshot& s) {
+    replaced = rescan_keys(s, KeyScan::Verify);
+    if (replaced) refused(s, *replaced);
+  });
   log::notice("token-logout", {{"token", config_.name}, {"why", "administrator"}});
+  if (replaced) refuse_token(snapshot()->info ? snapshot()->info->serial : "", *replaced);
   return "logged-out";
 }
 

@@ -101,8 +101,13 @@ class TokenWorker {
   // Control thread only. Waits for in-flight signatures, then logs out.
   std::string logout();
 
-  // Tells the control thread the token may have gone (a signing thread saw
-  // a removed device or a dead session): it checks at once. Any thread.
+  // Says a token call just failed as if the token or a session went away.
+  // Any thread. From a job on a signing thread, that thread checks its own
+  // session once the job returns: a dead session is closed and reopened
+  // there (the new one shares the token's login; the other sessions go on
+  // signing); only a token that is gone, or a session that cannot be
+  // reopened, reaches the control thread. From any other thread the control
+  // thread checks the token at once.
   void suspect_token();
 
   // Stops all signing with a key at once: jobs not yet started (queued
@@ -134,7 +139,20 @@ class TokenWorker {
   void discover();
   void refresh();
   void lose_token(const std::string& why);
-  void rescan_keys(TokenSnapshot& snap);
+  void check_token();
+  void close_signing_sessions();
+  void check_session(std::size_t index, const TokenSnapshot& seen, std::optional<pkcs11::SlotId>& reopen_on);
+  pkcs11::Session* reopen_session(std::size_t index, pkcs11::SlotId slot, bool expect_login, const std::string& why);
+  // How a rescan treats a key whose public key is not the remembered one.
+  enum class KeyScan {
+    Verify,  // the token may have changed behind firmad's back: report it
+    Adopt,   // firmad itself just wrote the token's objects: remember the new key
+  };
+  // Control thread only. Rescans the keys into `snap`; keys seen for the
+  // first time are remembered. Returns why the token is not the one firmad
+  // served when a remembered key now has another public key (Verify only).
+  std::optional<std::string> rescan_keys(TokenSnapshot& snap, KeyScan scan);
+  void refuse_token(const std::string& serial, const std::string& why);
   void publish(const std::function<void(TokenSnapshot&)>& change);
   void add_key(const KeyConfig& key);
 
@@ -151,9 +169,10 @@ class TokenWorker {
   std::condition_variable control_cv_;
   bool discovered_ = false;
   std::atomic<bool> suspected_{false};
-  // What the token was when first seen: a different one in its place is refused.
+  // What the token was when first seen: a different one in its place is
+  // refused. Keys change only through firmad (import, renewal) while served.
   std::optional<std::string> known_serial_;
-  std::map<std::string, pkcs11::Bytes> known_keys_;  // alias -> public key
+  std::map<std::string, pkcs11::Bytes> known_keys_;  // alias -> SubjectPublicKeyInfo DER
   bool pin_refused_ = false;  // a wrong PIN was refused: never again without an administrator
 
   // Signing state, guarded by mutex_.

@@ -15,8 +15,21 @@
  *                                removal during the wait fails it with
  *                                CKR_DEVICE_REMOVED, as a pulled card does
  *   device_error                 C_Sign fails with CKR_DEVICE_ERROR
- * Every C_Login call is counted in "$FIRMAD_FAULT_CONTROL.logins". */
+ *   other_serial                 C_GetTokenInfo reports the serial "firmad-other":
+ *                                another token with the same label
+ *   device_removed               C_SignInit fails with CKR_DEVICE_REMOVED while the
+ *                                token stays in its slot (a reader's glitch)
+ *   session_invalid=N            the session a C_SignInit comes on dies: the module
+ *                                closes it underneath (later calls on the handle
+ *                                fail as they would on a real dead session) and
+ *                                returns CKR_SESSION_HANDLE_INVALID; the token stays
+ *                                present and logged in. Until N sessions have died
+ *                                in all, counted in "$FIRMAD_FAULT_CONTROL.killed"
+ * Every C_Login call is counted in "$FIRMAD_FAULT_CONTROL.logins", and the
+ * session handle of every signature made is appended to
+ * "$FIRMAD_FAULT_CONTROL.signed", one per line. */
 #include <dlfcn.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,20 +69,64 @@ static long control_number(const char *word) {
   return n;
 }
 
-static void count_login(void) {
+// "$FIRMAD_FAULT_CONTROL.<suffix>" into `out`; returns 0 without a control file.
+static int side_file(const char *suffix, char *out, size_t size) {
   const char *path = getenv("FIRMAD_FAULT_CONTROL");
-  if (!path) return;
-  char counter[4096];
-  snprintf(counter, sizeof counter, "%s.logins", path);
+  if (!path) return 0;
+  snprintf(out, size, "%s.%s", path, suffix);
+  return 1;
+}
+
+// The number in a side file (0 if there is none).
+static long counter(const char *suffix) {
+  char name[4096];
   long n = 0;
-  FILE *f = fopen(counter, "r");
+  if (!side_file(suffix, name, sizeof name)) return 0;
+  FILE *f = fopen(name, "r");
   if (f) {
     if (fscanf(f, "%ld", &n) != 1) n = 0;
     fclose(f);
   }
-  f = fopen(counter, "w");
+  return n;
+}
+
+static void count(const char *suffix) {
+  char name[4096];
+  if (!side_file(suffix, name, sizeof name)) return;
+  const long n = counter(suffix);
+  FILE *f = fopen(name, "w");
   if (f) {
     fprintf(f, "%ld\n", n + 1);
+    fclose(f);
+  }
+}
+
+static void count_login(void) { count("logins"); }
+
+// Signing threads call concurrently: one kill decision at a time.
+static pthread_mutex_t kill_lock = PTHREAD_MUTEX_INITIALIZER;
+
+// With "session_invalid=N" and fewer than N killed so far, closes the session
+// underneath the caller and returns 1.
+static int kill_session(CK_SESSION_HANDLE session) {
+  const long wanted = control_number("session_invalid");
+  if (wanted <= 0) return 0;
+  pthread_mutex_lock(&kill_lock);
+  const int kill = counter("killed") < wanted;
+  if (kill) {
+    real_fns.C_CloseSession(session);
+    count("killed");
+  }
+  pthread_mutex_unlock(&kill_lock);
+  return kill;
+}
+
+static void record_signature(CK_SESSION_HANDLE session) {
+  char name[4096];
+  if (!side_file("signed", name, sizeof name)) return;
+  FILE *f = fopen(name, "a");
+  if (f) {
+    fprintf(f, "%lu\n", (unsigned long)session);
     fclose(f);
   }
 }
@@ -109,7 +166,8 @@ static CK_RV fault_GetSessionInfo(CK_SESSION_HANDLE session, CK_SESSION_INFO_PTR
 }
 
 static CK_RV fault_SignInit(CK_SESSION_HANDLE session, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE key) {
-  if (removed(first_slot())) return CKR_DEVICE_REMOVED;
+  if (removed(first_slot()) || control_has("device_removed")) return CKR_DEVICE_REMOVED;
+  if (kill_session(session)) return CKR_SESSION_HANDLE_INVALID;
   return real_fns.C_SignInit(session, mech, key);
 }
 
@@ -132,6 +190,7 @@ static CK_RV fault_Sign(CK_SESSION_HANDLE session, CK_BYTE_PTR data, CK_ULONG le
   if (rv == CKR_BUFFER_TOO_SMALL) return rv;
   if (removed(first_slot())) return CKR_DEVICE_REMOVED;
   if (control_has("device_error")) return CKR_DEVICE_ERROR;
+  if (rv == CKR_OK && sig) record_signature(session);
   return rv;
 }
 
@@ -142,6 +201,10 @@ static CK_RV fault_GetTokenInfo(CK_SLOT_ID slot, CK_TOKEN_INFO_PTR info) {
   if (control_has("count_low")) info->flags |= CKF_USER_PIN_COUNT_LOW;
   if (control_has("final_try")) info->flags |= CKF_USER_PIN_FINAL_TRY;
   if (control_has("locked")) info->flags |= CKF_USER_PIN_LOCKED;
+  if (control_has("other_serial")) {
+    memset(info->serialNumber, ' ', sizeof info->serialNumber);
+    memcpy(info->serialNumber, "firmad-other", 12);
+  }
   return CKR_OK;
 }
 
