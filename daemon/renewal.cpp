@@ -17,6 +17,7 @@
 #include "daemon/renewal_provider.hpp"
 #include "daemon/renewal_schedule.hpp"
 #include "daemon/subprocess.hpp"
+#include "pkcs11/error.hpp"
 #include "pkcs11/import.hpp"
 #include "pkcs11/keygen.hpp"
 #include "pkcs11/key.hpp"
@@ -122,6 +123,10 @@ Bytes sign_on_token(TokenWorker& w, const Bytes& id, pkcs11::RawOp op, const Byt
       auto objects = pkcs11::objects_by_id(*ctx.session, id);
       if (!objects.private_key) throw std::runtime_error("no private key with CKA_ID " + hex(id) + " on the token");
       done->set_value(pkcs11::sign_raw(*ctx.session, *objects.private_key, op, input));
+    } catch (const pkcs11::Error& e) {
+      // As for clients' signatures: a dead session or a pulled token is looked at at once.
+      if (e.fault() == pkcs11::Fault::TokenAbsent || e.fault() == pkcs11::Fault::SessionLost) w.suspect_token();
+      done->set_exception(std::current_exception());
     } catch (...) {
       done->set_exception(std::current_exception());
     }
