@@ -3,6 +3,7 @@
 #   ./run.sh demo    install what is missing, build, and sign on a fresh SoftHSM demo token
 #   ./run.sh test    install what is missing, build, and run every test
 #   ./run.sh bench   install what is missing, build, and run firmad-bench (extra args are passed on)
+#   ./run.sh load    install what is missing, build, and run firmad-load (extra args are passed on)
 #   ./run.sh build   install what is missing and build
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -116,6 +117,7 @@ case "${1:-}" in
   demo) demo ;;
   test) run_tests ;;
   bench) shift; build; "$build_dir/tests/bench/firmad-bench" "$@" ;;
+  load) shift; build; "$build_dir/tests/bench/firmad-load" "$@" ;;
   build) build ;;
-  *) echo "usage: $0 demo|test|bench|build" >&2; exit 2 ;;
+  *) echo "usage: $0 demo|test|bench|load|build" >&2; exit 2 ;;
 esac

@@ -2,13 +2,13 @@
 #include "daemon/server.hpp"
 
 #include "daemon/asio.hpp"
-#include <boost/asio/read_until.hpp>
 #include <boost/asio/write.hpp>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -129,6 +129,21 @@ void Server::shutdown() {
   log::info("shutting-down", {{"connections", connections_.size()}});
 }
 
+bool Server::LogThrottle::admit(Clock::time_point now, std::size_t& left_out) {
+  if (now >= window_end_) {
+    window_end_ = now + std::chrono::seconds(1);
+    in_window_ = 0;
+  }
+  if (in_window_ == kLinesPerSecond) {
+    ++left_out_;
+    return false;
+  }
+  ++in_window_;
+  left_out = left_out_;
+  left_out_ = 0;
+  return true;
+}
+
 void Server::forget(const std::shared_ptr<Connection>& c) {
   c->closed = true;
   c->timer.cancel();
@@ -156,10 +171,13 @@ asio::awaitable<void> Server::listen(local::acceptor& acceptor) {
       log::warning("peer-unknown", {{"error", e.what()}});
       continue;
     }
+    const auto of_uid = per_uid_.find(peer.uid);
+    const std::size_t uid_connections = of_uid == per_uid_.end() ? 0 : of_uid->second;
     if (connections_.size() >= config_.daemon.max_connections ||
-        per_uid_[peer.uid] >= config_.daemon.max_connections_per_peer) {
-      log::warning("connection-refused", {{"uid", peer.uid}, {"pid", peer.pid},
-                                          {"connections", connections_.size()}, {"of_uid", per_uid_[peer.uid]}});
+        uid_connections >= config_.daemon.max_connections_per_peer) {
+      if (std::size_t left_out; refusals_log_.admit(Clock::now(), left_out))
+        log::warning("connection-refused", {{"uid", peer.uid}, {"pid", peer.pid}, {"connections", connections_.size()},
+                                            {"of_uid", uid_connections}, {"not_logged_before", left_out}});
       continue;  // the socket closes as it goes out of scope
     }
     auto c = std::make_shared<Connection>(std::move(socket), std::move(peer));
@@ -197,6 +215,46 @@ void compact(std::string& buffer) {
   buffer.swap(fresh);
 }
 
+// Grows the read buffer to at least `needed` (doubling, never past the
+// message limit), wiping the old one: it may hold a pipelined PIN.
+void grow(std::string& buffer, std::size_t needed, std::size_t limit) {
+  std::size_t capacity = std::max(2 * buffer.capacity(), needed);
+  if (capacity + capacity / 8 >= limit) capacity = limit;  // not one more copy for the last few bytes
+  std::string bigger;
+  bigger.reserve(capacity);
+  bigger.assign(buffer);
+  protocol::secure_zero(buffer.data(), buffer.capacity());
+  buffer.swap(bigger);
+}
+
+// Reads until `buffer` holds a NUL and returns the frame's length with it.
+// Only new bytes are searched, with memchr: a peer streaming junk costs the
+// I/O thread little more than the copy. Sets `ec` to not_found once
+// kMaxMessageBytes + 1 bytes hold no NUL (the buffer never grows past
+// that), or to the socket's error; then returns 0.
+asio::awaitable<std::size_t> read_frame(local::socket& socket, std::string& buffer, boost::system::error_code& ec) {
+  constexpr std::size_t kLimit = protocol::kMaxMessageBytes + 1;
+  constexpr std::size_t kChunk = 64 * 1024;
+  for (std::size_t searched = 0;;) {
+    if (const void* nul = std::memchr(buffer.data() + searched, '\0', buffer.size() - searched))
+      co_return static_cast<std::size_t>(static_cast<const char*>(nul) - buffer.data()) + 1;
+    searched = buffer.size();
+    if (searched >= kLimit) {
+      ec = asio::error::not_found;
+      co_return 0;
+    }
+    // As Asio's dynamic buffers do: what the buffer has room for, at least
+    // 512 bytes and at most 64 KiB, so a small call keeps a small buffer.
+    const std::size_t want = std::min({kChunk, kLimit - searched, std::max<std::size_t>(512, buffer.capacity() - searched)});
+    if (buffer.capacity() < searched + want) grow(buffer, searched + want, kLimit);
+    buffer.resize(searched + want);
+    const std::size_t got = co_await socket.async_read_some(asio::buffer(buffer.data() + searched, want),
+                                                            asio::redirect_error(asio::use_awaitable, ec));
+    buffer.resize(searched + got);
+    if (ec) co_return 0;
+  }
+}
+
 // ShuttingDown errors for the complete calls still buffered at shutdown:
 // every call the daemon received gets an answer.
 std::string refuse_buffered(const std::string& buffer) {
@@ -230,12 +288,12 @@ asio::awaitable<void> Server::serve(std::shared_ptr<Connection> c) {
       c->phase = Phase::Reading;
       c->deadline = Clock::now() + config_.daemon.idle_timeout;
       boost::system::error_code ec;
-      const std::size_t n = co_await asio::async_read_until(
-          c->socket, asio::dynamic_buffer(buffer, protocol::kMaxMessageBytes + 1), '\0',
-          asio::redirect_error(asio::use_awaitable, ec));
+      const std::size_t n = co_await read_frame(c->socket, buffer, ec);
       if (ec) {
         if (ec == asio::error::not_found) {
-          log::warning("protocol-violation", {{"uid", c->peer.uid}, {"pid", c->peer.pid}, {"why", "oversize"}});
+          if (std::size_t left_out; violations_log_.admit(Clock::now(), left_out))
+            log::warning("protocol-violation", {{"uid", c->peer.uid}, {"pid", c->peer.pid}, {"why", "oversize"},
+                                                {"not_logged_before", left_out}});
           last_words = protocol::encode_error(
               protocol::error::kProtocolViolation,
               {{"reason", "message exceeds " + std::to_string(protocol::kMaxMessageBytes) + " bytes"}});
@@ -247,7 +305,8 @@ asio::awaitable<void> Server::serve(std::shared_ptr<Connection> c) {
       try {
         call = protocol::parse_call(std::string_view(buffer.data(), n - 1));
       } catch (const protocol::VarlinkError& e) {
-        log::warning("protocol-violation", {{"uid", c->peer.uid}, {"pid", c->peer.pid}});
+        if (std::size_t left_out; violations_log_.admit(Clock::now(), left_out))
+          log::warning("protocol-violation", {{"uid", c->peer.uid}, {"pid", c->peer.pid}, {"not_logged_before", left_out}});
         last_words = protocol::encode_error(e.name(), e.parameters());
         break;
       }

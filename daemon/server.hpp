@@ -2,6 +2,7 @@
 #pragma once
 #include "daemon/asio.hpp"
 
+#include <chrono>
 #include <map>
 #include <memory>
 #include <set>
@@ -29,6 +30,19 @@ class Server {
 
  private:
   struct Connection;
+  // A peer can repeat some events at will (reconnecting at the limit,
+  // breaking the framing): at most kLinesPerSecond lines a second each, or
+  // journald's rate limit would drop other lines, audit lines among them.
+  class LogThrottle {
+   public:
+    static constexpr std::size_t kLinesPerSecond = 10;
+    // Whether to log now; `left_out` is then how many lines were not logged before this one.
+    bool admit(std::chrono::steady_clock::time_point now, std::size_t& left_out);
+
+   private:
+    std::chrono::steady_clock::time_point window_end_{};
+    std::size_t in_window_ = 0, left_out_ = 0;
+  };
   boost::asio::awaitable<void> listen(boost::asio::local::stream_protocol::acceptor& acceptor);
   boost::asio::awaitable<void> serve(std::shared_ptr<Connection> c);
   boost::asio::awaitable<void> watchdog(std::shared_ptr<Connection> c);
@@ -40,6 +54,7 @@ class Server {
   std::vector<std::unique_ptr<boost::asio::local::stream_protocol::acceptor>> acceptors_;
   std::set<std::shared_ptr<Connection>> connections_;
   std::map<uid_t, std::size_t> per_uid_;
+  LogThrottle refusals_log_, violations_log_;
   bool stopping_ = false;
   bool created_socket_ = false;
 };
