@@ -34,13 +34,15 @@ class Renewal : public ::testing::Test {
                     "certificate_file = \"" + (out / (alias + ".pem")).string() + "\"\n" +
                     "chain_file = \"" + (out / (alias + "-chain.pem")).string() + "\"\n" +
                     "retry_initial = \"1s\"\nretry_max = \"2s\"\n";
-    if (provider != "helper") t += "connect_timeout = \"1s\"\ntimeout = \"3s\"\n";
+    // Generous: the suite runs two tests at a time on two cores, and the CA
+    // service issues with the openssl command.
+    if (provider != "helper") t += "connect_timeout = \"5s\"\ntimeout = \"8s\"\n";
     if (extra.find("automatic") == std::string::npos) t += "automatic = false\n";
     if (provider == "idse") t += "url = \"" + ca->base_url() + "\"\n";
     if (provider == "est") t += "url = \"" + ca->base_url() + "/.well-known/est\"\n";
     if (provider == "helper")
       t += "command = [\"/bin/bash\", \"" + (source_dir() / "tests/support/certmonger-helper.sh").string() + "\", \"" +
-           (rig.dir() / "ca").string() + "\"]\n" + (extra.find("helper_timeout") == std::string::npos ? "helper_timeout = \"3s\"\n" : "");
+           (rig.dir() / "ca").string() + "\"]\n" + (extra.find("helper_timeout") == std::string::npos ? "helper_timeout = \"10s\"\n" : "");
     return t + extra;
   }
 
@@ -291,7 +293,7 @@ TEST_F(Renewal, EachCaFailureEndsInANamedStateAndTheOldCertificateStillSigns) {
 // The same for the helper and EST providers.
 TEST_F(Renewal, HelperAndEstFailuresEndInNamedStatesAndTheOldCertificatesStillSign) {
   start_ca(true);
-  start(table("firma-p384", "helper", "key = \"reuse\"\nhelper_timeout = \"1s\"\nhelper_max_output = 65536\n") +
+  start(table("firma-p384", "helper", "key = \"reuse\"\nhelper_timeout = \"5s\"\nhelper_max_output = 65536\n") +
         table("firma-ec", "est"));
   run(std::string("pkcs11-tool --module ") + TokenRig::kModule + " --read-object --type cert --id 04 -o " +
       quote((out / "p384.der").string()) + " && openssl x509 -inform DER -in " + quote((out / "p384.der").string()) + " -out " +

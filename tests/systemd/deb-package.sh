@@ -23,8 +23,8 @@ for f in usr/sbin/firmad usr/bin/firmactl lib/systemd/system/firmad.service lib/
 done
 grep -q "ExecStart=/usr/sbin/firmad " "$work/root"/*/systemd/system/firmad.service "$work/root"/usr/lib/systemd/system/firmad.service 2>/dev/null ||
   { echo "firmad.service does not start /usr/sbin/firmad" >&2; exit 1; }
-cat "$work/root"/*/systemd/system/firmad-renew.service "$work/root"/usr/lib/systemd/system/firmad-renew.service 2>/dev/null |
-  grep "ExecStart=/usr/bin/firmactl renew --due" >/dev/null ||
+grep -q "ExecStart=/usr/bin/firmactl renew --due" "$work/root"/*/systemd/system/firmad-renew.service \
+  "$work/root"/usr/lib/systemd/system/firmad-renew.service 2>/dev/null ||
   { echo "firmad-renew.service does not run /usr/bin/firmactl renew --due" >&2; exit 1; }
 version=$("$work/root/usr/sbin/firmad" --version)
 grep -q "^firmad " <<<"$version" || { echo "packaged firmad does not run: $version" >&2; exit 1; }
