@@ -135,10 +135,16 @@ TEST_F(Lifecycle, PeerThatStopsReadingCannotHoldUpShutdown) {
   for (int i = 0; i < 400; ++i)
     calls += std::string(R"({"method":"org.varlink.service.GetInterfaceDescription","parameters":{"interface":"io.firmad.Signer"}})") + '\0';
   ASSERT_TRUE(raw.send(calls));
-  // Wait until the unread replies pile up: the daemon is then blocked writing.
+  // Wait until the unread replies pile up and stop growing: the daemon is
+  // then blocked writing. (A slow daemon, as under ThreadSanitizer, may still
+  // be between two requests, reading, when the first 100 kB have arrived.)
+  int last = -1;
+  auto changed = std::chrono::steady_clock::now();
   ASSERT_TRUE(eventually([&] {
     int queued = 0;
-    return ::ioctl(raw.fd(), FIONREAD, &queued) == 0 && queued >= 100000;
+    if (::ioctl(raw.fd(), FIONREAD, &queued) != 0) return false;
+    if (queued != last) last = queued, changed = std::chrono::steady_clock::now();
+    return queued >= 100000 && std::chrono::steady_clock::now() - changed >= std::chrono::milliseconds(200);
   }));
   ASSERT_EQ(::kill(d.pid(), SIGTERM), 0);
   EXPECT_EQ(d.terminate(std::chrono::seconds(5)), 0) << "a writer stuck on its peer is cut at its deadline\n" << d.log();

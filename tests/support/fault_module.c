@@ -30,6 +30,7 @@
  * "$FIRMAD_FAULT_CONTROL.signed", one per line. */
 #include <dlfcn.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -131,12 +132,26 @@ static void record_signature(CK_SESSION_HANDLE session) {
   }
 }
 
+// The removal below closes every session from whichever thread notices it,
+// while a signing thread may be inside C_SignInit or C_Sign on one of them.
+// SoftHSM locks its session table but not a session's operation state against
+// that (a real module is removed from inside, under its own locks), so the
+// removal freed state a signing thread had just made (ThreadSanitizer: free in
+// C_CloseAllSessions racing the allocation in C_SignInit). Signing calls hold
+// this lock shared, the removal exclusively.
+static pthread_rwlock_t operations_lock = PTHREAD_RWLOCK_INITIALIZER;
+
 // While "removed": closes the token's sessions once and reports it gone.
+// Signing threads and the control thread call this at once: the exchange
+// lets exactly one of them see the removal begin.
 static int removed(CK_SLOT_ID slot) {
-  static int was_removed;
+  static atomic_int was_removed;
   const int now = control_has("removed");
-  if (now && !was_removed) real_fns.C_CloseAllSessions(slot);
-  was_removed = now;
+  if (atomic_exchange(&was_removed, now) != now && now) {
+    pthread_rwlock_wrlock(&operations_lock);
+    real_fns.C_CloseAllSessions(slot);
+    pthread_rwlock_unlock(&operations_lock);
+  }
   return now;
 }
 
@@ -168,7 +183,10 @@ static CK_RV fault_GetSessionInfo(CK_SESSION_HANDLE session, CK_SESSION_INFO_PTR
 static CK_RV fault_SignInit(CK_SESSION_HANDLE session, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE key) {
   if (removed(first_slot()) || control_has("device_removed")) return CKR_DEVICE_REMOVED;
   if (kill_session(session)) return CKR_SESSION_HANDLE_INVALID;
-  return real_fns.C_SignInit(session, mech, key);
+  pthread_rwlock_rdlock(&operations_lock);
+  const CK_RV rv = real_fns.C_SignInit(session, mech, key);
+  pthread_rwlock_unlock(&operations_lock);
+  return rv;
 }
 
 static CK_RV fault_Sign(CK_SESSION_HANDLE session, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PTR sig, CK_ULONG_PTR sig_len) {
@@ -186,7 +204,9 @@ static CK_RV fault_Sign(CK_SESSION_HANDLE session, CK_BYTE_PTR data, CK_ULONG le
     nanosleep(&ts, NULL);  /* the token's own slowness, not a test's wait */
   }
   /* The real operation is always finished, as a failing token ends it too. */
+  pthread_rwlock_rdlock(&operations_lock);
   const CK_RV rv = real_fns.C_Sign(session, data, len, sig, sig_len);
+  pthread_rwlock_unlock(&operations_lock);
   if (rv == CKR_BUFFER_TOO_SMALL) return rv;
   if (removed(first_slot())) return CKR_DEVICE_REMOVED;
   if (control_has("device_error")) return CKR_DEVICE_ERROR;

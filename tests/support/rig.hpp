@@ -98,9 +98,14 @@ class Daemon {
   long rss_anon_kib() const;
 
  private:
+  // Once the process is gone: fails the running test if a sanitizer
+  // reported something in the log.
+  void check_log();
+
   fs::path config_, socket_, log_;
   pid_t pid_ = -1;
   std::optional<int> status_;
+  bool log_checked_ = false;
 };
 
 // A raw Unix-socket connection for speaking (and misspeaking) the protocol.
