@@ -2,7 +2,8 @@
 # firmad's one entry point for newcomers and CI.
 #   ./run.sh demo    install what is missing, build, and sign on a fresh SoftHSM demo token
 #   ./run.sh test    install what is missing, build, and run every test; then again
-#                    under ASan+UBSan and under TSan (FIRMAD_TEST_SANITIZERS="" skips those)
+#                    under ASan+UBSan and under TSan (FIRMAD_TEST_SANITIZERS="" skips those),
+#                    then each fuzz target for 10 s (FIRMAD_TEST_FUZZ_SECONDS=0 skips that)
 #   ./run.sh sanitize [address|thread]
 #                    build with ASan+UBSan (build-asan) or TSan (build-tsan) and run every test
 #   ./run.sh bench   install what is missing, build, and run firmad-bench (extra args are passed on)
@@ -120,6 +121,11 @@ run_tests() {
   for kind in ${FIRMAD_TEST_SANITIZERS-address thread}; do
     (sanitize "$kind") || failed+=("$kind")
   done
+  # The libFuzzer targets, each for a bounded time (clang is installed if missing).
+  if [ "${FIRMAD_TEST_FUZZ_SECONDS-10}" != 0 ]; then
+    step "Fuzzing each parser for ${FIRMAD_TEST_FUZZ_SECONDS-10} s (tests/fuzz/run.sh)"
+    FUZZ_SECONDS=${FIRMAD_TEST_FUZZ_SECONDS-10} tests/fuzz/run.sh || failed+=(fuzz)
+  fi
   if [ ${#failed[@]} -gt 0 ]; then
     step "Tests failed in: ${failed[*]}"
     return 1
