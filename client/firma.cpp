@@ -127,6 +127,10 @@ Json Client::call(const std::string& method, const Json& parameters) {
     firmad::protocol::wipe(it->get_ref<std::string&>());
   send_all(frame);
   firmad::protocol::secure_zero(frame.data(), frame.size());  // it may carry a PIN
+  return receive_reply().parameters;
+}
+
+firmad::protocol::Reply Client::receive_reply() {
   firmad::protocol::Reply reply;
   try {
     reply = firmad::protocol::parse_reply(receive_frame());
@@ -134,20 +138,14 @@ Json Client::call(const std::string& method, const Json& parameters) {
     throw ConnectionError(std::string("firmad sent a malformed reply: ") + e.what());
   }
   if (reply.error) throw Error(*reply.error, std::move(reply.parameters));
-  return std::move(reply.parameters);
+  return reply;
 }
 
 Json Client::call_more(const std::string& method, const Json& parameters, const std::function<void(const Json&)>& each) {
   if (fd_ < 0) throw ConnectionError("not connected");
   send_all(firmad::protocol::encode_call({method, parameters, true, false}));
   for (;;) {
-    firmad::protocol::Reply reply;
-    try {
-      reply = firmad::protocol::parse_reply(receive_frame());
-    } catch (const firmad::protocol::VarlinkError& e) {
-      throw ConnectionError(std::string("firmad sent a malformed reply: ") + e.what());
-    }
-    if (reply.error) throw Error(*reply.error, std::move(reply.parameters));
+    firmad::protocol::Reply reply = receive_reply();
     if (!reply.continues) return std::move(reply.parameters);
     each(reply.parameters);
   }

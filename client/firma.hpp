@@ -11,6 +11,10 @@
 #include <string>
 #include <vector>
 
+namespace firmad::protocol {
+struct Reply;  // protocol/message.hpp: only firma.cpp needs it
+}
+
 namespace firma {
 
 using Bytes = std::vector<std::uint8_t>;
@@ -87,6 +91,8 @@ class Client {
  private:
   void send_all(const std::string& data);
   std::string receive_frame();
+  // The next reply; throws Error for an error reply, ConnectionError for a malformed one.
+  firmad::protocol::Reply receive_reply();
   int fd_ = -1;
   std::string buffer_;
   // How long a call polls for its reply before sleeping ($FIRMA_BUSY_POLL_US).

@@ -190,10 +190,7 @@ class Est final : public Provider {
   // RFC 7030 §4.2.3: after a 202 the client sends the same request again
   // (with the CA's certificates fetched again: the provider is made afresh
   // for every attempt, and after a restart).
-  Outcome poll(const Submission& s, const std::string&) override {
-    if (auto failed = fetch_cacerts()) return *failed;
-    return enroll(s);
-  }
+  Outcome poll(const Submission& s, const std::string&) override { return submit(s); }
 
  private:
   // The CA's certificates: candidates for the chain (never trusted by themselves).
