@@ -301,6 +301,9 @@ void Manager::stop() noexcept {
   {
     std::lock_guard lock(mutex_);
     left.swap(listeners_);
+    for (auto& [alias, req] : requests_)  // taken by no one now
+      if (req.listener) left[alias].push_back(std::move(req.listener));
+    requests_.clear();
   }
   for (auto& [alias, ls] : left) {
     Event e{alias, "stopping", "", "", "firmad is stopping; the renewal resumes when it starts again", now_s(), 0, true};
@@ -341,8 +344,8 @@ void Manager::request(const std::string& alias, Request req, Listener listener) 
   {
     std::lock_guard lock(mutex_);
     if (stopping_) throw VarlinkError(perr::kShuttingDown, Json::object());
+    req.listener = std::move(listener);
     requests_.emplace_back(alias, std::move(req));
-    if (listener) listeners_[alias].push_back(std::move(listener));
     kicked_ = true;
   }
   wake_.notify_all();
@@ -350,7 +353,7 @@ void Manager::request(const std::string& alias, Request req, Listener listener) 
 
 void Manager::renew(const std::string& alias, Listener listener) {
   checked_target(alias, false);
-  request(alias, {Request::Kind::Renew, {}}, std::move(listener));
+  request(alias, {Request::Kind::Renew, {}, {}}, std::move(listener));
 }
 
 void Manager::fetch(const std::string& alias, const std::string& serial, const std::string& npie, Listener listener) {
@@ -362,12 +365,12 @@ void Manager::fetch(const std::string& alias, const std::string& serial, const s
       throw VarlinkError(perr::kRenewalInProgress, {{"key", alias}, {"state", it->second.state()}});
   }
   const std::string ticket = serial.empty() ? "npie:" + (npie.empty() ? t.key.npie : npie) : serial;
-  request(alias, {Request::Kind::Fetch, ticket}, std::move(listener));
+  request(alias, {Request::Kind::Fetch, ticket, {}}, std::move(listener));
 }
 
 void Manager::cancel(const std::string& alias) {
   try {
-    request(alias, {Request::Kind::Cancel, {}}, nullptr);
+    request(alias, {Request::Kind::Cancel, {}, {}}, nullptr);
   } catch (const VarlinkError&) {
     // Stopping: the next start sees the cancellation before anything else.
   }
@@ -375,6 +378,10 @@ void Manager::cancel(const std::string& alias) {
 
 // On the renewal thread: what a queued request does to the key's record.
 void Manager::handle(const std::string& alias, const Request& req) {
+  if (req.listener) {
+    std::lock_guard lock(mutex_);
+    listeners_[alias].push_back(req.listener);
+  }
   std::optional<Record> current;
   {
     std::lock_guard lock(mutex_);

@@ -123,6 +123,9 @@ class Manager {
     enum class Kind { Renew, Fetch, Cancel };
     Kind kind;
     std::string ticket;  // Fetch: a serial, or "npie:<NPIE>"
+    // Attached when the renewal thread takes the request, so it hears only
+    // what this request makes happen (not the end of a step already running).
+    Listener listener;
   };
   Target checked_target(const std::string& alias, bool fetch) const;
   void request(const std::string& alias, Request req, Listener listener);
