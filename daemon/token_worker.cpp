@@ -449,16 +449,21 @@ std::string TokenWorker::login(std::optional<protocol::Secret> pin, bool force, 
                                          {"automatic", automatic ? "yes" : "no"}});
     return VarlinkError(error, std::move(params));
   };
+  // Logged in: published together with the key check, so a token whose keys
+  // changed is never seen usable.
+  auto publish_logged_in = [&] {
+    std::optional<std::string> replaced;
+    publish([&](TokenSnapshot& s) {
+      s.logged_in = true, s.login_state = "logged-in", s.reason.clear();
+      replaced = rescan_keys(s, KeyScan::Verify);
+      if (replaced) refused(s, *replaced);
+    });
+    if (replaced) throw refuse(*replaced);
+  };
   try {
     if (control_session_->logged_in()) {
       // Logged in already (a failed logout, another login): say so everywhere.
-      std::optional<std::string> replaced;
-      publish([&](TokenSnapshot& s) {
-        s.logged_in = true, s.login_state = "logged-in", s.reason.clear();
-        replaced = rescan_keys(s, KeyScan::Verify);
-        if (replaced) refused(s, *replaced);
-      });
-      if (replaced) throw refuse(*replaced);
+      publish_logged_in();
       return "logged-in";
     }
     const auto info = module_->token_info(control_session_->slot());
@@ -500,13 +505,7 @@ std::string TokenWorker::login(std::optional<protocol::Secret> pin, bool force, 
     throw fail("error", e.what(), perr::kTokenError, {{"token", name}, {"call", e.call()}, {"code", e.code_name()}});
   }
   pin_refused_ = false;
-  std::optional<std::string> replaced;
-  publish([&](TokenSnapshot& s) {
-    s.logged_in = true, s.login_state = "logged-in", s.reason.clear();
-    replaced = rescan_keys(s, KeyScan::Verify);
-    if (replaced) refused(s, *replaced);
-  });
-  if (replaced) throw refuse(*replaced);
+  publish_logged_in();
   log::notice("token-login", {{"token", name}, {"automatic", automatic ? "yes" : "no"}});
   return "logged-in";
 }
