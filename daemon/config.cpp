@@ -12,8 +12,8 @@
 #include <utility>
 #include <toml++/toml.h>
 
-#include "daemon/business_days.hpp"
-#include "daemon/renewal_config.hpp"
+#include "daemon/mx/business_days.hpp"
+#include "daemon/config_reader.hpp"
 
 namespace firmad {
 namespace config_detail {

@@ -11,8 +11,8 @@
 #include <string_view>
 #include <vector>
 
-#include "daemon/renewal_crypto.hpp"
-#include "daemon/renewal_provider.hpp"
+#include "daemon/renewal/crypto.hpp"
+#include "daemon/renewal/provider.hpp"
 #include "pkcs11/openssl.hpp"
 
 namespace {

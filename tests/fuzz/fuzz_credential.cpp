@@ -8,7 +8,7 @@
 #include <cstdlib>
 #include <span>
 
-#include "daemon/credential.hpp"
+#include "daemon/mx/credential.hpp"
 
 namespace {
 

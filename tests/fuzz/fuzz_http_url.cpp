@@ -6,7 +6,7 @@
 #include <string>
 #include <string_view>
 
-#include "daemon/http_url.hpp"
+#include "daemon/renewal/http_url.hpp"
 
 namespace {
 

@@ -5,7 +5,7 @@
 #include <cstdlib>
 #include <span>
 
-#include "daemon/identity.hpp"
+#include "daemon/mx/identity.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   const auto id = firmad::identify_certificate(std::span<const std::uint8_t>(data, size));

@@ -10,7 +10,7 @@
 #include <stdexcept>
 #include <string_view>
 
-#include "daemon/renewal_crypto.hpp"
+#include "daemon/renewal/crypto.hpp"
 #include "pkcs11/openssl.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {

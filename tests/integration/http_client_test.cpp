@@ -17,7 +17,7 @@
 #include <string>
 #include <vector>
 
-#include "daemon/http_client.hpp"
+#include "daemon/renewal/http_client.hpp"
 #include "pkcs11/openssl.hpp"
 #include "rig.hpp"
 

@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "daemon/credential.hpp"
+#include "daemon/mx/credential.hpp"
 #include "pkcs11/error.hpp"
 #include "pkcs11/import.hpp"
 #include "pkcs11/key.hpp"

@@ -7,7 +7,7 @@
 #include <string_view>
 #include <vector>
 
-#include "daemon/business_days.hpp"
+#include "daemon/mx/business_days.hpp"
 
 namespace firmad {
 namespace {

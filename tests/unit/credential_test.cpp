@@ -22,7 +22,7 @@
 #include <thread>
 #include <vector>
 
-#include "daemon/credential.hpp"
+#include "daemon/mx/credential.hpp"
 
 namespace firmad {
 namespace {

@@ -5,8 +5,8 @@
 #include <string>
 #include <string_view>
 
-#include "daemon/http_client.hpp"
-#include "daemon/http_url.hpp"
+#include "daemon/renewal/http_client.hpp"
+#include "daemon/renewal/http_url.hpp"
 
 namespace firmad::http {
 namespace {

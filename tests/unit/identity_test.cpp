@@ -14,7 +14,7 @@
 #include <utility>
 #include <vector>
 
-#include "daemon/identity.hpp"
+#include "daemon/mx/identity.hpp"
 #include "pkcs11/openssl.hpp"
 
 namespace firmad {

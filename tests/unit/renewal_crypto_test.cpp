@@ -21,7 +21,7 @@
 #include <utility>
 #include <vector>
 
-#include "daemon/renewal_crypto.hpp"
+#include "daemon/renewal/crypto.hpp"
 #include "pkcs11/openssl.hpp"
 #include "protocol/base64.hpp"
 

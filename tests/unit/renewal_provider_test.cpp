@@ -6,7 +6,7 @@
 #include <string>
 #include <string_view>
 
-#include "daemon/renewal_provider.hpp"
+#include "daemon/renewal/provider.hpp"
 
 namespace firmad::renewal {
 namespace {

@@ -8,7 +8,7 @@
 #include <optional>
 #include <vector>
 
-#include "daemon/renewal_schedule.hpp"
+#include "daemon/renewal/schedule.hpp"
 
 namespace firmad::renewal {
 namespace {

@@ -1,0 +1,340 @@
+// Accepting, framing, deadlines and limits for Varlink over a Unix socket.
+#include "daemon/server/server.hpp"
+
+#include "daemon/asio.hpp"
+#include <boost/asio/write.hpp>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+
+#include "daemon/log.hpp"
+#include "daemon/server/systemd.hpp"
+#include "protocol/errors.hpp"
+#include "protocol/limits.hpp"
+#include "protocol/secret.hpp"
+
+namespace firmad {
+
+namespace asio = boost::asio;
+using local = asio::local::stream_protocol;
+using Clock = std::chrono::steady_clock;
+
+struct Server::Connection {
+  Connection(local::socket s, Peer p) : socket(std::move(s)), peer(std::move(p)), timer(socket.get_executor()) {}
+  local::socket socket;
+  Peer peer;
+  asio::steady_timer timer;
+  // Reading and Writing wait on the peer: the deadline applies. Working waits
+  // for the token: no deadline, and shutdown lets it finish.
+  enum class Phase { Reading, Working, Writing } phase = Phase::Reading;
+  Clock::time_point deadline = Clock::time_point::max();
+  bool closed = false;
+};
+
+Server::Server(asio::io_context& io, const Config& config, Service& service)
+    : io_(io), config_(config), service_(service) {}
+
+namespace {
+
+// Whether something already accepts connections on the path.
+bool socket_in_use(const std::string& path) {
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
+  const bool in_use = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+  ::close(fd);
+  return in_use;
+}
+
+bool is_listening_unix_stream(int fd) {
+  int type = 0, listening = 0;
+  sockaddr_storage addr{};
+  socklen_t len = sizeof type, llen = sizeof listening, alen = sizeof addr;
+  return ::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0 && type == SOCK_STREAM &&
+         ::getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &llen) == 0 && listening &&
+         ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &alen) == 0 && addr.ss_family == AF_UNIX;
+}
+
+[[noreturn]] void fail(const std::string& what, const std::string& path) {
+  throw std::runtime_error(what + " " + path + ": " + std::strerror(errno));
+}
+
+}  // namespace
+
+void Server::open() {
+  if (const auto passed = systemd::listen_fds(); !passed.empty()) {
+    for (int fd : passed) {
+      if (!is_listening_unix_stream(fd))
+        throw std::runtime_error("systemd passed fd " + std::to_string(fd) + ", which is not a listening Unix stream socket");
+      acceptors_.push_back(std::make_unique<local::acceptor>(io_, local(), fd));
+    }
+    log::info("listening", {{"sockets", passed.size()}, {"from", "systemd"}});
+    return;
+  }
+  const std::string& path = config_.daemon.socket;
+  const std::filesystem::path dir = std::filesystem::path(path).parent_path();
+  if (::mkdir(dir.c_str(), 0750) != 0 && errno != EEXIST) fail("cannot create socket directory", dir);
+  struct stat st{};
+  if (::lstat(path.c_str(), &st) == 0) {
+    if (!S_ISSOCK(st.st_mode)) throw std::runtime_error(path + " exists and is not a socket; refusing to replace it");
+    if (socket_in_use(path)) throw std::runtime_error("another daemon is already listening on " + path);
+    ::unlink(path.c_str());  // stale socket of a previous run
+  }
+  auto acceptor = std::make_unique<local::acceptor>(io_);
+  acceptor->open();
+  // Bind under a restrictive umask so the socket is never reachable by
+  // others between bind() and chmod().
+  const mode_t old = ::umask(0177);
+  boost::system::error_code ec;
+  acceptor->bind(local::endpoint(path), ec);
+  ::umask(old);
+  if (ec) throw std::runtime_error("cannot bind " + path + ": " + ec.message());
+  created_socket_ = true;
+  if (config_.daemon.socket_group && ::chown(path.c_str(), -1, *config_.daemon.socket_group) != 0)
+    fail("cannot set the group of", path);
+  if (::chmod(path.c_str(), config_.daemon.socket_mode) != 0) fail("cannot set the mode of", path);
+  acceptor->listen(asio::socket_base::max_listen_connections);
+  acceptors_.push_back(std::move(acceptor));
+  log::info("listening", {{"socket", path}});
+}
+
+void Server::start() {
+  for (auto& a : acceptors_) asio::co_spawn(io_, listen(*a), asio::detached);
+}
+
+void Server::shutdown() {
+  if (stopping_) return;
+  stopping_ = true;
+  for (auto& a : acceptors_) {
+    boost::system::error_code ec;
+    a->close(ec);
+  }
+  // Idle connections go now; one being answered finishes its reply (a
+  // writer whose peer does not read is cut at its deadline by the watchdog).
+  for (const auto& c : connections_) {
+    if (c->phase == Connection::Phase::Reading) {
+      boost::system::error_code ec;
+      c->socket.close(ec);
+    }
+  }
+  if (created_socket_) ::unlink(config_.daemon.socket.c_str());
+  log::info("shutting-down", {{"connections", connections_.size()}});
+}
+
+bool Server::LogThrottle::admit(Clock::time_point now, std::size_t& left_out) {
+  if (now >= window_end_) {
+    window_end_ = now + std::chrono::seconds(1);
+    in_window_ = 0;
+  }
+  if (in_window_ == kLinesPerSecond) {
+    ++left_out_;
+    return false;
+  }
+  ++in_window_;
+  left_out = left_out_;
+  left_out_ = 0;
+  return true;
+}
+
+void Server::forget(const std::shared_ptr<Connection>& c) {
+  c->closed = true;
+  c->timer.cancel();
+  boost::system::error_code ec;
+  c->socket.close(ec);
+  if (connections_.erase(c) && --per_uid_[c->peer.uid] == 0) per_uid_.erase(c->peer.uid);
+}
+
+asio::awaitable<void> Server::listen(local::acceptor& acceptor) {
+  while (!stopping_) {
+    boost::system::error_code ec;
+    local::socket socket = co_await acceptor.async_accept(asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) {
+      if (ec == asio::error::operation_aborted || stopping_) co_return;
+      // EMFILE and the like: say so, pause briefly, go on serving the others.
+      log::error("accept-failed", {{"error", ec.message()}});
+      asio::steady_timer pause(io_, std::chrono::milliseconds(100));
+      co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+      continue;
+    }
+    Peer peer;
+    try {
+      peer = peer_of(socket.native_handle());
+    } catch (const std::exception& e) {
+      log::warning("peer-unknown", {{"error", e.what()}});
+      continue;
+    }
+    const auto of_uid = per_uid_.find(peer.uid);
+    const std::size_t uid_connections = of_uid == per_uid_.end() ? 0 : of_uid->second;
+    if (connections_.size() >= config_.daemon.max_connections ||
+        uid_connections >= config_.daemon.max_connections_per_peer) {
+      if (std::size_t left_out; refusals_log_.admit(Clock::now(), left_out))
+        log::warning("connection-refused", {{"uid", peer.uid}, {"pid", peer.pid}, {"connections", connections_.size()},
+                                            {"of_uid", uid_connections}, {"not_logged_before", left_out}});
+      continue;  // the socket closes as it goes out of scope
+    }
+    auto c = std::make_shared<Connection>(std::move(socket), std::move(peer));
+    connections_.insert(c);
+    ++per_uid_[c->peer.uid];
+    asio::co_spawn(io_, serve(c), asio::detached);
+    asio::co_spawn(io_, watchdog(c), asio::detached);
+  }
+}
+
+asio::awaitable<void> Server::watchdog(std::shared_ptr<Connection> c) {
+  while (!c->closed) {
+    const auto now = Clock::now();
+    const bool waiting_on_peer = c->phase != Connection::Phase::Working;
+    if (waiting_on_peer && c->deadline <= now) {
+      log::info("connection-timeout", {{"uid", c->peer.uid}, {"pid", c->peer.pid},
+                                       {"while", c->phase == Connection::Phase::Reading ? "reading" : "writing"}});
+      boost::system::error_code ec;
+      c->socket.close(ec);  // the reader sees it and ends the connection
+      co_return;
+    }
+    c->timer.expires_at(waiting_on_peer ? c->deadline : now + config_.daemon.idle_timeout);
+    boost::system::error_code ec;
+    co_await c->timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+  }
+}
+
+namespace {
+
+// Frees a grown read buffer without leaving its old bytes (perhaps a PIN of
+// a pipelined Login) in freed memory.
+void compact(std::string& buffer) {
+  std::string fresh(buffer);
+  protocol::secure_zero(buffer.data(), buffer.capacity());
+  buffer.swap(fresh);
+}
+
+// Grows the read buffer to at least `needed` (doubling, never past the
+// message limit), wiping the old one: it may hold a pipelined PIN.
+void grow(std::string& buffer, std::size_t needed, std::size_t limit) {
+  std::size_t capacity = std::max(2 * buffer.capacity(), needed);
+  if (capacity + capacity / 8 >= limit) capacity = limit;  // not one more copy for the last few bytes
+  std::string bigger;
+  bigger.reserve(capacity);
+  bigger.assign(buffer);
+  protocol::secure_zero(buffer.data(), buffer.capacity());
+  buffer.swap(bigger);
+}
+
+// Reads until `buffer` holds a NUL and returns the frame's length with it.
+// Only new bytes are searched, with memchr: a peer streaming junk costs the
+// I/O thread little more than the copy. Sets `ec` to not_found once
+// kMaxMessageBytes + 1 bytes hold no NUL (the buffer never grows past
+// that), or to the socket's error; then returns 0.
+asio::awaitable<std::size_t> read_frame(local::socket& socket, std::string& buffer, boost::system::error_code& ec) {
+  constexpr std::size_t kLimit = protocol::kMaxMessageBytes + 1;
+  constexpr std::size_t kChunk = 64 * 1024;
+  for (std::size_t searched = 0;;) {
+    if (const void* nul = std::memchr(buffer.data() + searched, '\0', buffer.size() - searched))
+      co_return static_cast<std::size_t>(static_cast<const char*>(nul) - buffer.data()) + 1;
+    searched = buffer.size();
+    if (searched >= kLimit) {
+      ec = asio::error::not_found;
+      co_return 0;
+    }
+    // As Asio's dynamic buffers do: what the buffer has room for, at least
+    // 512 bytes and at most 64 KiB, so a small call keeps a small buffer.
+    const std::size_t want = std::min({kChunk, kLimit - searched, std::max<std::size_t>(512, buffer.capacity() - searched)});
+    if (buffer.capacity() < searched + want) grow(buffer, searched + want, kLimit);
+    buffer.resize(searched + want);
+    const std::size_t got = co_await socket.async_read_some(asio::buffer(buffer.data() + searched, want),
+                                                            asio::redirect_error(asio::use_awaitable, ec));
+    buffer.resize(searched + got);
+    if (ec) co_return 0;
+  }
+}
+
+// ShuttingDown errors for the complete calls still buffered at shutdown:
+// every call the daemon received gets an answer.
+std::string refuse_buffered(const std::string& buffer) {
+  std::string out;
+  for (std::size_t start = 0, nul; (nul = buffer.find('\0', start)) != std::string::npos; start = nul + 1) {
+    try {
+      if (!protocol::parse_call(std::string_view(buffer).substr(start, nul - start)).oneway)
+        out += protocol::encode_error(protocol::error::kShuttingDown, protocol::Json::object());
+    } catch (const protocol::VarlinkError&) {
+      break;  // the peer broke the framing: nothing after it is a call
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+asio::awaitable<void> Server::serve(std::shared_ptr<Connection> c) {
+  using Phase = Connection::Phase;
+  std::string buffer;
+  std::string last_words;  // a protocol violation or ShuttingDown errors: written, then the connection closes
+  // A streamed call's intermediate replies, each under the write deadline.
+  const Stream stream = [this, c](std::string frame) -> asio::awaitable<void> {
+    c->phase = Connection::Phase::Writing;
+    c->deadline = Clock::now() + config_.daemon.idle_timeout;
+    co_await asio::async_write(c->socket, asio::buffer(frame), asio::use_awaitable);
+    c->phase = Connection::Phase::Working;
+  };
+  try {
+    while (!stopping_) {
+      c->phase = Phase::Reading;
+      c->deadline = Clock::now() + config_.daemon.idle_timeout;
+      boost::system::error_code ec;
+      const std::size_t n = co_await read_frame(c->socket, buffer, ec);
+      if (ec) {
+        if (ec == asio::error::not_found) {
+          if (std::size_t left_out; violations_log_.admit(Clock::now(), left_out))
+            log::warning("protocol-violation", {{"uid", c->peer.uid}, {"pid", c->peer.pid}, {"why", "oversize"},
+                                                {"not_logged_before", left_out}});
+          last_words = protocol::encode_error(
+              protocol::error::kProtocolViolation,
+              {{"reason", "message exceeds " + std::to_string(protocol::kMaxMessageBytes) + " bytes"}});
+        }
+        break;  // EOF, reset, timeout (closed by the watchdog) or oversize
+      }
+      c->phase = Phase::Working;
+      protocol::Call call;
+      try {
+        call = protocol::parse_call(std::string_view(buffer.data(), n - 1));
+      } catch (const protocol::VarlinkError& e) {
+        if (std::size_t left_out; violations_log_.admit(Clock::now(), left_out))
+          log::warning("protocol-violation", {{"uid", c->peer.uid}, {"pid", c->peer.pid}, {"not_logged_before", left_out}});
+        last_words = protocol::encode_error(e.name(), e.parameters());
+        break;
+      }
+      std::string reply = co_await service_.handle(call, c->peer, stream);
+      // The frame may have carried a PIN: wipe it and the parsed copy.
+      if (auto it = call.parameters.find("pin"); it != call.parameters.end() && it->is_string())
+        protocol::wipe(it->get_ref<std::string&>());
+      protocol::secure_zero(buffer.data(), n);
+      buffer.erase(0, n);
+      if (buffer.capacity() > 64 * 1024 && buffer.size() < 4096) compact(buffer);
+      if (!reply.empty()) {
+        c->phase = Phase::Writing;
+        c->deadline = Clock::now() + config_.daemon.idle_timeout;
+        co_await asio::async_write(c->socket, asio::buffer(reply), asio::use_awaitable);
+      }
+    }
+    if (stopping_ && last_words.empty()) last_words = refuse_buffered(buffer);
+  } catch (const std::exception& e) {
+    log::debug("connection-error", {{"uid", c->peer.uid}, {"pid", c->peer.pid}, {"error", e.what()}});
+  }
+  protocol::secure_zero(buffer.data(), buffer.capacity());
+  if (!last_words.empty() && c->socket.is_open()) {
+    c->phase = Phase::Writing;
+    c->deadline = Clock::now() + config_.daemon.idle_timeout;
+    boost::system::error_code ec;
+    co_await asio::async_write(c->socket, asio::buffer(last_words), asio::redirect_error(asio::use_awaitable, ec));
+  }
+  forget(c);
+}
+
+}  // namespace firmad

@@ -1,0 +1,70 @@
+// The Varlink methods firmad answers, and who may call them.
+#pragma once
+#include "daemon/asio.hpp"
+
+#include <deque>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "daemon/server/access.hpp"
+#include "daemon/mx/business_days.hpp"
+#include "daemon/config.hpp"
+#include "daemon/renewal/manager.hpp"
+#include "daemon/state.hpp"
+#include "daemon/token/token_worker.hpp"
+#include "protocol/message.hpp"
+
+namespace firmad {
+
+// Today's date on this machine's clock and time zone.
+Date local_today();
+
+// Writes one intermediate reply (a streamed call's "continues" frame).
+using Stream = std::function<boost::asio::awaitable<void>(std::string frame)>;
+
+class Service {
+ public:
+  // tokens: one worker per [tokens.<name>], in configuration order; state:
+  // where imports, cancellations and tracked requests are kept.
+  Service(const Config& config, std::vector<std::unique_ptr<TokenWorker>>& tokens, StateStore& state,
+          BusinessCalendar calendar, renewal::Manager& renewals);
+
+  // Answers one call: returns the encoded (last) reply or error (with its
+  // NUL), or an empty string for a oneway call; a call with "more" may write
+  // replies before it through `stream`. Never throws.
+  boost::asio::awaitable<std::string> handle(const protocol::Call& call, const Peer& peer, const Stream& stream);
+
+  // The Status reply's parameters, from cached state only.
+  protocol::Json status() const;
+  protocol::Json list_keys() const;
+
+ private:
+  boost::asio::awaitable<protocol::Json> dispatch(const protocol::Call& call, const Peer& peer, const Stream& stream);
+  // Renew and Fetch (daemon/renewal_service.cpp).
+  boost::asio::awaitable<protocol::Json> renew(const protocol::Call& call, const Peer& peer, const Stream& stream);
+  boost::asio::awaitable<protocol::Json> login(const protocol::Json& params, const Peer& peer);
+  boost::asio::awaitable<protocol::Json> logout(const protocol::Json& params, const Peer& peer);
+  // Credential lifecycle (daemon/lifecycle.cpp).
+  boost::asio::awaitable<protocol::Json> import_credential(const protocol::Json& params, const Peer& peer);
+  boost::asio::awaitable<protocol::Json> cancel(const protocol::Json& params, const Peer& peer);
+  protocol::Json track_request(const protocol::Json& params, const Peer& peer);
+  // The tracked request of a key as Status shows it, or null.
+  protocol::Json request_json(const std::string& alias, const Date& today) const;
+
+  protocol::Json key_json(const KeyState& key, const std::string& token, std::time_t now) const;
+  const KeyConfig* find_key(const std::string& alias) const;
+  TokenWorker& token_named(const std::string& name) const;
+  void require_admin(const char* method, const Peer& peer) const;
+
+  const Config& config_;
+  std::vector<std::unique_ptr<TokenWorker>>& tokens_;
+  StateStore& state_;
+  BusinessCalendar calendar_;
+  renewal::Manager& renewals_;
+  std::deque<KeyConfig> imported_;                 // keys imported since start (stable addresses)
+  std::map<std::string, std::string> requests_;    // alias -> submitted "YYYY-MM-DD"
+};
+
+}  // namespace firmad

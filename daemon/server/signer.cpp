@@ -1,0 +1,208 @@
+// Sign and SignCms: checks on the I/O thread, token work on the token's threads.
+#include "daemon/server/signer.hpp"
+
+#include "daemon/token/bridge.hpp"
+#include "daemon/token/cms.hpp"
+#include "daemon/log.hpp"
+#include "pkcs11/error.hpp"
+#include "pkcs11/sign.hpp"
+#include "protocol/base64.hpp"
+#include "protocol/limits.hpp"
+#include "protocol/params.hpp"
+
+namespace firmad {
+namespace {
+
+namespace perr = protocol::error;
+using protocol::Json;
+using protocol::Params;
+using protocol::VarlinkError;
+
+pkcs11::Hash parse_hash(const std::optional<std::string>& name) {
+  if (!name || *name == "sha256") return pkcs11::Hash::Sha256;
+  if (*name == "sha384") return pkcs11::Hash::Sha384;
+  if (*name == "sha512") return pkcs11::Hash::Sha512;
+  throw protocol::invalid_parameter("hash");
+}
+
+void check_digest(const pkcs11::Bytes& digest, pkcs11::Hash hash) {
+  if (digest.size() != pkcs11::digest_size(hash))
+    throw VarlinkError(perr::kDigestLengthMismatch, {{"hash", pkcs11::to_string(hash)},
+                                                     {"expected", pkcs11::digest_size(hash)},
+                                                     {"actual", digest.size()}});
+}
+
+// The key's state if the peer may use it and the token can sign with it now.
+const KeyState& usable_key(const TokenSnapshot& snap, const TokenWorker& token, const KeyConfig& key, const Peer& peer,
+                           const char* method) {
+  if (!allowed(key.allow, peer)) {
+    log::warning("access-denied", {{"method", method}, {"key", key.alias}, {"uid", peer.uid}, {"gid", peer.gid},
+                                   {"pid", peer.pid}, {"exe", peer.executable}});
+    throw VarlinkError(perr::kAccessDenied, {{"method", method}, {"key", key.alias}});
+  }
+  const std::string& name = token.config().name;
+  if (!snap.present) throw VarlinkError(perr::kTokenAbsent, {{"token", name}});
+  if (!snap.logged_in) throw VarlinkError(perr::kNotLoggedIn, {{"token", name}, {"loginState", snap.login_state}});
+  if (auto c = token.cancellation(key.alias))
+    throw VarlinkError(perr::kKeyCancelled, {{"key", key.alias}, {"at", iso8601(c->at)}});
+  const KeyState* k = snap.key(key.alias);
+  if (!k || !k->info || !k->info->private_key) throw VarlinkError(perr::kKeyNotFound, {{"key", key.alias}});
+  // The one signature IMSS requires from an expired certificate, the
+  // renewal's acceptance, is made by the renewal itself, not through Sign.
+  if (k->certificate && std::time(nullptr) > k->certificate->not_after)
+    throw VarlinkError(perr::kCertificateExpired, {{"key", key.alias}, {"notAfter", iso8601(k->certificate->not_after)}});
+  return *k;
+}
+
+void require_scheme(const KeyState& k, pkcs11::Scheme s) {
+  const auto& schemes = k.info->schemes;
+  if (std::find(schemes.begin(), schemes.end(), s) == schemes.end())
+    throw VarlinkError(perr::kMechanismNotSupported, {{"key", k.config.alias}, {"scheme", pkcs11::to_string(s)}});
+}
+
+// Runs on a signing thread: the private key handle is taken from the state
+// current there, so a login/logout in between is seen.
+pkcs11::Bytes sign_now(const WorkContext& ctx, TokenWorker& token, const std::string& alias,
+                       const pkcs11::SignRequest& req) {
+  const KeyState* k = ctx.snapshot->key(alias);
+  if (!ctx.snapshot->present || !ctx.session) throw VarlinkError(perr::kTokenAbsent, {{"token", token.config().name}});
+  // Cancelled while this request waited in the queue.
+  if (auto c = token.cancellation(alias)) throw VarlinkError(perr::kKeyCancelled, {{"key", alias}, {"at", iso8601(c->at)}});
+  if (!ctx.snapshot->logged_in || !k || !k->info || !k->info->private_key)
+    throw VarlinkError(perr::kNotLoggedIn, {{"token", token.config().name}, {"loginState", ctx.snapshot->login_state}});
+  try {
+    return pkcs11::sign(*ctx.session, *k->info->private_key, k->info->type, req);
+  } catch (const pkcs11::Error& e) {
+    if (e.fault() == pkcs11::Fault::TokenAbsent || e.fault() == pkcs11::Fault::SessionLost) token.suspect_token();
+    throw token_failure(token.config().name, e);
+  }
+}
+
+void audit(const char* method, const KeyConfig& key, const Peer& peer, const char* scheme,
+           const pkcs11::Bytes& digest, const char* result) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string hex;
+  hex.reserve(digest.size() * 2);
+  for (auto b : digest) hex += kHex[b >> 4], hex += kHex[b & 15];
+  log::info("sign", {{"method", method}, {"key", key.alias}, {"scheme", scheme}, {"uid", peer.uid}, {"gid", peer.gid},
+                     {"pid", peer.pid}, {"exe", peer.executable}, {"digest", hex}, {"result", result}});
+}
+
+}  // namespace
+
+boost::asio::awaitable<Json> sign(TokenWorker& token, const KeyConfig& key, const Json& params, const Peer& peer) {
+  Params p(params);
+  p.required_string("key");
+  auto digest = p.optional_base64("digest");
+  const auto hash_name = p.optional_string("hash");
+  const auto padding = p.optional_string("padding");
+  const auto salt = p.optional_int("saltLength");
+  auto data = p.optional_base64("data");
+  p.finish();
+
+  const auto snap = token.snapshot();
+  const KeyState& k = usable_key(*snap, token, key, peer, "Sign");
+  pkcs11::SignRequest req;
+  req.hash = parse_hash(hash_name);
+  switch (k.info->type) {
+    case pkcs11::KeyType::Rsa:
+      if (!padding || *padding == "pkcs1") req.scheme = pkcs11::Scheme::RsaPkcs1;
+      else if (*padding == "pss") req.scheme = pkcs11::Scheme::RsaPss;
+      else throw protocol::invalid_parameter("padding");
+      if (salt) {
+        if (req.scheme != pkcs11::Scheme::RsaPss || *salt < 0 || *salt > 512) throw protocol::invalid_parameter("saltLength");
+        req.salt_length = static_cast<unsigned long>(*salt);
+      }
+      break;
+    case pkcs11::KeyType::Ec:
+      req.scheme = pkcs11::Scheme::Ecdsa;
+      if (padding) throw protocol::invalid_parameter("padding");
+      if (salt) throw protocol::invalid_parameter("saltLength");
+      break;
+    case pkcs11::KeyType::Ed25519:
+      req.scheme = pkcs11::Scheme::EdDsa;
+      if (padding) throw protocol::invalid_parameter("padding");
+      if (salt) throw protocol::invalid_parameter("saltLength");
+      if (digest) throw protocol::invalid_parameter("digest");
+      if (hash_name) throw protocol::invalid_parameter("hash");
+      if (!data) throw protocol::invalid_parameter("data");
+      if (data->size() > protocol::kMaxCmsContentBytes)
+        throw VarlinkError(perr::kContentTooLarge, {{"limit", protocol::kMaxCmsContentBytes}, {"actual", data->size()}});
+      break;
+  }
+  require_scheme(k, req.scheme);
+  if (req.scheme != pkcs11::Scheme::EdDsa) {
+    if (data) throw protocol::invalid_parameter("data");
+    if (!digest) throw protocol::invalid_parameter("digest");
+    check_digest(*digest, req.hash);
+    req.input = std::move(*digest);
+  } else {
+    req.input = std::move(*data);
+  }
+
+  const std::string alias = key.alias;
+  const char* scheme = pkcs11::to_string(req.scheme);
+  const pkcs11::Bytes audited = req.scheme == pkcs11::Scheme::EdDsa ? pkcs11::Bytes{} : req.input;
+  pkcs11::Bytes signature;
+  try {
+    auto job = [&token, alias, req = std::move(req)](WorkContext& ctx) { return sign_now(ctx, token, alias, req); };
+    signature = co_await on_signing_thread<pkcs11::Bytes>(token, std::move(job));
+  } catch (const VarlinkError& e) {
+    audit("Sign", key, peer, scheme, audited, e.name().c_str());
+    throw;
+  }
+  audit("Sign", key, peer, scheme, audited, "ok");
+  co_return Json{{"signature", protocol::base64_encode(signature)}, {"scheme", scheme}};
+}
+
+boost::asio::awaitable<Json> sign_cms(TokenWorker& token, const KeyConfig& key, const Json& params, const Peer& peer) {
+  Params p(params);
+  p.required_string("key");
+  auto content = p.optional_base64("content");
+  auto digest = p.optional_base64("digest");
+  const auto hash_name = p.optional_string("hash");
+  p.finish();
+
+  CmsInput in;
+  in.hash = parse_hash(hash_name);
+  if (content.has_value() == digest.has_value()) throw protocol::invalid_parameter(content ? "digest" : "content");
+  if (content && content->size() > protocol::kMaxCmsContentBytes)
+    throw VarlinkError(perr::kContentTooLarge, {{"limit", protocol::kMaxCmsContentBytes}, {"actual", content->size()}});
+  if (digest) check_digest(*digest, in.hash);
+
+  const auto snap = token.snapshot();
+  const KeyState& k = usable_key(*snap, token, key, peer, "SignCms");
+  if (k.info->certificate.empty()) throw VarlinkError(perr::kCertificateMissing, {{"key", key.alias}});
+  pkcs11::SignRequest req;
+  req.hash = in.hash;
+  if (k.info->type == pkcs11::KeyType::Rsa) req.scheme = pkcs11::Scheme::RsaPkcs1;
+  else if (k.info->type == pkcs11::KeyType::Ec) req.scheme = pkcs11::Scheme::Ecdsa;
+  else throw VarlinkError(perr::kMechanismNotSupported, {{"key", key.alias}, {"scheme", "cms-eddsa"}});
+  require_scheme(k, req.scheme);
+  in.certificate = k.info->certificate;
+  const pkcs11::Bytes audited = digest.value_or(pkcs11::Bytes{});
+  in.digest = std::move(digest);
+
+  const std::string alias = key.alias;
+  auto shared_content = std::make_shared<pkcs11::Bytes>(content ? std::move(*content) : pkcs11::Bytes{});
+  const bool attached = content.has_value();
+  pkcs11::Bytes cms;
+  try {
+    auto job = [&token, alias, req, in = std::move(in), shared_content, attached](WorkContext& ctx) mutable {
+      if (attached) in.content = std::span<const std::uint8_t>(*shared_content);
+      return build_cms(in, [&](const pkcs11::Bytes& d) {
+        pkcs11::SignRequest r = req;
+        r.input = d;
+        return sign_now(ctx, token, alias, r);
+      });
+    };
+    cms = co_await on_signing_thread<pkcs11::Bytes>(token, std::move(job));
+  } catch (const VarlinkError& e) {
+    audit("SignCms", key, peer, pkcs11::to_string(req.scheme), audited, e.name().c_str());
+    throw;
+  }
+  audit("SignCms", key, peer, pkcs11::to_string(req.scheme), audited, "ok");
+  co_return Json{{"cms", protocol::base64_encode(cms)}};
+}
+
+}  // namespace firmad

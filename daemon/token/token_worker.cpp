@@ -1,0 +1,643 @@
+// Per-token threads: discovery, login custody, the signing queue and the cached state.
+#include "daemon/token/token_worker.hpp"
+
+#include "daemon/busy_poll.hpp"
+#include "daemon/log.hpp"
+#include "daemon/token/pin_source.hpp"
+#include "pkcs11/error.hpp"
+#include "pkcs11/import.hpp"
+#include "pkcs11/key.hpp"
+
+namespace firmad {
+
+namespace perr = protocol::error;
+using protocol::VarlinkError;
+
+namespace {
+
+// The signing thread running now, if any: suspect_token() called from one of
+// its jobs marks that thread's own session for a check after the job.
+struct SigningThread {
+  const TokenWorker* worker = nullptr;
+  bool* session_suspect = nullptr;
+};
+thread_local SigningThread this_signing_thread;
+
+// The state of a token firmad will not serve: not used, and why.
+void refused(TokenSnapshot& s, const std::string& why) {
+  s.present = false, s.logged_in = false, s.login_state = "error", s.reason = why;
+  for (auto& k : s.keys) k.info.reset(), k.certificate.reset();
+}
+
+}  // namespace
+
+const KeyState* TokenSnapshot::key(const std::string& alias) const {
+  for (const auto& k : keys)
+    if (k.config.alias == alias) return &k;
+  return nullptr;
+}
+
+protocol::VarlinkError token_failure(const std::string& token, const std::exception& e) {
+  if (const auto* v = dynamic_cast<const VarlinkError*>(&e)) return *v;
+  if (const auto* p = dynamic_cast<const pkcs11::Error*>(&e)) {
+    switch (p->fault()) {
+      case pkcs11::Fault::TokenAbsent:
+        return VarlinkError(perr::kTokenAbsent, {{"token", token}});
+      // A dead session is not an absent token: this request failed, and the
+      // signing thread reopens its session for the next one.
+      case pkcs11::Fault::SessionLost:
+        return VarlinkError(perr::kTokenError, {{"token", token}, {"call", p->call()}, {"code", p->code_name()}});
+      case pkcs11::Fault::NotLoggedIn:
+        return VarlinkError(perr::kNotLoggedIn, {{"token", token}, {"loginState", "logged-out"}});
+      case pkcs11::Fault::PinIncorrect:
+        return VarlinkError(perr::kPinIncorrect, {{"token", token}});
+      case pkcs11::Fault::PinLocked:
+        return VarlinkError(perr::kPinLocked, {{"token", token}});
+      default:
+        return VarlinkError(perr::kTokenError, {{"token", token}, {"call", p->call()}, {"code", p->code_name()}});
+    }
+  }
+  return VarlinkError(perr::kInternalError, {{"reason", e.what()}});
+}
+
+TokenWorker::TokenWorker(TokenConfig config, std::vector<KeyConfig> keys, std::chrono::microseconds busy_poll)
+    : config_(std::move(config)),
+      key_configs_(std::move(keys)),
+      token_uri_(pkcs11::Uri::parse(config_.uri)),
+      busy_poll_(busy_poll),
+      snapshot_(std::make_shared<TokenSnapshot>()) {
+  for (const auto& k : key_configs_) key_uris_.push_back(pkcs11::Uri::parse(k.uri));
+  auto snap = std::make_shared<TokenSnapshot>();
+  for (const auto& k : key_configs_) snap->keys.push_back(KeyState{k, std::nullopt, std::nullopt});
+  snap->reason = "not scanned yet";
+  snapshot_ = std::move(snap);
+}
+
+TokenWorker::~TokenWorker() { stop(); }
+
+void TokenWorker::start() {
+  module_ = pkcs11::Module::shared(config_.module);
+  sessions_.resize(config_.sessions);
+  control_thread_ = std::thread([this] { control_loop(); });
+  for (std::size_t i = 0; i < config_.sessions; ++i) sign_threads_.emplace_back([this, i] { sign_loop(i); });
+}
+
+void TokenWorker::stop() noexcept {
+  {
+    std::lock_guard lock(mutex_);
+    if (stopping_) return;
+    stopping_ = true;
+  }
+  work_cv_.notify_all();
+  control_cv_.notify_all();
+  for (auto& t : sign_threads_) t.join();  // they drain the queue first
+  if (control_thread_.joinable()) control_thread_.join();
+  sign_threads_.clear();
+  std::lock_guard lock(mutex_);
+  sessions_.clear();
+}
+
+std::shared_ptr<const TokenSnapshot> TokenWorker::snapshot() const {
+  std::lock_guard lock(snap_mutex_);
+  return snapshot_;
+}
+
+std::size_t TokenWorker::queued() const {
+  std::lock_guard lock(mutex_);
+  return queue_.size();
+}
+
+void TokenWorker::publish(const std::function<void(TokenSnapshot&)>& change) {
+  std::lock_guard writer(publish_mutex_);
+  auto next = std::make_shared<TokenSnapshot>(*snapshot());
+  change(*next);  // may talk to the token (a rescan): readers keep the old state meanwhile
+  std::lock_guard lock(snap_mutex_);
+  snapshot_ = std::move(next);
+}
+
+bool TokenWorker::submit(Job job) {
+  {
+    std::lock_guard lock(mutex_);
+    if (stopping_ || queue_.size() >= config_.queue_limit) return false;
+    queue_.push_back(std::move(job));
+    pending_.store(queue_.size(), std::memory_order_release);
+  }
+  work_cv_.notify_one();
+  return true;
+}
+
+void TokenWorker::control(std::function<void()> job) {
+  {
+    std::lock_guard lock(mutex_);
+    control_queue_.push_back(std::move(job));
+  }
+  control_cv_.notify_all();
+}
+
+void TokenWorker::wait_discovered() {
+  std::unique_lock lock(mutex_);
+  control_cv_.wait(lock, [this] { return discovered_ || stopping_; });
+}
+
+void TokenWorker::sign_loop(std::size_t index) {
+  bool session_suspect = false;
+  this_signing_thread = SigningThread{this, &session_suspect};
+  std::optional<pkcs11::SlotId> reopen_on;  // this thread's session died and is not replaced yet
+  for (;;) {
+    Job job;
+    WorkContext ctx{nullptr, nullptr};
+    spin_until([this] { return pending_.load(std::memory_order_acquire) > 0; }, busy_poll_);
+    {
+      std::unique_lock lock(mutex_);
+      work_cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+      if (queue_.empty()) return;  // stopping, and every queued job answered
+      job = std::move(queue_.front());
+      queue_.pop_front();
+      pending_.store(queue_.size(), std::memory_order_release);
+      ++active_;
+      ctx.session = sessions_[index].get();
+      ctx.snapshot = snapshot();
+    }
+    if (ctx.session) reopen_on.reset();  // a rediscovery gave every thread a new session
+    else if (reopen_on && ctx.snapshot->present)
+      ctx.session = reopen_session(index, *reopen_on, ctx.snapshot->logged_in, "an earlier reopen failed");
+    session_suspect = false;
+    job(ctx);  // jobs answer their caller themselves and do not throw
+    // Still counted active: the control thread does not swap sessions meanwhile.
+    if (session_suspect && ctx.session) check_session(index, *ctx.snapshot, reopen_on);
+    {
+      std::lock_guard lock(mutex_);
+      --active_;
+    }
+    idle_cv_.notify_all();
+  }
+}
+
+void TokenWorker::control_loop() {
+  discover();
+  {
+    std::lock_guard lock(mutex_);
+    discovered_ = true;
+  }
+  control_cv_.notify_all();
+  for (;;) {
+    std::function<void()> job;
+    {
+      std::unique_lock lock(mutex_);
+      const bool woken = control_cv_.wait_for(lock, config_.refresh_interval,
+                                              [this] { return stopping_ || !control_queue_.empty(); });
+      if (!control_queue_.empty()) {
+        job = std::move(control_queue_.front());
+        control_queue_.pop_front();
+      } else if (stopping_) {
+        break;
+      } else if (woken) {
+        continue;
+      }
+    }
+    if (job) job();
+    else refresh();
+  }
+  // Signing threads have drained the queue (stop() joined them first only
+  // after they saw stopping_; wait for them to be idle before logging out).
+  {
+    std::unique_lock lock(mutex_);
+    idle_cv_.wait(lock, [this] { return active_ == 0 && queue_.empty(); });
+  }
+  if (control_session_) {
+    try {
+      if (control_session_->logged_in()) {
+        control_session_->logout();
+        log::info("token-logout", {{"token", config_.name}, {"why", "shutdown"}});
+      }
+    } catch (const std::exception& e) {
+      log::warning("token-logout-failed", {{"token", config_.name}, {"error", e.what()}});
+    }
+    control_session_.reset();
+  }
+}
+
+void TokenWorker::discover() {
+  std::optional<pkcs11::SlotId> slot;
+  try {
+    for (pkcs11::SlotId s : module_->slots_with_token()) {
+      if (token_uri_.matches_token(*module_, s)) {
+        slot = s;
+        break;
+      }
+    }
+  } catch (const std::exception& e) {
+    publish([&](TokenSnapshot& s) { s.login_state = "error", s.reason = e.what(); });
+    log::error("token-scan-failed", {{"token", config_.name}, {"error", e.what()}});
+    return;
+  }
+  if (!slot) {
+    publish([&](TokenSnapshot& s) {
+      s.present = false, s.logged_in = false, s.login_state = "absent";
+      s.reason = "no token matching " + config_.uri + " in any slot of " + module_->path();
+    });
+    log::warning("token-absent", {{"token", config_.name}, {"uri", config_.uri}});
+    return;
+  }
+  try {
+    const auto found = module_->token_info(*slot);
+    if (known_serial_ && found.serial != *known_serial_) {
+      const std::string why = "the token in the slot (serial " + found.serial + ") is not the one firmad served (serial " +
+                              *known_serial_ + "); not used";
+      publish([&](TokenSnapshot& s) { refused(s, why); });
+      refuse_token(found.serial, why);
+      return;
+    }
+    control_session_.emplace(module_, *slot);
+    {
+      std::vector<std::unique_ptr<pkcs11::Session>> opened;
+      for (std::size_t i = 0; i < config_.sessions; ++i) opened.push_back(std::make_unique<pkcs11::Session>(module_, *slot));
+      std::unique_lock lock(mutex_);
+      idle_cv_.wait(lock, [this] { return active_ == 0; });
+      sessions_ = std::move(opened);
+    }
+    const auto info = module_->token_info(*slot);
+    std::optional<std::string> replaced;
+    publish([&](TokenSnapshot& s) {
+      s.present = true, s.info = info, s.login_state = "logged-out";
+      s.reason = unattended(config_) ? "" : "waiting for 'firmactl login " + config_.name + "'";
+      replaced = rescan_keys(s, KeyScan::Verify);
+      if (replaced) refused(s, *replaced);  // never seen as present: no login, no signature
+    });
+    if (replaced) {
+      refuse_token(info.serial, *replaced);
+      return;
+    }
+    log::info("token-found", {{"token", config_.name}, {"label", info.label}, {"serial", info.serial},
+                              {"sessions", config_.sessions}});
+  } catch (const std::exception& e) {
+    control_session_.reset();  // the next refresh tries again
+    publish([&](TokenSnapshot& s) { s.login_state = "error", s.reason = e.what(); });
+    log::error("token-open-failed", {{"token", config_.name}, {"error", e.what()}});
+    return;
+  }
+  if (!known_serial_) known_serial_ = snapshot()->info->serial;
+  if (unattended(config_) && !pin_refused_) {
+    try {
+      login(std::nullopt, false, true);
+    } catch (const std::exception&) {
+      // login() recorded the state and logged why.
+    }
+  }
+}
+
+void TokenWorker::refresh() {
+  if (!control_session_) {
+    discover();
+    return;
+  }
+  try {
+    const auto info = module_->token_info(control_session_->slot());
+    control_session_->logged_in();  // a session that died with a removed token says so here
+    publish([&](TokenSnapshot& s) { s.info = info; });
+    log::debug("token-refresh", {{"token", config_.name}, {"count_low", info.pin.count_low ? "yes" : "no"},
+                                 {"final_try", info.pin.final_try ? "yes" : "no"}, {"locked", info.pin.locked ? "yes" : "no"}});
+  } catch (const pkcs11::Error& e) {
+    if (e.fault() == pkcs11::Fault::TokenAbsent || e.fault() == pkcs11::Fault::SessionLost) lose_token(e.what());
+    else log::warning("token-refresh-failed", {{"token", config_.name}, {"error", e.what()}});
+  } catch (const std::exception& e) {
+    log::warning("token-refresh-failed", {{"token", config_.name}, {"error", e.what()}});
+  }
+}
+
+void TokenWorker::lose_token(const std::string& why) {
+  publish([&](TokenSnapshot& s) {
+    s.present = false, s.logged_in = false, s.login_state = "absent";
+    s.reason = "the token went away (" + why + "); waiting for it to come back";
+  });
+  control_session_.reset();
+  close_signing_sessions();
+  log::warning("token-removed", {{"token", config_.name}, {"why", why}});
+}
+
+// Control thread only: after refused() was published. Closes every session
+// (which also ends a login), so nothing touches the token until a refresh
+// finds the one firmad served back in the slot.
+void TokenWorker::refuse_token(const std::string& serial, const std::string& why) {
+  control_session_.reset();
+  close_signing_sessions();
+  log::error("token-replaced", {{"token", config_.name}, {"serial", serial},
+                                {"expected", known_serial_.value_or("")}, {"why", why}});
+}
+
+void TokenWorker::close_signing_sessions() {
+  std::unique_lock lock(mutex_);
+  idle_cv_.wait(lock, [this] { return active_ == 0; });
+  for (auto& session : sessions_) session.reset();
+}
+
+void TokenWorker::suspect_token() {
+  if (this_signing_thread.worker == this) {
+    *this_signing_thread.session_suspect = true;  // sign_loop checks the session once the job returns
+    return;
+  }
+  check_token();
+}
+
+void TokenWorker::check_token() {
+  if (suspected_.exchange(true)) return;  // a check is already on its way
+  control([this] {
+    suspected_ = false;
+    refresh();
+    if (control_session_) log::info("token-checked", {{"token", config_.name}, {"present", "yes"}});
+  });
+}
+
+// Signing thread `index`, still counted active, after a job on `seen` said
+// its session failed.
+void TokenWorker::check_session(std::size_t index, const TokenSnapshot& seen,
+                                std::optional<pkcs11::SlotId>& reopen_on) {
+  pkcs11::Session& own = *sessions_[index];
+  const pkcs11::SlotId slot = own.slot();
+  std::string why;
+  try {
+    own.logged_in();
+    check_token();  // the session answers: what failed was the token
+    return;
+  } catch (const pkcs11::Error& e) {
+    if (e.fault() != pkcs11::Fault::SessionLost) {
+      check_token();  // the device went away, or something worse: the control thread decides
+      return;
+    }
+    why = e.what();
+  } catch (const std::exception&) {
+    check_token();
+    return;
+  }
+  {
+    // Closed before the new one opens: a module may give the new session the
+    // dead one's handle (SoftHSM does), which closing afterwards would end.
+    std::lock_guard lock(mutex_);
+    sessions_[index].reset();
+  }
+  if (!reopen_session(index, slot, seen.logged_in, why)) reopen_on = slot;
+}
+
+// Signing thread `index`. Opens its session anew; returns it, or null (the
+// control thread is then asked to check the token).
+pkcs11::Session* TokenWorker::reopen_session(std::size_t index, pkcs11::SlotId slot, bool expect_login,
+                                             const std::string& why) {
+  try {
+    auto fresh = std::make_unique<pkcs11::Session>(module_, slot);
+    const bool logged_in = fresh->logged_in();  // it answers, and shares the token's login
+    pkcs11::Session* opened = fresh.get();
+    {
+      std::lock_guard lock(mutex_);
+      sessions_[index] = std::move(fresh);
+    }
+    log::notice("session-reopened", {{"token", config_.name}, {"session", index}, {"why", why},
+                                     {"logged_in", logged_in ? "yes" : "no"}});
+    if (expect_login && !logged_in) check_token();  // the token forgot its login: reset or replaced
+    return opened;
+  } catch (const std::exception& e) {
+    log::warning("session-reopen-failed", {{"token", config_.name}, {"session", index}, {"error", e.what()}});
+    check_token();  // perhaps the token is gone
+    return nullptr;
+  }
+}
+
+std::optional<std::string> TokenWorker::rescan_keys(TokenSnapshot& snap, KeyScan scan) {
+  std::map<std::string, pkcs11::Bytes> seen;  // remembered only if the token is accepted
+  std::optional<std::string> replaced;
+  for (std::size_t i = 0; i < snap.keys.size(); ++i) {
+    KeyState& k = snap.keys[i];
+    try {
+      k.info = control_session_ ? pkcs11::find_key(*control_session_, key_uris_[i]) : std::nullopt;
+    } catch (const std::exception& e) {
+      k.info.reset();
+      log::warning("key-scan-failed", {{"token", config_.name}, {"key", k.config.alias}, {"error", e.what()}});
+    }
+    k.certificate = k.info && !k.info->certificate.empty() ? identify_certificate(k.info->certificate) : std::nullopt;
+    if (!k.info || k.info->public_key.empty()) continue;
+    const auto known = known_keys_.find(k.config.alias);
+    if (scan == KeyScan::Adopt || known == known_keys_.end()) {
+      seen[k.config.alias] = k.info->public_key;
+    } else if (known->second != k.info->public_key && !replaced) {
+      const std::string serial = snap.info ? snap.info->serial : "?";
+      replaced = "the token in the slot (serial " + serial + ") is not the one firmad served: key " + k.config.alias +
+                 " (" + k.config.uri + ") has another public key than when firmad last saw it (re-initialised or "
+                 "altered while away); not used";
+    }
+  }
+  if (!replaced)
+    for (auto& [alias, spki] : seen) known_keys_[alias] = std::move(spki);
+  return replaced;
+}
+
+std::string TokenWorker::login(std::optional<protocol::Secret> pin, bool force, bool automatic) {
+  const std::string& name = config_.name;
+  if (!control_session_) throw VarlinkError(perr::kTokenAbsent, {{"token", name}});
+  // Keys only the login shows may tell the token is not the one firmad served.
+  auto refuse = [&](const std::string& why) -> VarlinkError {
+    const auto snap = snapshot();
+    try {
+      control_session_->logout();
+    } catch (const std::exception&) {
+      // Closing every session below ends the login as well.
+    }
+    refuse_token(snap->info ? snap->info->serial : "", why);
+    return VarlinkError(perr::kTokenAbsent, {{"token", name}});
+  };
+  auto fail = [&](const char* state, std::string reason, const char* error, nlohmann::json params) -> VarlinkError {
+    publish([&](TokenSnapshot& s) { s.logged_in = false, s.login_state = state, s.reason = reason; });
+    log::warning("token-login-refused", {{"token", name}, {"state", state}, {"reason", reason},
+                                         {"automatic", automatic ? "yes" : "no"}});
+    return VarlinkError(error, std::move(params));
+  };
+  // Logged in: published together with the key check, so a token whose keys
+  // changed is never seen usable.
+  auto publish_logged_in = [&] {
+    std::optional<std::string> replaced;
+    publish([&](TokenSnapshot& s) {
+      s.logged_in = true, s.login_state = "logged-in", s.reason.clear();
+      replaced = rescan_keys(s, KeyScan::Verify);
+      if (replaced) refused(s, *replaced);
+    });
+    if (replaced) throw refuse(*replaced);
+  };
+  try {
+    if (control_session_->logged_in()) {
+      // Logged in already (a failed logout, another login): say so everywhere.
+      publish_logged_in();
+      return "logged-in";
+    }
+    const auto info = module_->token_info(control_session_->slot());
+    publish([&](TokenSnapshot& s) { s.info = info; });
+    if (info.pin.locked)
+      throw fail("pin-locked", "the token's user PIN is locked; the security officer must unlock it", perr::kPinLocked,
+                 {{"token", name}});
+    if (automatic && pin_refused_)
+      throw fail("pin-incorrect", "a wrong PIN was refused before; not retried automatically", perr::kPinIncorrect,
+                 {{"token", name}});
+    if (info.pin.final_try && (automatic || !force))
+      throw fail("pin-final-try", "the next wrong PIN locks the token; log in with 'firmactl login --force'",
+                 perr::kPinFinalTry, {{"token", name}});
+    protocol::Secret secret;
+    if (pin) {
+      secret = std::move(*pin);
+    } else {
+      try {
+        secret = read_pin(config_);
+      } catch (const PinSourceError& e) {
+        throw fail("pin-source-unavailable", e.what(), perr::kPinSourceUnavailable, {{"token", name}, {"reason", e.what()}});
+      }
+    }
+    publish([&](TokenSnapshot& s) { ++s.login_attempts; });
+    try {
+      control_session_->login(secret.view());
+    } catch (const pkcs11::Error& e) {
+      const auto after = module_->token_info(control_session_->slot());
+      publish([&](TokenSnapshot& s) { s.info = after; });
+      if (e.fault() == pkcs11::Fault::PinIncorrect) pin_refused_ = true;
+      if (e.fault() == pkcs11::Fault::PinIncorrect)
+        throw fail("pin-incorrect", "the token refused the PIN (" + e.code_name() + "); not retried", perr::kPinIncorrect,
+                   {{"token", name}});
+      if (e.fault() == pkcs11::Fault::PinLocked)
+        throw fail("pin-locked", "the token's user PIN is locked", perr::kPinLocked, {{"token", name}});
+      throw fail("error", e.what(), perr::kTokenError, {{"token", name}, {"call", e.call()}, {"code", e.code_name()}});
+    }
+  } catch (const pkcs11::Error& e) {
+    throw fail("error", e.what(), perr::kTokenError, {{"token", name}, {"call", e.call()}, {"code", e.code_name()}});
+  }
+  pin_refused_ = false;
+  publish_logged_in();
+  log::notice("token-login", {{"token", name}, {"automatic", automatic ? "yes" : "no"}});
+  return "logged-in";
+}
+
+void TokenWorker::mark_cancelled(const std::string& alias, Cancellation cancellation) {
+  std::lock_guard lock(cancel_mutex_);
+  cancelled_[alias] = std::move(cancellation);
+}
+
+std::optional<Cancellation> TokenWorker::cancellation(const std::string& alias) const {
+  std::lock_guard lock(cancel_mutex_);
+  auto it = cancelled_.find(alias);
+  if (it == cancelled_.end()) return std::nullopt;
+  return it->second;
+}
+
+int TokenWorker::destroy_key_objects(const std::string& alias) {
+  const std::string& name = config_.name;
+  if (!control_session_) throw VarlinkError(perr::kTokenAbsent, {{"token", name}});
+  const auto snap = snapshot();
+  const KeyState* key = snap->key(alias);
+  if (!key) throw VarlinkError(perr::kKeyNotFound, {{"key", alias}});
+  if (!snap->logged_in) throw VarlinkError(perr::kNotLoggedIn, {{"token", name}, {"loginState", snap->login_state}});
+  if (!key->info) return 0;  // nothing of it on the token
+  {
+    std::unique_lock lock(mutex_);
+    idle_cv_.wait(lock, [this] { return active_ == 0; });
+  }
+  int destroyed = 0;
+  try {
+    pkcs11::Session rw(module_, control_session_->slot(), pkcs11::Session::Access::ReadWrite);
+    destroyed = pkcs11::destroy_key_objects(rw, *key->info);
+  } catch (const std::exception& e) {
+    throw token_failure(name, e);
+  }
+  known_keys_.erase(alias);  // firmad removed it: a key under the alias later is a new one
+  publish([&](TokenSnapshot& s) { rescan_keys(s, KeyScan::Adopt); });
+  log::notice("key-objects-destroyed", {{"token", name}, {"key", alias}, {"objects", destroyed}});
+  return destroyed;
+}
+
+KeyConfig TokenWorker::import_credential(const Credential& credential, KeyConfig key) {
+  const std::string& name = config_.name;
+  if (!control_session_) throw VarlinkError(perr::kTokenAbsent, {{"token", name}});
+  const auto snap = snapshot();
+  if (!snap->logged_in) throw VarlinkError(perr::kNotLoggedIn, {{"token", name}, {"loginState", snap->login_state}});
+  try {
+    pkcs11::Session rw(module_, control_session_->slot(), pkcs11::Session::Access::ReadWrite);
+    const pkcs11::Bytes id = pkcs11::new_object_id(rw);
+    pkcs11::import_credential(rw, credential.key.get(), credential.certificate.get(), key.alias, id);
+    std::string uri = "pkcs11:object=" + key.alias + ";id=";
+    static constexpr char kHex[] = "0123456789abcdef";
+    for (auto b : id) uri += '%', uri += kHex[b >> 4], uri += kHex[b & 15];
+    key.uri = std::move(uri);
+  } catch (const VarlinkError&) {
+    throw;
+  } catch (const std::exception& e) {
+    log::error("import-failed", {{"token", name}, {"key", key.alias}, {"error", e.what()}});
+    throw VarlinkError(perr::kImportFailed, {{"reason", "token"}, {"detail", e.what()}});
+  }
+  add_key(key);
+  return key;
+}
+
+void TokenWorker::write_objects(const std::function<void(const pkcs11::Session&)>& write) {
+  const std::string& name = config_.name;
+  if (!control_session_) throw VarlinkError(perr::kTokenAbsent, {{"token", name}});
+  const auto snap = snapshot();
+  if (!snap->logged_in) throw VarlinkError(perr::kNotLoggedIn, {{"token", name}, {"loginState", snap->login_state}});
+  struct Rescan {  // also after a failed write: some objects may have changed
+    TokenWorker* w;
+    ~Rescan() { w->publish([this](TokenSnapshot& s) { w->rescan_keys(s, KeyScan::Adopt); }); }
+  } rescan{this};
+  pkcs11::Session rw(module_, control_session_->slot(), pkcs11::Session::Access::ReadWrite);
+  write(rw);
+}
+
+void TokenWorker::set_key_uri(const std::string& alias, const std::string& uri) {
+  auto parsed = pkcs11::Uri::parse(uri);
+  for (std::size_t i = 0; i < key_configs_.size(); ++i) {
+    if (key_configs_[i].alias != alias) continue;
+    key_configs_[i].uri = uri;
+    key_uris_[i] = std::move(parsed);
+    publish([&](TokenSnapshot& s) {
+      for (auto& k : s.keys)
+        if (k.config.alias == alias) k.config.uri = uri;
+      rescan_keys(s, KeyScan::Adopt);  // the renewal's new key: what firmad serves from now on
+    });
+    log::info("key-uri-changed", {{"token", config_.name}, {"key", alias}, {"uri", uri}});
+    return;
+  }
+}
+
+void TokenWorker::add_key(const KeyConfig& key) {
+  key_configs_.push_back(key);
+  key_uris_.push_back(pkcs11::Uri::parse(key.uri));
+  publish([&](TokenSnapshot& s) {
+    s.keys.push_back(KeyState{key, std::nullopt, std::nullopt});
+    rescan_keys(s, KeyScan::Adopt);
+  });
+}
+
+std::string TokenWorker::logout() {
+  if (!control_session_) throw VarlinkError(perr::kTokenAbsent, {{"token", config_.name}});
+  // New jobs see "logged-out" from here on; wait for those already running.
+  publish([&](TokenSnapshot& s) {
+    s.logged_in = false, s.login_state = "logged-out", s.reason = "logged out by an administrator";
+  });
+  {
+    std::unique_lock lock(mutex_);
+    idle_cv_.wait(lock, [this] { return active_ == 0; });
+  }
+  try {
+    control_session_->logout();
+  } catch (const std::exception& e) {
+    // Say what the token says, not what was hoped.
+    bool still = false;
+    try {
+      still = control_session_->logged_in();
+    } catch (const std::exception&) {
+    }
+    if (still) publish([&](TokenSnapshot& s) { s.logged_in = true, s.login_state = "logged-in", s.reason.clear(); });
+    throw token_failure(config_.name, e);
+  }
+  std::optional<std::string> replaced;
+  publish([&](TokenSnapshot& s) {
+    replaced = rescan_keys(s, KeyScan::Verify);
+    if (replaced) refused(s, *replaced);
+  });
+  log::notice("token-logout", {{"token", config_.name}, {"why", "administrator"}});
+  if (replaced) refuse_token(snapshot()->info ? snapshot()->info->serial : "", *replaced);
+  return "logged-out";
+}
+
+}  // namespace firmad

@@ -1,0 +1,201 @@
+// One token: its sessions, its bounded queue of signing work, and its cached state.
+#pragma once
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "daemon/mx/identity.hpp"
+#include "daemon/config.hpp"
+#include "daemon/mx/credential.hpp"
+#include "pkcs11/module.hpp"
+#include "pkcs11/session.hpp"
+#include "pkcs11/types.hpp"
+#include "pkcs11/uri.hpp"
+#include "protocol/errors.hpp"
+#include "protocol/secret.hpp"
+
+namespace firmad {
+
+struct Cancellation {
+  std::time_t at = 0;
+  std::string reason;
+};
+
+struct KeyState {
+  KeyConfig config;
+  std::optional<pkcs11::KeyInfo> info;        // nullopt: not on the token (or not visible)
+  std::optional<CertificateIdentity> certificate;
+};
+
+// The token as last seen. Immutable once published: readers keep a
+// shared_ptr and never wait for the token.
+struct TokenSnapshot {
+  bool present = false;
+  bool logged_in = false;
+  std::string login_state = "absent";  // see io.firmad.Signer.varlink, Token.loginState
+  std::string reason;
+  std::optional<pkcs11::TokenInfo> info;
+  std::vector<KeyState> keys;
+  std::uint64_t login_attempts = 0;  // C_Login calls made by this daemon
+
+  const KeyState* key(const std::string& alias) const;
+};
+
+// What a job sees on its worker thread: the worker's own session (null while
+// the token is absent) and the state current when the job started.
+struct WorkContext {
+  pkcs11::Session* session;
+  std::shared_ptr<const TokenSnapshot> snapshot;
+};
+
+// Runs one token. A control thread owns discovery, login, logout and the
+// periodic refresh of the cached state; `sessions` signing threads each own
+// one PKCS#11 session and take jobs from a queue of at most `queue_limit`.
+// Nothing here blocks the caller except stop().
+class TokenWorker {
+ public:
+  using Job = std::function<void(WorkContext&)>;
+
+  // busy_poll: how long an idle signing thread polls the queue before it sleeps.
+  TokenWorker(TokenConfig config, std::vector<KeyConfig> keys,
+              std::chrono::microseconds busy_poll = std::chrono::microseconds(0));
+  TokenWorker(const TokenWorker&) = delete;  // owns threads and sessions
+  TokenWorker& operator=(const TokenWorker&) = delete;
+  ~TokenWorker();
+
+  // Loads the module (throws std::runtime_error / pkcs11::Error if it cannot)
+  // and starts the threads; discovery and the automatic login happen on the
+  // control thread.
+  void start();
+  // Finishes queued and in-flight jobs, logs out, closes sessions, joins.
+  void stop() noexcept;
+
+  const TokenConfig& config() const noexcept { return config_; }
+  std::shared_ptr<const TokenSnapshot> snapshot() const;
+  std::size_t queued() const;
+
+  // Queues signing work. Returns false when the queue is full or stopping;
+  // the job is then not run.
+  bool submit(Job job);
+  // Queues work for the control thread (login, logout): it never waits
+  // behind signatures.
+  void control(std::function<void()> job);
+  // Blocks until the control thread has finished discovery (tests, startup log).
+  void wait_discovered();
+
+  // Control thread only. Logs in with the given PIN or, without one, the
+  // configured unattended source: exactly one C_Login, never repeated.
+  // Returns the login state; throws protocol::VarlinkError (PinIncorrect,
+  // PinFinalTry, PinLocked, PinSourceUnavailable, TokenAbsent, TokenError).
+  std::string login(std::optional<protocol::Secret> pin, bool force, bool automatic);
+  // Control thread only. Waits for in-flight signatures, then logs out.
+  std::string logout();
+
+  // Says a token call just failed as if the token or a session went away.
+  // Any thread. From a job on a signing thread, that thread checks its own
+  // session once the job returns: a dead session is closed and reopened
+  // there (the new one shares the token's login; the other sessions go on
+  // signing); only a token that is gone, or a session that cannot be
+  // reopened, reaches the control thread. From any other thread the control
+  // thread checks the token at once.
+  void suspect_token();
+
+  // Stops all signing with a key at once: jobs not yet started (queued
+  // included) see the cancellation and refuse. Any thread; never waits for
+  // the token.
+  void mark_cancelled(const std::string& alias, Cancellation cancellation);
+  // The key's cancellation, if it was cancelled. Any thread.
+  std::optional<Cancellation> cancellation(const std::string& alias) const;
+  // Control thread only. Waits for in-flight signatures, then destroys the
+  // key's private key, public key and certificate objects on the token.
+  // Returns how many objects were destroyed; throws VarlinkError.
+  int destroy_key_objects(const std::string& alias);
+  // Control thread only. Writes the credential to the token under a new
+  // CKA_ID and `key.alias` as label (nothing left behind on failure) and
+  // serves it; returns `key` with its URI set. Throws VarlinkError.
+  KeyConfig import_credential(const Credential& credential, KeyConfig key);
+  // Control thread only. Runs `write` with a read-write session on the
+  // present, logged-in token, then rescans the keys. Throws VarlinkError
+  // TokenAbsent or NotLoggedIn, or what `write` threw.
+  void write_objects(const std::function<void(const pkcs11::Session&)>& write);
+  // Control thread only. Serves `alias` from the objects `uri` selects from
+  // now on (a renewal installed a new key). Throws std::invalid_argument for
+  // a bad URI.
+  void set_key_uri(const std::string& alias, const std::string& uri);
+
+ private:
+  void control_loop();
+  void sign_loop(std::size_t index);
+  void discover();
+  void refresh();
+  void lose_token(const std::string& why);
+  void check_token();
+  void close_signing_sessions();
+  void check_session(std::size_t index, const TokenSnapshot& seen, std::optional<pkcs11::SlotId>& reopen_on);
+  pkcs11::Session* reopen_session(std::size_t index, pkcs11::SlotId slot, bool expect_login, const std::string& why);
+  // How a rescan treats a key whose public key is not the remembered one.
+  enum class KeyScan {
+    Verify,  // the token may have changed behind firmad's back: report it
+    Adopt,   // firmad itself just wrote the token's objects: remember the new key
+  };
+  // Control thread only. Rescans the keys into `snap`; keys seen for the
+  // first time are remembered. Returns why the token is not the one firmad
+  // served when a remembered key now has another public key (Verify only).
+  std::optional<std::string> rescan_keys(TokenSnapshot& snap, KeyScan scan);
+  void refuse_token(const std::string& serial, const std::string& why);
+  void publish(const std::function<void(TokenSnapshot&)>& change);
+  void add_key(const KeyConfig& key);
+
+  TokenConfig config_;
+  std::vector<KeyConfig> key_configs_;
+  std::vector<pkcs11::Uri> key_uris_;
+  pkcs11::Uri token_uri_;
+  std::shared_ptr<pkcs11::Module> module_;
+
+  // Control thread state.
+  std::optional<pkcs11::Session> control_session_;
+  std::thread control_thread_;
+  std::deque<std::function<void()>> control_queue_;
+  std::condition_variable control_cv_;
+  bool discovered_ = false;
+  std::atomic<bool> suspected_{false};
+  // What the token was when first seen: a different one in its place is
+  // refused. Keys change only through firmad (import, renewal) while served.
+  std::optional<std::string> known_serial_;
+  std::map<std::string, pkcs11::Bytes> known_keys_;  // alias -> SubjectPublicKeyInfo DER
+  bool pin_refused_ = false;  // a wrong PIN was refused: never again without an administrator
+
+  // Signing state, guarded by mutex_.
+  mutable std::mutex mutex_;
+  std::condition_variable work_cv_;
+  std::condition_variable idle_cv_;
+  std::deque<Job> queue_;
+  std::atomic<std::size_t> pending_{0};  // queue_.size(), readable without the lock
+  std::chrono::microseconds busy_poll_;
+  std::vector<std::unique_ptr<pkcs11::Session>> sessions_;
+  std::vector<std::thread> sign_threads_;
+  std::size_t active_ = 0;
+  bool stopping_ = false;
+
+  mutable std::mutex cancel_mutex_;
+  std::map<std::string, Cancellation> cancelled_;
+
+  std::mutex publish_mutex_;      // one writer of the snapshot at a time
+  mutable std::mutex snap_mutex_;  // guards only the pointer: readers never wait for the token
+  std::shared_ptr<const TokenSnapshot> snapshot_;
+};
+
+// Maps a token failure to the Varlink error a client sees.
+protocol::VarlinkError token_failure(const std::string& token, const std::exception& e);
+
+}  // namespace firmad
