@@ -8,7 +8,7 @@
 #include <tuple>
 #include <utility>
 
-#include "daemon/renewal/crypto.hpp"
+#include "daemon/mx/subject.hpp"
 
 namespace firmad::config_detail {
 namespace {
@@ -91,7 +91,7 @@ RenewalConfig read_renewal(const Reader& r, const std::string& w, const toml::ta
     // (unknown types, C=MEX) is found at load, not at renewal.
     if (!k->empty()) {
       try {
-        renewal::parse_subject(*k);
+        parse_subject(*k);
       } catch (const std::invalid_argument& e) {
         r.fail(w + ".subject", std::string(e.what()) + ", e.g. \"/C=MX/O=Empresa/CN=Nombre\"");
       }

@@ -6,6 +6,7 @@
 #include <string_view>
 #include <vector>
 
+#include "daemon/mx/subject.hpp"  // parse_subject: a configured subject for build_csr
 #include "pkcs11/openssl.hpp"
 #include "pkcs11/types.hpp"
 
@@ -19,13 +20,6 @@ class VerificationError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// Returns the DER X509_NAME of an OpenSSL one-line subject, as `openssl req
-// -subj` reads one: "/C=MX/O=Empresa/CN=Nombre", '\' escaping the next
-// character ("/CN=A \/ B" for a '/' in a value), '+' taken literally, at
-// most 1024 bytes, no control characters. Types are short or long names or
-// dotted OIDs. Throws std::invalid_argument saying what is wrong (the part,
-// an unknown type, a value OpenSSL refuses such as C=MEX).
-Bytes parse_subject(std::string_view oneline);
 // The DER subject of a DER certificate. Throws std::runtime_error.
 Bytes certificate_subject(const Bytes& certificate_der);
 

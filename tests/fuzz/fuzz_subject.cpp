@@ -10,13 +10,13 @@
 #include <stdexcept>
 #include <string_view>
 
-#include "daemon/renewal/crypto.hpp"
+#include "daemon/mx/subject.hpp"
 #include "pkcs11/openssl.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   const std::string_view text(reinterpret_cast<const char*>(data), size);
   try {
-    const firmad::pkcs11::Bytes der = firmad::renewal::parse_subject(text);
+    const firmad::pkcs11::Bytes der = firmad::parse_subject(text);
     const unsigned char* p = der.data();
     std::unique_ptr<X509_NAME, firmad::ossl::Deleter<X509_NAME_free>> name(
         d2i_X509_NAME(nullptr, &p, static_cast<long>(der.size())));

@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+"""Keeps the layout honest: every #include of the tree follows the arrows.
+
+  check_layout.py SOURCE_DIR        exit 0 when the layout holds, 1 with one
+                                    line per violation otherwise
+
+The rooms and what each may include (doc/architecture.md draws the same):
+
+  protocol/          protocol/ only (pure: the wire format)
+  pkcs11/            pkcs11/ only (the one place that calls a PKCS#11 module)
+  daemon/mx/         mx, pkcs11, protocol (used by every room, uses none)
+  daemon/ (root)     core, mx, pkcs11, protocol
+  daemon/token/      token and everything below
+  daemon/renewal/    renewal, token and everything below
+  daemon/server/     server, renewal, token and everything below
+  daemon/main.cpp    anything (it assembles the daemon)
+  client/            client, protocol
+
+and CK_* names (types, constants) or a PKCS#11 header appear in code only
+under pkcs11/ (comments may name them).
+"""
+import os
+import re
+import sys
+
+BELOW = {
+    "protocol": {"protocol"},
+    "pkcs11": {"pkcs11"},
+    "mx": {"mx", "pkcs11", "protocol"},
+    "core": {"core", "mx", "pkcs11", "protocol"},
+    "token": {"token", "core", "mx", "pkcs11", "protocol"},
+    "renewal": {"renewal", "token", "core", "mx", "pkcs11", "protocol"},
+    "server": {"server", "renewal", "token", "core", "mx", "pkcs11", "protocol"},
+    "main": {"server", "renewal", "token", "core", "mx", "pkcs11", "protocol"},
+    "client": {"client", "protocol"},
+}
+DAEMON_ROOMS = ("mx", "token", "renewal", "server")
+SOURCES = (".c", ".cc", ".cpp", ".h", ".hpp", ".in")
+INCLUDE = re.compile(r'^\s*#\s*include\s*([<"])([^>"]+)[>"]', re.M)
+CK_NAME = re.compile(r"\bCK[A-Z]?_[A-Z0-9_]+\b")
+PKCS11_HEADER = re.compile(r"(^|/)(pkcs11|pkcs11t|pkcs11f)\.h$")
+
+
+def room_of(path):
+    """The room a source path (relative to the tree) is in, or None if unchecked."""
+    parts = path.split("/")
+    top = parts[0]
+    if top in ("protocol", "pkcs11", "client"):
+        return top
+    if top == "daemon":
+        if len(parts) == 2:
+            return "main" if parts[1] == "main.cpp" else "core"
+        if parts[1] in DAEMON_ROOMS:
+            return parts[1]
+        return "unknown"
+    return None
+
+
+def code_only(text):
+    """The text with comments and string literals blanked (line numbers kept)."""
+    out = []
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if text.startswith("//", i):
+            j = text.find("\n", i)
+            j = n if j < 0 else j
+            i = j
+        elif text.startswith("/*", i):
+            j = text.find("*/", i + 2)
+            j = n if j < 0 else j + 2
+            out.append("\n" * text.count("\n", i, j))
+            i = j
+        elif c in "\"'":
+            j = i + 1
+            while j < n and text[j] != c and text[j] != "\n":
+                j += 2 if text[j] == "\\" else 1
+            out.append(c + c)
+            i = j + 1
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
+
+
+def check(root):
+    problems = []
+    for top in ("protocol", "pkcs11", "daemon", "client"):
+        for dirpath, _, files in os.walk(os.path.join(root, top)):
+            for name in sorted(files):
+                if not name.endswith(SOURCES):
+                    continue
+                full = os.path.join(dirpath, name)
+                rel = os.path.relpath(full, root)
+                room = room_of(rel)
+                if room is None:
+                    continue
+                if room == "unknown":
+                    problems.append(f"{rel}: not in a room (daemon/ holds mx/, token/, renewal/, server/ and the root)")
+                    continue
+                with open(full, encoding="utf-8", errors="replace") as f:
+                    text = f.read()
+                for m in INCLUDE.finditer(text):
+                    line = text.count("\n", 0, m.start()) + 1
+                    target = m.group(2)
+                    if PKCS11_HEADER.search(target) and room != "pkcs11":
+                        problems.append(f"{rel}:{line}: includes the PKCS#11 header {target}: only pkcs11/ may")
+                    if m.group(1) != '"':
+                        continue
+                    to = room_of(target)
+                    if to is None or to == "main":
+                        continue
+                    if to == "unknown" or to not in BELOW[room]:
+                        problems.append(f"{rel}:{line}: {room} includes {target} ({to}): "
+                                        f"{room} may include only {', '.join(sorted(BELOW[room]))}")
+                if room != "pkcs11":
+                    code = code_only(text)
+                    for m in CK_NAME.finditer(code):
+                        line = code.count("\n", 0, m.start()) + 1
+                        problems.append(f"{rel}:{line}: {m.group(0)} outside pkcs11/")
+    return problems
+
+
+def main():
+    if len(sys.argv) != 2:
+        print("usage: check_layout.py SOURCE_DIR", file=sys.stderr)
+        return 2
+    problems = check(sys.argv[1])
+    for p in problems:
+        print(p)
+    if problems:
+        print(f"layout: {len(problems)} violation(s)")
+        return 1
+    print("layout: every include follows the arrows; no CK_* outside pkcs11/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

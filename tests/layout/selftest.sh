@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The layout check can fail: a tree with an include against the arrows, a
+# CK_* name outside pkcs11/ and a file in no room is refused, line by line,
+# while the same tree without them passes.
+set -euo pipefail
+check=$(dirname "$0")/check_layout.py
+tree=$(mktemp -d)
+trap 'rm -rf "$tree"' EXIT
+mkdir -p "$tree"/daemon/{token,server,mx,stray} "$tree"/pkcs11 "$tree"/protocol "$tree"/client
+printf '#include "daemon/config.hpp"\n#include "pkcs11/session.hpp"\n// CK_RV in a comment is fine\n' > "$tree/daemon/token/worker.cpp"
+printf '#include "daemon/token/worker.hpp"\n' > "$tree/daemon/server/server.cpp"
+printf 'const char* s = "CKR_OK in a string is fine";\n' > "$tree/daemon/mx/ok.cpp"
+printf '#include <pkcs11.h>\nCK_RV f();\n' > "$tree/pkcs11/module.cpp"
+python3 "$check" "$tree" >/dev/null || { echo "a clean tree was refused" >&2; exit 1; }
+
+printf '#include "daemon/server/server.hpp"\n' >> "$tree/daemon/token/worker.cpp"
+printf 'unsigned long rv = CKR_OK;\n' >> "$tree/daemon/mx/ok.cpp"
+printf '#include "daemon/token/worker.hpp"\n' > "$tree/daemon/mx/identity.cpp"
+printf '#include <p11-kit/pkcs11.h>\n' > "$tree/client/module.cpp"
+printf 'int x;\n' > "$tree/daemon/stray/lost.cpp"
+set +e
+out=$(python3 "$check" "$tree")
+status=$?
+set -e
+[ "$status" -eq 1 ] || { echo "a broken tree passed (exit $status): $out" >&2; exit 1; }
+for expected in "daemon/token/worker.cpp:4: token includes daemon/server/server.hpp" \
+                "daemon/mx/ok.cpp:2: CKR_OK outside pkcs11/" \
+                "daemon/mx/identity.cpp:1: mx includes daemon/token/worker.hpp" \
+                "client/module.cpp:1: includes the PKCS#11 header" \
+                "daemon/stray/lost.cpp: not in a room" \
+                "layout: 5 violation(s)"; do
+  grep -qF "$expected" <<<"$out" || { echo "missing: $expected"$'\n'"in: $out" >&2; exit 1; }
+done
+echo "layout check: refuses all five kinds of violation, passes the clean tree"
