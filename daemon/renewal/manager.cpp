@@ -9,9 +9,10 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
-#include <future>
 
 #include "daemon/mx/identity.hpp"
+#include "daemon/token/bridge.hpp"
+#include "daemon/token/signing.hpp"
 #include "daemon/log.hpp"
 #include "daemon/renewal/crypto.hpp"
 #include "daemon/renewal/provider.hpp"
@@ -22,7 +23,6 @@
 #include "pkcs11/keygen.hpp"
 #include "pkcs11/key.hpp"
 #include "pkcs11/sign.hpp"
-#include "pkcs11/token_pkey.hpp"
 #include "pkcs11/uri.hpp"
 #include "protocol/base64.hpp"
 #include "protocol/errors.hpp"
@@ -95,53 +95,6 @@ double stable_unit(const Bytes& certificate) {
 // The system clock counts nanoseconds in 64 bits (to 2262): a certificate's
 // "99991231235959Z" must not overflow it.
 Clock::time_point tp(std::time_t t) { return Clock::from_time_t(std::clamp<std::time_t>(t, 0, 8'000'000'000)); }
-
-// Blocks the renewal thread until the token's control thread has run f.
-template <typename T>
-T on_control(TokenWorker& w, std::function<T()> f) {
-  auto done = std::make_shared<std::promise<T>>();
-  auto result = done->get_future();
-  w.control([done, f = std::move(f)] {
-    try {
-      done->set_value(f());
-    } catch (...) {
-      done->set_exception(std::current_exception());
-    }
-  });
-  return result.get();  // a job dropped at shutdown breaks the promise: future_error
-}
-
-// Blocks the renewal thread while a signing thread signs with the key `id`.
-Bytes sign_on_token(TokenWorker& w, const Bytes& id, pkcs11::RawOp op, const Bytes& input) {
-  auto done = std::make_shared<std::promise<Bytes>>();
-  auto result = done->get_future();
-  auto job = [done, id, op, input, &w](WorkContext& ctx) {
-    try {
-      if (!ctx.session) throw VarlinkError(perr::kTokenAbsent, {{"token", w.config().name}});
-      if (!ctx.snapshot->logged_in)
-        throw VarlinkError(perr::kNotLoggedIn, {{"token", w.config().name}, {"loginState", ctx.snapshot->login_state}});
-      auto objects = pkcs11::objects_by_id(*ctx.session, id);
-      if (!objects.private_key) throw std::runtime_error("no private key with CKA_ID " + hex(id) + " on the token");
-      done->set_value(pkcs11::sign_raw(*ctx.session, *objects.private_key, op, input));
-    } catch (const pkcs11::Error& e) {
-      // As for clients' signatures: a dead session or a pulled token is looked at at once.
-      if (e.fault() == pkcs11::Fault::TokenAbsent || e.fault() == pkcs11::Fault::SessionLost) w.suspect_token();
-      done->set_exception(std::current_exception());
-    } catch (...) {
-      done->set_exception(std::current_exception());
-    }
-  };
-  // A full queue is clients' work: wait for room (bounded) rather than fail.
-  for (int i = 0; !w.submit(job); ++i) {
-    if (i == 500) throw VarlinkError(perr::kQueueFull, {{"token", w.config().name}, {"limit", w.config().queue_limit}});
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  return result.get();
-}
-
-ossl::Pkey token_key(TokenWorker& w, const Bytes& id, const Bytes& spki) {
-  return pkcs11::token_pkey(spki, [&w, id](pkcs11::RawOp op, const Bytes& input) { return sign_on_token(w, id, op, input); });
-}
 
 ossl::X509Ptr x509_of(const Bytes& der) {
   const unsigned char* p = der.data();
@@ -402,7 +355,7 @@ void Manager::handle(const std::string& alias, const Request& req) {
     if (const Bytes pending = abandoned(r); !pending.empty()) {
       if (auto t = target(alias)) {
         try {
-          on_control<int>(*t->worker, [&] {
+          run_blocking<int>(*t->worker, Lane::Control, [&] {
             t->worker->write_objects([&](const pkcs11::Session& s) { destroy_objects_by_id(s, pending); });
             return 0;
           });
@@ -724,7 +677,7 @@ void Manager::begin(Record& r, Target& t) {
   if (r.old_id.empty()) throw StepFailure{"underconfigured", "the key has no CKA_ID to tie a certificate to"};
   const Bytes cleanup = r.cleanup_id;
   if (!cleanup.empty() && cleanup != r.old_id) {
-    on_control<int>(*t.worker, [&] {
+    run_blocking<int>(*t.worker, Lane::Control, [&] {
       t.worker->write_objects([&](const pkcs11::Session& s) { destroy_objects_by_id(s, cleanup); });
       return 0;
     });
@@ -739,7 +692,7 @@ void Manager::begin(Record& r, Target& t) {
     return;
   }
   r.new_key = true;
-  r.new_id = on_control<Bytes>(*t.worker, [&] {
+  r.new_id = run_blocking<Bytes>(*t.worker, Lane::Control, [&] {
     Bytes id;
     t.worker->write_objects([&](const pkcs11::Session& s) { id = pkcs11::new_object_id(s); });
     return id;
@@ -753,7 +706,7 @@ void Manager::make_key(Record& r, Target& t) {
   const auto spec = pkcs11::parse_key_spec(r.key_type);
   if (!spec) throw StepFailure{"underconfigured", "unknown key type '" + r.key_type + "'"};
   const std::string label = t.key.alias + ".renewal";
-  r.spki = on_control<Bytes>(*t.worker, [&] {
+  r.spki = run_blocking<Bytes>(*t.worker, Lane::Control, [&] {
     Bytes spki;
     t.worker->write_objects([&](const pkcs11::Session& s) {
       // A crash may have left the pair (use it) or part of it (start again).
@@ -777,12 +730,12 @@ void Manager::build_request(Record& r, Target& t) {
   require_token(*t.worker);
   const Bytes subject = t.config.subject.empty() ? certificate_subject(r.old_certificate) : parse_subject(t.config.subject);
   {
-    auto key = token_key(*t.worker, r.new_id, r.spki);
+    auto key = token_backed_key(*t.worker, r.new_id, r.spki);
     r.csr = build_csr(r.spki, subject, key.get());
   }
   if (t.config.provider == RenewalProvider::Idse) {
     // Signed with the current key, expired or not: the one such signature.
-    auto current = token_key(*t.worker, r.old_id, r.old_spki);
+    auto current = token_backed_key(*t.worker, r.old_id, r.old_spki);
     r.acceptance = sign_acceptance(t.config.acceptance_text, r.old_certificate, current.get());
   }
   r.step = "request-built";
@@ -801,7 +754,7 @@ void Manager::submit(Record& r, Target& t) {
   ossl::Pkey client_key;
   ossl::X509Ptr client_cert;
   if (t.config.provider == RenewalProvider::Est) {
-    client_key = token_key(*t.worker, r.old_id, r.old_spki);
+    client_key = token_backed_key(*t.worker, r.old_id, r.old_spki);
     client_cert = x509_of(r.old_certificate);
     s.client_key = client_key.get();
     s.client_certificate = client_cert.get();
@@ -905,7 +858,7 @@ void Manager::install(Record& r, Target& t) {
   require_token(*t.worker);
   const std::string alias = t.key.alias;
   const Bytes cert = r.issued.front();
-  on_control<int>(*t.worker, [&] {
+  run_blocking<int>(*t.worker, Lane::Control, [&] {
     t.worker->write_objects([&](const pkcs11::Session& s) {
       auto objects = pkcs11::objects_by_id(s, r.new_id);
       if (!objects.private_key) throw std::runtime_error("the key with CKA_ID " + hex(r.new_id) + " is gone from the token");
@@ -932,7 +885,7 @@ void Manager::install(Record& r, Target& t) {
       file_uri = old->value("configured", file_uri);
     doc["keyUris"][alias] = {{"uri", uri}, {"configured", file_uri}};
   });
-  on_control<int>(*t.worker, [&] {
+  run_blocking<int>(*t.worker, Lane::Control, [&] {
     if (r.new_key) t.worker->set_key_uri(alias, uri);
     else t.worker->write_objects([](const pkcs11::Session&) {});  // rescan: serve the new certificate
     return 0;
@@ -956,7 +909,7 @@ void Manager::retire(Record& r, Target& t) {
       r.step = "verified";  // the commit did not take: install again
       return;
     }
-    if (t.key.uri != uri) on_control<int>(*t.worker, [&] {
+    if (t.key.uri != uri) run_blocking<int>(*t.worker, Lane::Control, [&] {
         t.worker->set_key_uri(alias, uri);
         return 0;
       });
@@ -995,7 +948,7 @@ void Manager::retire(Record& r, Target& t) {
     replace_file(backup, to_pem(r.old_certificate), 0600);
   }
   const Bytes old_certificate = r.old_certificate;
-  on_control<int>(*t.worker, [&] {
+  run_blocking<int>(*t.worker, Lane::Control, [&] {
     t.worker->write_objects([&](const pkcs11::Session& s) {
       auto old = pkcs11::objects_by_id(s, r.old_id);
       for (const auto& [handle, der] : old.certificates)

@@ -123,7 +123,7 @@ boost::asio::awaitable<Json> Service::cancel(const Json& params, const Peer& pee
   renewals_.cancel(alias);  // a renewal under way stops, and its uninstalled new key goes
   const std::string a = alias;
   auto job = [&worker, a] { return worker.destroy_key_objects(a); };
-  const int destroyed = co_await on_control_thread<int>(worker, std::move(job));
+  const int destroyed = co_await run_on<int>(worker, Lane::Control, std::move(job));
   Json instructions = Json::array();
   for (const char* line : kCancelInstructions) instructions.push_back(line);
   co_return Json{{"cancelledAt", iso8601(c.at)}, {"objectsDestroyed", destroyed}, {"instructions", instructions}};
@@ -177,7 +177,7 @@ boost::asio::awaitable<Json> Service::import_credential(const Json& params, cons
     for (auto& f : *files) protocol::secure_zero(f.data(), f.size());
     return worker.import_credential(credential, key);
   };
-  KeyConfig stored = co_await on_control_thread<KeyConfig>(worker, std::move(job));
+  KeyConfig stored = co_await run_on<KeyConfig>(worker, Lane::Control, std::move(job));
 
   std::string state_error;
   try {
@@ -195,7 +195,7 @@ boost::asio::awaitable<Json> Service::import_credential(const Json& params, cons
     // Not recorded means not imported: take the objects off the token again.
     const std::string a = stored.alias;
     auto undo = [&worker, a] { return worker.destroy_key_objects(a); };
-    co_await on_control_thread<int>(worker, std::move(undo));
+    co_await run_on<int>(worker, Lane::Control, std::move(undo));
     throw VarlinkError(perr::kImportFailed, {{"reason", "state"}, {"detail", state_error}});
   }
   imported_.push_back(stored);

@@ -107,7 +107,7 @@ Json Service::status() const {
     Json j = {{"name", cfg.name},
               {"present", snap->present},
               {"loggedIn", snap->logged_in},
-              {"loginState", snap->login_state},
+              {"loginState", std::string(protocol::wire_name(snap->login_state))},
               {"pinSource", cfg.pin_source == PinSource::File         ? "file"
                             : cfg.pin_source == PinSource::Credential ? "credential"
                                                                       : "admin"},
@@ -158,8 +158,8 @@ boost::asio::awaitable<Json> Service::login(const Json& params, const Peer& peer
                               {"pin", pin ? "given" : "configured-source"}});
   auto shared_pin = std::make_shared<std::optional<protocol::Secret>>(std::move(pin));
   auto job = [&worker, shared_pin, force] { return worker.login(std::move(*shared_pin), force, false); };
-  std::string state = co_await on_control_thread<std::string>(worker, std::move(job));
-  co_return Json{{"loginState", state}};
+  const protocol::LoginState state = co_await run_on<protocol::LoginState>(worker, Lane::Control, std::move(job));
+  co_return Json{{"loginState", std::string(protocol::wire_name(state))}};
 }
 
 boost::asio::awaitable<Json> Service::logout(const Json& params, const Peer& peer) {
@@ -170,8 +170,8 @@ boost::asio::awaitable<Json> Service::logout(const Json& params, const Peer& pee
   TokenWorker& worker = token_named(token);
   log::notice("admin-logout", {{"token", token}, {"uid", peer.uid}, {"pid", peer.pid}});
   auto job = [&worker] { return worker.logout(); };
-  std::string state = co_await on_control_thread<std::string>(worker, std::move(job));
-  co_return Json{{"loginState", state}};
+  const protocol::LoginState state = co_await run_on<protocol::LoginState>(worker, Lane::Control, std::move(job));
+  co_return Json{{"loginState", std::string(protocol::wire_name(state))}};
 }
 
 boost::asio::awaitable<Json> Service::dispatch(const protocol::Call& call, const Peer& peer, const Stream& stream) {

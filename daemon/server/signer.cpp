@@ -1,10 +1,10 @@
-// Sign and SignCms: checks on the I/O thread, token work on the token's threads.
+// Sign and SignCms: parameters, access and audit on the I/O thread; the signature on a signing thread.
 #include "daemon/server/signer.hpp"
 
 #include "daemon/token/bridge.hpp"
 #include "daemon/token/cms.hpp"
+#include "daemon/token/signing.hpp"
 #include "daemon/log.hpp"
-#include "pkcs11/error.hpp"
 #include "pkcs11/sign.hpp"
 #include "protocol/base64.hpp"
 #include "protocol/limits.hpp"
@@ -40,42 +40,13 @@ const KeyState& usable_key(const TokenSnapshot& snap, const TokenWorker& token, 
                                    {"pid", peer.pid}, {"exe", peer.executable}});
     throw VarlinkError(perr::kAccessDenied, {{"method", method}, {"key", key.alias}});
   }
-  const std::string& name = token.config().name;
-  if (!snap.present) throw VarlinkError(perr::kTokenAbsent, {{"token", name}});
-  if (!snap.logged_in) throw VarlinkError(perr::kNotLoggedIn, {{"token", name}, {"loginState", snap.login_state}});
-  if (auto c = token.cancellation(key.alias))
-    throw VarlinkError(perr::kKeyCancelled, {{"key", key.alias}, {"at", iso8601(c->at)}});
-  const KeyState* k = snap.key(key.alias);
-  if (!k || !k->info || !k->info->private_key) throw VarlinkError(perr::kKeyNotFound, {{"key", key.alias}});
-  // The one signature IMSS requires from an expired certificate, the
-  // renewal's acceptance, is made by the renewal itself, not through Sign.
-  if (k->certificate && std::time(nullptr) > k->certificate->not_after)
-    throw VarlinkError(perr::kCertificateExpired, {{"key", key.alias}, {"notAfter", iso8601(k->certificate->not_after)}});
-  return *k;
+  return firmad::usable_key(snap, token, key.alias);
 }
 
 void require_scheme(const KeyState& k, pkcs11::Scheme s) {
   const auto& schemes = k.info->schemes;
   if (std::find(schemes.begin(), schemes.end(), s) == schemes.end())
     throw VarlinkError(perr::kMechanismNotSupported, {{"key", k.config.alias}, {"scheme", pkcs11::to_string(s)}});
-}
-
-// Runs on a signing thread: the private key handle is taken from the state
-// current there, so a login/logout in between is seen.
-pkcs11::Bytes sign_now(const WorkContext& ctx, TokenWorker& token, const std::string& alias,
-                       const pkcs11::SignRequest& req) {
-  const KeyState* k = ctx.snapshot->key(alias);
-  if (!ctx.snapshot->present || !ctx.session) throw VarlinkError(perr::kTokenAbsent, {{"token", token.config().name}});
-  // Cancelled while this request waited in the queue.
-  if (auto c = token.cancellation(alias)) throw VarlinkError(perr::kKeyCancelled, {{"key", alias}, {"at", iso8601(c->at)}});
-  if (!ctx.snapshot->logged_in || !k || !k->info || !k->info->private_key)
-    throw VarlinkError(perr::kNotLoggedIn, {{"token", token.config().name}, {"loginState", ctx.snapshot->login_state}});
-  try {
-    return pkcs11::sign(*ctx.session, *k->info->private_key, k->info->type, req);
-  } catch (const pkcs11::Error& e) {
-    if (e.fault() == pkcs11::Fault::TokenAbsent || e.fault() == pkcs11::Fault::SessionLost) token.suspect_token();
-    throw token_failure(token.config().name, e);
-  }
 }
 
 void audit(const char* method, const KeyConfig& key, const Peer& peer, const char* scheme,
@@ -145,8 +116,8 @@ boost::asio::awaitable<Json> sign(TokenWorker& token, const KeyConfig& key, cons
   const pkcs11::Bytes audited = req.scheme == pkcs11::Scheme::EdDsa ? pkcs11::Bytes{} : req.input;
   pkcs11::Bytes signature;
   try {
-    auto job = [&token, alias, req = std::move(req)](WorkContext& ctx) { return sign_now(ctx, token, alias, req); };
-    signature = co_await on_signing_thread<pkcs11::Bytes>(token, std::move(job));
+    auto job = [&token, alias, req = std::move(req)](WorkContext& ctx) { return sign_on_signing_thread(ctx, token, alias, req); };
+    signature = co_await run_on<pkcs11::Bytes>(token, Lane::Signing, std::move(job));
   } catch (const VarlinkError& e) {
     audit("Sign", key, peer, scheme, audited, e.name().c_str());
     throw;
@@ -193,10 +164,10 @@ boost::asio::awaitable<Json> sign_cms(TokenWorker& token, const KeyConfig& key, 
       return build_cms(in, [&](const pkcs11::Bytes& d) {
         pkcs11::SignRequest r = req;
         r.input = d;
-        return sign_now(ctx, token, alias, r);
+        return sign_on_signing_thread(ctx, token, alias, r);
       });
     };
-    cms = co_await on_signing_thread<pkcs11::Bytes>(token, std::move(job));
+    cms = co_await run_on<pkcs11::Bytes>(token, Lane::Signing, std::move(job));
   } catch (const VarlinkError& e) {
     audit("SignCms", key, peer, pkcs11::to_string(req.scheme), audited, e.name().c_str());
     throw;

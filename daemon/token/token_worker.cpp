@@ -11,6 +11,7 @@
 namespace firmad {
 
 namespace perr = protocol::error;
+using protocol::LoginState;
 using protocol::VarlinkError;
 
 namespace {
@@ -25,7 +26,7 @@ thread_local SigningThread this_signing_thread;
 
 // The state of a token firmad will not serve: not used, and why.
 void refused(TokenSnapshot& s, const std::string& why) {
-  s.present = false, s.logged_in = false, s.login_state = "error", s.reason = why;
+  s.present = false, s.logged_in = false, s.login_state = LoginState::Error, s.reason = why;
   for (auto& k : s.keys) k.info.reset(), k.certificate.reset();
 }
 
@@ -35,6 +36,10 @@ const KeyState* TokenSnapshot::key(const std::string& alias) const {
   for (const auto& k : keys)
     if (k.config.alias == alias) return &k;
   return nullptr;
+}
+
+protocol::VarlinkError not_logged_in(const std::string& token, LoginState state) {
+  return VarlinkError(perr::kNotLoggedIn, {{"token", token}, {"loginState", std::string(wire_name(state))}});
 }
 
 protocol::VarlinkError token_failure(const std::string& token, const std::exception& e) {
@@ -48,7 +53,7 @@ protocol::VarlinkError token_failure(const std::string& token, const std::except
       case pkcs11::Fault::SessionLost:
         return VarlinkError(perr::kTokenError, {{"token", token}, {"call", p->call()}, {"code", p->code_name()}});
       case pkcs11::Fault::NotLoggedIn:
-        return VarlinkError(perr::kNotLoggedIn, {{"token", token}, {"loginState", "logged-out"}});
+        return not_logged_in(token, LoginState::LoggedOut);
       case pkcs11::Fault::PinIncorrect:
         return VarlinkError(perr::kPinIncorrect, {{"token", token}});
       case pkcs11::Fault::PinLocked:
@@ -90,6 +95,7 @@ void TokenWorker::stop() noexcept {
   }
   work_cv_.notify_all();
   control_cv_.notify_all();
+  room_cv_.notify_all();
   for (auto& t : sign_threads_) t.join();  // they drain the queue first
   if (control_thread_.joinable()) control_thread_.join();
   sign_threads_.clear();
@@ -115,23 +121,24 @@ void TokenWorker::publish(const std::function<void(TokenSnapshot&)>& change) {
   snapshot_ = std::move(next);
 }
 
-bool TokenWorker::submit(Job job) {
+Admission TokenWorker::enqueue(Lane lane, Job job, std::chrono::milliseconds wait_for_room) {
   {
-    std::lock_guard lock(mutex_);
-    if (stopping_ || queue_.size() >= config_.queue_limit) return false;
-    queue_.push_back(std::move(job));
-    pending_.store(queue_.size(), std::memory_order_release);
+    std::unique_lock lock(mutex_);
+    if (lane == Lane::Control) {
+      if (stopping_) return Admission::Stopping;
+      control_queue_.push_back(std::move(job));
+    } else {
+      auto room = [this] { return stopping_ || queue_.size() < config_.queue_limit; };
+      if (!room() && wait_for_room.count() > 0) room_cv_.wait_for(lock, wait_for_room, room);
+      if (stopping_) return Admission::Stopping;
+      if (queue_.size() >= config_.queue_limit) return Admission::QueueFull;
+      queue_.push_back(std::move(job));
+      pending_.store(queue_.size(), std::memory_order_release);
+    }
   }
-  work_cv_.notify_one();
-  return true;
-}
-
-void TokenWorker::control(std::function<void()> job) {
-  {
-    std::lock_guard lock(mutex_);
-    control_queue_.push_back(std::move(job));
-  }
-  control_cv_.notify_all();
+  if (lane == Lane::Control) control_cv_.notify_all();
+  else work_cv_.notify_one();
+  return Admission::Queued;
 }
 
 void TokenWorker::wait_discovered() {
@@ -155,6 +162,7 @@ void TokenWorker::sign_loop(std::size_t index) {
       queue_.pop_front();
       pending_.store(queue_.size(), std::memory_order_release);
       ++active_;
+      room_cv_.notify_one();
       ctx.session = sessions_[index].get();
       ctx.snapshot = snapshot();
     }
@@ -181,7 +189,7 @@ void TokenWorker::control_loop() {
   }
   control_cv_.notify_all();
   for (;;) {
-    std::function<void()> job;
+    Job job;
     {
       std::unique_lock lock(mutex_);
       const bool woken = control_cv_.wait_for(lock, config_.refresh_interval,
@@ -195,8 +203,12 @@ void TokenWorker::control_loop() {
         continue;
       }
     }
-    if (job) job();
-    else refresh();
+    if (job) {
+      WorkContext ctx{nullptr, snapshot()};
+      job(ctx);  // jobs answer their caller themselves and do not throw
+    } else {
+      refresh();
+    }
   }
   // Signing threads have drained the queue (stop() joined them first only
   // after they saw stopping_; wait for them to be idle before logging out).
@@ -227,13 +239,13 @@ void TokenWorker::discover() {
       }
     }
   } catch (const std::exception& e) {
-    publish([&](TokenSnapshot& s) { s.login_state = "error", s.reason = e.what(); });
+    publish([&](TokenSnapshot& s) { s.login_state = LoginState::Error, s.reason = e.what(); });
     log::error("token-scan-failed", {{"token", config_.name}, {"error", e.what()}});
     return;
   }
   if (!slot) {
     publish([&](TokenSnapshot& s) {
-      s.present = false, s.logged_in = false, s.login_state = "absent";
+      s.present = false, s.logged_in = false, s.login_state = LoginState::Absent;
       s.reason = "no token matching " + config_.uri + " in any slot of " + module_->path();
     });
     log::warning("token-absent", {{"token", config_.name}, {"uri", config_.uri}});
@@ -259,7 +271,7 @@ void TokenWorker::discover() {
     const auto info = module_->token_info(*slot);
     std::optional<std::string> replaced;
     publish([&](TokenSnapshot& s) {
-      s.present = true, s.info = info, s.login_state = "logged-out";
+      s.present = true, s.info = info, s.login_state = LoginState::LoggedOut;
       s.reason = unattended(config_) ? "" : "waiting for 'firmactl login " + config_.name + "'";
       replaced = rescan_keys(s, KeyScan::Verify);
       if (replaced) refused(s, *replaced);  // never seen as present: no login, no signature
@@ -272,7 +284,7 @@ void TokenWorker::discover() {
                               {"sessions", config_.sessions}});
   } catch (const std::exception& e) {
     control_session_.reset();  // the next refresh tries again
-    publish([&](TokenSnapshot& s) { s.login_state = "error", s.reason = e.what(); });
+    publish([&](TokenSnapshot& s) { s.login_state = LoginState::Error, s.reason = e.what(); });
     log::error("token-open-failed", {{"token", config_.name}, {"error", e.what()}});
     return;
   }
@@ -307,7 +319,7 @@ void TokenWorker::refresh() {
 
 void TokenWorker::lose_token(const std::string& why) {
   publish([&](TokenSnapshot& s) {
-    s.present = false, s.logged_in = false, s.login_state = "absent";
+    s.present = false, s.logged_in = false, s.login_state = LoginState::Absent;
     s.reason = "the token went away (" + why + "); waiting for it to come back";
   });
   control_session_.reset();
@@ -341,11 +353,12 @@ void TokenWorker::suspect_token() {
 
 void TokenWorker::check_token() {
   if (suspected_.exchange(true)) return;  // a check is already on its way
-  control([this] {
+  const auto queued = enqueue(Lane::Control, [this](WorkContext&) {
     suspected_ = false;
     refresh();
     if (control_session_) log::info("token-checked", {{"token", config_.name}, {"present", "yes"}});
   });
+  if (queued != Admission::Queued) suspected_ = false;  // stopping: nothing more to check
 }
 
 // Signing thread `index`, still counted active, after a job on `seen` said
@@ -429,7 +442,7 @@ std::optional<std::string> TokenWorker::rescan_keys(TokenSnapshot& snap, KeyScan
   return replaced;
 }
 
-std::string TokenWorker::login(std::optional<protocol::Secret> pin, bool force, bool automatic) {
+LoginState TokenWorker::login(std::optional<protocol::Secret> pin, bool force, bool automatic) {
   const std::string& name = config_.name;
   if (!control_session_) throw VarlinkError(perr::kTokenAbsent, {{"token", name}});
   // Keys only the login shows may tell the token is not the one firmad served.
@@ -443,9 +456,9 @@ std::string TokenWorker::login(std::optional<protocol::Secret> pin, bool force, 
     refuse_token(snap->info ? snap->info->serial : "", why);
     return VarlinkError(perr::kTokenAbsent, {{"token", name}});
   };
-  auto fail = [&](const char* state, std::string reason, const char* error, nlohmann::json params) -> VarlinkError {
+  auto fail = [&](LoginState state, std::string reason, const char* error, nlohmann::json params) -> VarlinkError {
     publish([&](TokenSnapshot& s) { s.logged_in = false, s.login_state = state, s.reason = reason; });
-    log::warning("token-login-refused", {{"token", name}, {"state", state}, {"reason", reason},
+    log::warning("token-login-refused", {{"token", name}, {"state", wire_name(state)}, {"reason", reason},
                                          {"automatic", automatic ? "yes" : "no"}});
     return VarlinkError(error, std::move(params));
   };
@@ -454,7 +467,7 @@ std::string TokenWorker::login(std::optional<protocol::Secret> pin, bool force, 
   auto publish_logged_in = [&] {
     std::optional<std::string> replaced;
     publish([&](TokenSnapshot& s) {
-      s.logged_in = true, s.login_state = "logged-in", s.reason.clear();
+      s.logged_in = true, s.login_state = LoginState::LoggedIn, s.reason.clear();
       replaced = rescan_keys(s, KeyScan::Verify);
       if (replaced) refused(s, *replaced);
     });
@@ -464,18 +477,18 @@ std::string TokenWorker::login(std::optional<protocol::Secret> pin, bool force, 
     if (control_session_->logged_in()) {
       // Logged in already (a failed logout, another login): say so everywhere.
       publish_logged_in();
-      return "logged-in";
+      return LoginState::LoggedIn;
     }
     const auto info = module_->token_info(control_session_->slot());
     publish([&](TokenSnapshot& s) { s.info = info; });
     if (info.pin.locked)
-      throw fail("pin-locked", "the token's user PIN is locked; the security officer must unlock it", perr::kPinLocked,
+      throw fail(LoginState::PinLocked, "the token's user PIN is locked; the security officer must unlock it", perr::kPinLocked,
                  {{"token", name}});
     if (automatic && pin_refused_)
-      throw fail("pin-incorrect", "a wrong PIN was refused before; not retried automatically", perr::kPinIncorrect,
+      throw fail(LoginState::PinIncorrect, "a wrong PIN was refused before; not retried automatically", perr::kPinIncorrect,
                  {{"token", name}});
     if (info.pin.final_try && (automatic || !force))
-      throw fail("pin-final-try", "the next wrong PIN locks the token; log in with 'firmactl login --force'",
+      throw fail(LoginState::PinFinalTry, "the next wrong PIN locks the token; log in with 'firmactl login --force'",
                  perr::kPinFinalTry, {{"token", name}});
     protocol::Secret secret;
     if (pin) {
@@ -484,7 +497,7 @@ std::string TokenWorker::login(std::optional<protocol::Secret> pin, bool force, 
       try {
         secret = read_pin(config_);
       } catch (const PinSourceError& e) {
-        throw fail("pin-source-unavailable", e.what(), perr::kPinSourceUnavailable, {{"token", name}, {"reason", e.what()}});
+        throw fail(LoginState::PinSourceUnavailable, e.what(), perr::kPinSourceUnavailable, {{"token", name}, {"reason", e.what()}});
       }
     }
     publish([&](TokenSnapshot& s) { ++s.login_attempts; });
@@ -495,19 +508,19 @@ std::string TokenWorker::login(std::optional<protocol::Secret> pin, bool force, 
       publish([&](TokenSnapshot& s) { s.info = after; });
       if (e.fault() == pkcs11::Fault::PinIncorrect) pin_refused_ = true;
       if (e.fault() == pkcs11::Fault::PinIncorrect)
-        throw fail("pin-incorrect", "the token refused the PIN (" + e.code_name() + "); not retried", perr::kPinIncorrect,
+        throw fail(LoginState::PinIncorrect, "the token refused the PIN (" + e.code_name() + "); not retried", perr::kPinIncorrect,
                    {{"token", name}});
       if (e.fault() == pkcs11::Fault::PinLocked)
-        throw fail("pin-locked", "the token's user PIN is locked", perr::kPinLocked, {{"token", name}});
-      throw fail("error", e.what(), perr::kTokenError, {{"token", name}, {"call", e.call()}, {"code", e.code_name()}});
+        throw fail(LoginState::PinLocked, "the token's user PIN is locked", perr::kPinLocked, {{"token", name}});
+      throw fail(LoginState::Error, e.what(), perr::kTokenError, {{"token", name}, {"call", e.call()}, {"code", e.code_name()}});
     }
   } catch (const pkcs11::Error& e) {
-    throw fail("error", e.what(), perr::kTokenError, {{"token", name}, {"call", e.call()}, {"code", e.code_name()}});
+    throw fail(LoginState::Error, e.what(), perr::kTokenError, {{"token", name}, {"call", e.call()}, {"code", e.code_name()}});
   }
   pin_refused_ = false;
   publish_logged_in();
   log::notice("token-login", {{"token", name}, {"automatic", automatic ? "yes" : "no"}});
-  return "logged-in";
+  return LoginState::LoggedIn;
 }
 
 void TokenWorker::mark_cancelled(const std::string& alias, Cancellation cancellation) {
@@ -528,7 +541,7 @@ int TokenWorker::destroy_key_objects(const std::string& alias) {
   const auto snap = snapshot();
   const KeyState* key = snap->key(alias);
   if (!key) throw VarlinkError(perr::kKeyNotFound, {{"key", alias}});
-  if (!snap->logged_in) throw VarlinkError(perr::kNotLoggedIn, {{"token", name}, {"loginState", snap->login_state}});
+  if (!snap->logged_in) throw not_logged_in(name, snap->login_state);
   if (!key->info) return 0;  // nothing of it on the token
   {
     std::unique_lock lock(mutex_);
@@ -551,7 +564,7 @@ KeyConfig TokenWorker::import_credential(const Credential& credential, KeyConfig
   const std::string& name = config_.name;
   if (!control_session_) throw VarlinkError(perr::kTokenAbsent, {{"token", name}});
   const auto snap = snapshot();
-  if (!snap->logged_in) throw VarlinkError(perr::kNotLoggedIn, {{"token", name}, {"loginState", snap->login_state}});
+  if (!snap->logged_in) throw not_logged_in(name, snap->login_state);
   try {
     pkcs11::Session rw(module_, control_session_->slot(), pkcs11::Session::Access::ReadWrite);
     const pkcs11::Bytes id = pkcs11::new_object_id(rw);
@@ -574,7 +587,7 @@ void TokenWorker::write_objects(const std::function<void(const pkcs11::Session&)
   const std::string& name = config_.name;
   if (!control_session_) throw VarlinkError(perr::kTokenAbsent, {{"token", name}});
   const auto snap = snapshot();
-  if (!snap->logged_in) throw VarlinkError(perr::kNotLoggedIn, {{"token", name}, {"loginState", snap->login_state}});
+  if (!snap->logged_in) throw not_logged_in(name, snap->login_state);
   struct Rescan {  // also after a failed write: some objects may have changed
     TokenWorker* w;
     ~Rescan() { w->publish([this](TokenSnapshot& s) { w->rescan_keys(s, KeyScan::Adopt); }); }
@@ -608,11 +621,11 @@ void TokenWorker::add_key(const KeyConfig& key) {
   });
 }
 
-std::string TokenWorker::logout() {
+LoginState TokenWorker::logout() {
   if (!control_session_) throw VarlinkError(perr::kTokenAbsent, {{"token", config_.name}});
-  // New jobs see "logged-out" from here on; wait for those already running.
+  // New jobs see a logged-out token from here on; wait for those already running.
   publish([&](TokenSnapshot& s) {
-    s.logged_in = false, s.login_state = "logged-out", s.reason = "logged out by an administrator";
+    s.logged_in = false, s.login_state = LoginState::LoggedOut, s.reason = "logged out by an administrator";
   });
   {
     std::unique_lock lock(mutex_);
@@ -627,7 +640,7 @@ std::string TokenWorker::logout() {
       still = control_session_->logged_in();
     } catch (const std::exception&) {
     }
-    if (still) publish([&](TokenSnapshot& s) { s.logged_in = true, s.login_state = "logged-in", s.reason.clear(); });
+    if (still) publish([&](TokenSnapshot& s) { s.logged_in = true, s.login_state = LoginState::LoggedIn, s.reason.clear(); });
     throw token_failure(config_.name, e);
   }
   std::optional<std::string> replaced;
@@ -637,7 +650,7 @@ std::string TokenWorker::logout() {
   });
   log::notice("token-logout", {{"token", config_.name}, {"why", "administrator"}});
   if (replaced) refuse_token(snapshot()->info ? snapshot()->info->serial : "", *replaced);
-  return "logged-out";
+  return LoginState::LoggedOut;
 }
 
 }  // namespace firmad

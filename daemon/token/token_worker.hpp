@@ -23,6 +23,7 @@
 #include "pkcs11/uri.hpp"
 #include "protocol/errors.hpp"
 #include "protocol/secret.hpp"
+#include "protocol/states.hpp"
 
 namespace firmad {
 
@@ -42,7 +43,7 @@ struct KeyState {
 struct TokenSnapshot {
   bool present = false;
   bool logged_in = false;
-  std::string login_state = "absent";  // see io.firmad.Signer.varlink, Token.loginState
+  protocol::LoginState login_state = protocol::LoginState::Absent;
   std::string reason;
   std::optional<pkcs11::TokenInfo> info;
   std::vector<KeyState> keys;
@@ -56,6 +57,18 @@ struct TokenSnapshot {
 struct WorkContext {
   pkcs11::Session* session;
   std::shared_ptr<const TokenSnapshot> snapshot;
+};
+
+// The two kinds of token thread a job can go to: a signing thread (its own
+// session, a bounded queue) or the control thread (login, logout, writes;
+// never behind signatures).
+enum class Lane { Signing, Control };
+
+// Whether enqueue() took a job.
+enum class Admission {
+  Queued,
+  QueueFull,  // the signing queue stayed full
+  Stopping,   // the worker is stopping: nothing new runs
 };
 
 // Runs one token. A control thread owns discovery, login, logout and the
@@ -84,12 +97,12 @@ class TokenWorker {
   std::shared_ptr<const TokenSnapshot> snapshot() const;
   std::size_t queued() const;
 
-  // Queues signing work. Returns false when the queue is full or stopping;
-  // the job is then not run.
-  bool submit(Job job);
-  // Queues work for the control thread (login, logout): it never waits
-  // behind signatures.
-  void control(std::function<void()> job);
+  // Queues `job` on `lane`; the only way work reaches the token's threads
+  // (callers use token/bridge.hpp, which builds results on it). A signing
+  // job waits up to `wait_for_room` for a place in a full queue. Returns
+  // whether the job was taken; a job not taken is never run. Control jobs
+  // see no session in their WorkContext (they call this worker's methods).
+  Admission enqueue(Lane lane, Job job, std::chrono::milliseconds wait_for_room = std::chrono::milliseconds(0));
   // Blocks until the control thread has finished discovery (tests, startup log).
   void wait_discovered();
 
@@ -97,9 +110,9 @@ class TokenWorker {
   // configured unattended source: exactly one C_Login, never repeated.
   // Returns the login state; throws protocol::VarlinkError (PinIncorrect,
   // PinFinalTry, PinLocked, PinSourceUnavailable, TokenAbsent, TokenError).
-  std::string login(std::optional<protocol::Secret> pin, bool force, bool automatic);
+  protocol::LoginState login(std::optional<protocol::Secret> pin, bool force, bool automatic);
   // Control thread only. Waits for in-flight signatures, then logs out.
-  std::string logout();
+  protocol::LoginState logout();
 
   // Says a token call just failed as if the token or a session went away.
   // Any thread. From a job on a signing thread, that thread checks its own
@@ -165,7 +178,7 @@ class TokenWorker {
   // Control thread state.
   std::optional<pkcs11::Session> control_session_;
   std::thread control_thread_;
-  std::deque<std::function<void()>> control_queue_;
+  std::deque<Job> control_queue_;
   std::condition_variable control_cv_;
   bool discovered_ = false;
   std::atomic<bool> suspected_{false};
@@ -179,6 +192,7 @@ class TokenWorker {
   mutable std::mutex mutex_;
   std::condition_variable work_cv_;
   std::condition_variable idle_cv_;
+  std::condition_variable room_cv_;  // a signing job left the queue
   std::deque<Job> queue_;
   std::atomic<std::size_t> pending_{0};  // queue_.size(), readable without the lock
   std::chrono::microseconds busy_poll_;
@@ -195,6 +209,8 @@ class TokenWorker {
   std::shared_ptr<const TokenSnapshot> snapshot_;
 };
 
+// NotLoggedIn for `token`, whose login is in `state`.
+protocol::VarlinkError not_logged_in(const std::string& token, protocol::LoginState state);
 // Maps a token failure to the Varlink error a client sees.
 protocol::VarlinkError token_failure(const std::string& token, const std::exception& e);
 

@@ -1,0 +1,88 @@
+// Signing with a token's keys: checks on the caller's thread, signatures on a signing thread.
+#include "daemon/token/signing.hpp"
+
+#include <chrono>
+#include <ctime>
+#include <stdexcept>
+
+#include "daemon/token/bridge.hpp"
+#include "pkcs11/error.hpp"
+#include "pkcs11/keygen.hpp"
+#include "pkcs11/token_pkey.hpp"
+
+namespace firmad {
+
+namespace perr = protocol::error;
+using protocol::VarlinkError;
+
+namespace {
+
+// How long an OpenSSL operation of the daemon's own waits for room in a full queue.
+constexpr std::chrono::milliseconds kRoomWait{5000};
+
+std::string hex(const pkcs11::Bytes& b) {
+  static constexpr char k[] = "0123456789abcdef";
+  std::string out;
+  for (auto c : b) out += k[c >> 4], out += k[c & 15];
+  return out;
+}
+
+// A failed token call that may mean the session died or the token went away:
+// the worker looks at once.
+void report(TokenWorker& token, const pkcs11::Error& e) {
+  if (e.fault() == pkcs11::Fault::TokenAbsent || e.fault() == pkcs11::Fault::SessionLost) token.suspect_token();
+}
+
+}  // namespace
+
+const KeyState& usable_key(const TokenSnapshot& snap, const TokenWorker& token, const std::string& alias) {
+  const std::string& name = token.config().name;
+  if (!snap.present) throw VarlinkError(perr::kTokenAbsent, {{"token", name}});
+  if (!snap.logged_in) throw not_logged_in(name, snap.login_state);
+  if (auto c = token.cancellation(alias)) throw VarlinkError(perr::kKeyCancelled, {{"key", alias}, {"at", iso8601(c->at)}});
+  const KeyState* k = snap.key(alias);
+  if (!k || !k->info || !k->info->private_key) throw VarlinkError(perr::kKeyNotFound, {{"key", alias}});
+  // The one signature IMSS requires from an expired certificate, the
+  // renewal's acceptance, is made by the renewal itself, not through Sign.
+  if (k->certificate && std::time(nullptr) > k->certificate->not_after)
+    throw VarlinkError(perr::kCertificateExpired, {{"key", alias}, {"notAfter", iso8601(k->certificate->not_after)}});
+  return *k;
+}
+
+pkcs11::Bytes sign_on_signing_thread(const WorkContext& ctx, TokenWorker& token, const std::string& alias,
+                                     const pkcs11::SignRequest& req) {
+  const KeyState* k = ctx.snapshot->key(alias);
+  if (!ctx.snapshot->present || !ctx.session) throw VarlinkError(perr::kTokenAbsent, {{"token", token.config().name}});
+  // Cancelled while this request waited in the queue.
+  if (auto c = token.cancellation(alias)) throw VarlinkError(perr::kKeyCancelled, {{"key", alias}, {"at", iso8601(c->at)}});
+  if (!ctx.snapshot->logged_in || !k || !k->info || !k->info->private_key)
+    throw not_logged_in(token.config().name, ctx.snapshot->login_state);
+  try {
+    return pkcs11::sign(*ctx.session, *k->info->private_key, k->info->type, req);
+  } catch (const pkcs11::Error& e) {
+    report(token, e);
+    throw token_failure(token.config().name, e);
+  }
+}
+
+ossl::Pkey token_backed_key(TokenWorker& token, const pkcs11::Bytes& id, const pkcs11::Bytes& spki) {
+  auto sign = [&token, id](pkcs11::RawOp op, const pkcs11::Bytes& input) {
+    auto job = [&token, id, op, input](WorkContext& ctx) -> pkcs11::Bytes {
+      if (!ctx.session) throw VarlinkError(perr::kTokenAbsent, {{"token", token.config().name}});
+      if (!ctx.snapshot->logged_in)
+        throw not_logged_in(token.config().name, ctx.snapshot->login_state);
+      try {
+        auto objects = pkcs11::objects_by_id(*ctx.session, id);
+        if (!objects.private_key) throw std::runtime_error("no private key with CKA_ID " + hex(id) + " on the token");
+        return pkcs11::sign_raw(*ctx.session, *objects.private_key, op, input);
+      } catch (const pkcs11::Error& e) {
+        report(token, e);  // as for clients' signatures
+        throw;
+      }
+    };
+    return run_blocking<pkcs11::Bytes>(token, Lane::Signing, std::move(job), kRoomWait);
+  };
+  return pkcs11::token_pkey(spki, std::move(sign));
+}
+
+}  // namespace firmad

@@ -1,0 +1,33 @@
+// Signing with a token's keys: the checks a signature needs and the work done on a signing thread.
+#pragma once
+#include <string>
+
+#include "daemon/token/token_worker.hpp"
+#include "pkcs11/openssl.hpp"
+#include "pkcs11/sign.hpp"
+#include "pkcs11/types.hpp"
+
+namespace firmad {
+
+// The key's state if the token can sign with it now: present, logged in,
+// the key found and not cancelled, its certificate (if any) not expired.
+// Throws protocol::VarlinkError TokenAbsent, NotLoggedIn, KeyCancelled,
+// KeyNotFound, CertificateExpired. Any thread (reads the snapshot).
+const KeyState& usable_key(const TokenSnapshot& snap, const TokenWorker& token, const std::string& alias);
+
+// On a signing thread: signs `req` with the key `alias` as the state current
+// there has it (a login or logout since the request was queued is seen).
+// A dead session or a pulled token is reported to the worker. Throws
+// protocol::VarlinkError (TokenAbsent, KeyCancelled, NotLoggedIn, what the
+// token said).
+pkcs11::Bytes sign_on_signing_thread(const WorkContext& ctx, TokenWorker& token, const std::string& alias,
+                                     const pkcs11::SignRequest& req);
+
+// An EVP_PKEY for the key with CKA_ID `id` and public key `spki` whose
+// private operations run on the token's signing threads, for OpenSSL to
+// build CSRs, CMS and TLS client authentication with. Each operation blocks
+// its caller (never the I/O thread or a token thread) and waits up to 5 s for
+// room in a full queue: clients' signatures come first.
+ossl::Pkey token_backed_key(TokenWorker& token, const pkcs11::Bytes& id, const pkcs11::Bytes& spki);
+
+}  // namespace firmad
