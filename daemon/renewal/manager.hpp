@@ -1,4 +1,8 @@
 // Certificate renewal: a persisted state machine per key, run on a thread of its own.
+//
+// manager.cpp: requests, the thread, scheduling, listeners, persistence, status.
+// machine.cpp: the steps and what each persists; token_steps.cpp and
+// install_steps.cpp: what the steps do to the token and outside it.
 #pragma once
 #include <atomic>
 #include <condition_variable>
@@ -18,68 +22,11 @@
 
 #include "daemon/config.hpp"
 #include "daemon/renewal/provider.hpp"
+#include "daemon/renewal/record.hpp"
 #include "daemon/state.hpp"
 #include "daemon/token/token_worker.hpp"
-#include "pkcs11/types.hpp"
 
 namespace firmad::renewal {
-
-using pkcs11::Bytes;
-using Json = nlohmann::json;
-
-// One step of a renewal as it happens.
-struct Event {
-  std::string key;
-  std::string state;    // the failure when it failed, else the step
-  std::string step;     // the step reached (or being retried)
-  std::string failure;  // empty, or a failure name (see Record)
-  std::string message;
-  std::time_t at = 0;
-  std::time_t next_try = 0;  // when it rests and will try again by itself
-  bool final = false;        // the renewal rests here: done, failed, or waiting for the CA
-
-  Json to_json() const;
-};
-using Listener = std::function<void(const Event&)>;
-
-// What is kept in state.json for each key's renewal.
-//
-// Steps, in order: started → key-pending (new key's CKA_ID chosen) →
-// key-ready → request-built → submitted → waiting (the CA has not issued yet)
-// → issued → verified → installed (the commit point: the new certificate is
-// on the token and served) → retired (files written, post-install run, the
-// previous certificate backed up and removed from the token).
-//
-// Failures keep the step they happened at; ca-unreachable, token-absent,
-// needs-pin and token-error are retried with backoff, rejected,
-// verification-failed and underconfigured wait for an administrator.
-struct Record {
-  std::string step = "started";
-  std::string failure;
-  std::string reason;
-  std::string origin = "manual";  // "manual", "automatic", "fetch"
-  bool new_key = true;
-  std::string key_type;           // "rsa-2048", ... of the new key
-  Bytes old_id, new_id;           // CKA_IDs
-  Bytes old_spki, spki;           // public keys (DER SubjectPublicKeyInfo)
-  Bytes old_certificate;          // the certificate being renewed (DER; may be empty for fetch)
-  std::string for_serial;         // its serial (hex)
-  Bytes csr, acceptance;
-  std::string ticket;             // the CA's handle on the request: a serial, a cookie
-  std::vector<Bytes> issued;      // the new certificate, then what came with it
-  std::vector<Bytes> chain;       // above the new certificate, after verification
-  Bytes cleanup_id;               // a key of an earlier, abandoned renewal to remove first
-  unsigned attempts = 0;
-  std::time_t started = 0, updated = 0, next_try = 0;
-
-  bool done() const { return step == "retired"; }
-  bool terminal() const;  // failed in a way only an administrator can resolve
-  bool active() const { return !done() && !terminal(); }
-  std::string state() const { return failure.empty() ? step : failure; }
-
-  Json to_json() const;
-  static Record from_json(const Json& j);  // throws on a malformed record
-};
 
 class Manager {
  public:
@@ -117,7 +64,14 @@ class Manager {
   Json status_json(const KeyState& key, std::time_t now) const;
 
  private:
-  struct Target;
+  // The key a renewal works on, as its token worker serves it now.
+  struct Target {
+    KeyConfig key;  // URI included
+    RenewalConfig config;
+    TokenWorker* worker = nullptr;
+    std::shared_ptr<const TokenSnapshot> snapshot;
+    const KeyState* state = nullptr;  // in snapshot
+  };
   // What callers ask of the renewal thread; only that thread changes records.
   struct Request {
     enum class Kind { Renew, Fetch, Cancel };
@@ -145,7 +99,7 @@ class Manager {
   void install(Record& r, Target& t);
   void retire(Record& r, Target& t);
   void settle(Record& r, const Outcome& o, const Target& t);
-  void fail(Record& r, const std::string& failure, const std::string& reason, const Target& t);
+  void fail(Record& r, Failure failure, const std::string& reason, const Target& t);
 
   std::optional<Target> target(const std::string& alias) const;
   void persist(const std::string& alias, const Record& r, const std::string& message,
@@ -156,7 +110,6 @@ class Manager {
   const Config& config_;
   std::vector<std::unique_ptr<TokenWorker>>& tokens_;
   StateStore& state_;
-  std::string crash_at_;  // $FIRMAD_TEST_CRASH_AT: a step or point where the daemon kills itself (tests)
 
   mutable std::mutex mutex_;
   std::condition_variable wake_;
@@ -168,9 +121,5 @@ class Manager {
   std::set<std::string> warned_;  // "alias/serial/threshold" already logged
   std::thread thread_;
 };
-
-// A crash point for tests: if `name` is what $FIRMAD_TEST_CRASH_AT names,
-// the process kills itself with SIGKILL, as kill -9 would.
-void crash_point(const std::string& configured, const std::string& name);
 
 }  // namespace firmad::renewal

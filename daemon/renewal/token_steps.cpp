@@ -1,0 +1,109 @@
+// A renewal's writes to the token, each run on the token's control thread.
+#include "daemon/renewal/token_steps.hpp"
+
+#include <stdexcept>
+
+#include "daemon/renewal/record.hpp"
+#include "daemon/test_hooks.hpp"
+#include "daemon/token/bridge.hpp"
+#include "pkcs11/import.hpp"
+#include "pkcs11/key.hpp"
+#include "pkcs11/uri.hpp"
+
+namespace firmad::renewal {
+namespace {
+
+void destroy_objects_by_id(const pkcs11::Session& s, const Bytes& id) {
+  auto objects = pkcs11::objects_by_id(s, id);
+  for (const auto& [handle, der] : objects.certificates) s.destroy(handle);
+  if (objects.private_key) s.destroy(*objects.private_key);
+  if (objects.public_key) s.destroy(*objects.public_key);
+}
+
+// Runs `write` with a read-write session on the control thread and waits.
+template <typename Write>
+void write_on_token(TokenWorker& token, Write write) {
+  run_blocking<void>(token, Lane::Control, [&] { token.write_objects(write); });
+}
+
+}  // namespace
+
+std::string id_uri(const Bytes& id) {
+  std::string uri = "pkcs11:id=";
+  const std::string h = hex(id);
+  for (std::size_t i = 0; i < h.size(); i += 2) uri += '%' + h.substr(i, 2);
+  return uri;
+}
+
+std::string key_type_of(const pkcs11::KeyInfo& k) {
+  if (k.type == pkcs11::KeyType::Rsa) return "rsa-" + std::to_string(k.bits);
+  if (k.type == pkcs11::KeyType::Ec && k.curve == "P-256") return "ec-p256";
+  if (k.type == pkcs11::KeyType::Ec && k.curve == "P-384") return "ec-p384";
+  return {};
+}
+
+void destroy_key(TokenWorker& token, const Bytes& id) {
+  write_on_token(token, [&](const pkcs11::Session& s) { destroy_objects_by_id(s, id); });
+}
+
+Bytes choose_key_id(TokenWorker& token) {
+  Bytes id;
+  write_on_token(token, [&](const pkcs11::Session& s) { id = pkcs11::new_object_id(s); });
+  return id;
+}
+
+Bytes make_key_pair(TokenWorker& token, const Bytes& id, const pkcs11::KeySpec& spec, const std::string& label) {
+  Bytes spki;
+  write_on_token(token, [&](const pkcs11::Session& s) {
+    // A crash may have left the pair (use it) or part of it (start again).
+    auto existing = pkcs11::objects_by_id(s, id);
+    if (existing.private_key && existing.public_key) {
+      if (auto k = pkcs11::find_key(s, pkcs11::Uri::parse(id_uri(id))); k && !k->public_key.empty()) {
+        spki = k->public_key;
+        return;
+      }
+    }
+    destroy_objects_by_id(s, id);
+    spki = pkcs11::generate_key_pair(s, spec, label, id).public_key_info;
+  });
+  return spki;
+}
+
+void write_certificate(TokenWorker& token, const Bytes& id, const Bytes& certificate, const std::string& alias) {
+  write_on_token(token, [&](const pkcs11::Session& s) {
+    auto objects = pkcs11::objects_by_id(s, id);
+    if (!objects.private_key) throw std::runtime_error("the key with CKA_ID " + hex(id) + " is gone from the token");
+    for (const auto& [handle, der] : objects.certificates)
+      if (der == certificate) return;  // written before a crash
+    pkcs11::create_certificate(s, certificate, alias, id);
+  });
+}
+
+void serve_key(TokenWorker& token, const std::string& alias, const std::string& uri) {
+  run_blocking<void>(token, Lane::Control, [&] { token.set_key_uri(alias, uri); });
+}
+
+void rescan_keys(TokenWorker& token) {
+  write_on_token(token, [](const pkcs11::Session&) {});  // write_objects rescans afterwards
+}
+
+void retire_old_objects(TokenWorker& token, const Retirement& what) {
+  write_on_token(token, [&](const pkcs11::Session& s) {
+    auto old = pkcs11::objects_by_id(s, what.old_id);
+    for (const auto& [handle, der] : old.certificates)
+      if (der != what.certificate) s.destroy(handle);
+    test_hooks::crash_point("old-certificate-removed");
+    const Bytes& cleanup = what.cleanup_id;
+    if (!cleanup.empty() && cleanup != what.new_id && cleanup != what.old_id) destroy_objects_by_id(s, cleanup);
+    if (what.new_key) {
+      // The old key stays (non-extractable, harmless) under a name that says what it is.
+      if (old.private_key) pkcs11::set_label(s, *old.private_key, what.alias + ".previous");
+      if (old.public_key) pkcs11::set_label(s, *old.public_key, what.alias + ".previous");
+      auto fresh = pkcs11::objects_by_id(s, what.new_id);
+      if (fresh.private_key) pkcs11::set_label(s, *fresh.private_key, what.alias);
+      if (fresh.public_key) pkcs11::set_label(s, *fresh.public_key, what.alias);
+    }
+  });
+}
+
+}  // namespace firmad::renewal
