@@ -9,6 +9,7 @@
 #include "pkcs11/error.hpp"
 #include "pkcs11/keygen.hpp"
 #include "pkcs11/token_pkey.hpp"
+#include "protocol/base64.hpp"
 
 namespace firmad {
 
@@ -19,13 +20,6 @@ namespace {
 
 // How long an OpenSSL operation of the daemon's own waits for room in a full queue.
 constexpr std::chrono::milliseconds kRoomWait{5000};
-
-std::string hex(const pkcs11::Bytes& b) {
-  static constexpr char k[] = "0123456789abcdef";
-  std::string out;
-  for (auto c : b) out += k[c >> 4], out += k[c & 15];
-  return out;
-}
 
 // A failed token call that may mean the session died or the token went away:
 // the worker looks at once.
@@ -73,7 +67,7 @@ ossl::Pkey token_backed_key(TokenWorker& token, const pkcs11::Bytes& id, const p
         throw not_logged_in(token.config().name, ctx.snapshot->login_state);
       try {
         auto objects = pkcs11::objects_by_id(*ctx.session, id);
-        if (!objects.private_key) throw std::runtime_error("no private key with CKA_ID " + hex(id) + " on the token");
+        if (!objects.private_key) throw std::runtime_error("no private key with CKA_ID " + protocol::hex_encode(id) + " on the token");
         return pkcs11::sign_raw(*ctx.session, *objects.private_key, op, input);
       } catch (const pkcs11::Error& e) {
         report(token, e);  // as for clients' signatures

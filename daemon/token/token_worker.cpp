@@ -1,11 +1,10 @@
-// Per-token threads: discovery, login custody, the signing queue and the cached state.
+// Per-token threads: the signing queue, discovery and refresh, sessions, and the cached state.
 #include "daemon/token/token_worker.hpp"
 
 #include "daemon/busy_poll.hpp"
 #include "daemon/log.hpp"
 #include "daemon/token/pin_source.hpp"
 #include "pkcs11/error.hpp"
-#include "pkcs11/import.hpp"
 #include "pkcs11/key.hpp"
 
 namespace firmad {
@@ -24,13 +23,12 @@ struct SigningThread {
 };
 thread_local SigningThread this_signing_thread;
 
-// The state of a token firmad will not serve: not used, and why.
-void refused(TokenSnapshot& s, const std::string& why) {
-  s.present = false, s.logged_in = false, s.login_state = LoginState::Error, s.reason = why;
-  for (auto& k : s.keys) k.info.reset(), k.certificate.reset();
-}
-
 }  // namespace
+
+void TokenSnapshot::mark_refused(const std::string& why) {
+  present = false, logged_in = false, login_state = LoginState::Error, reason = why;
+  for (auto& k : keys) k.info.reset(), k.certificate.reset();
+}
 
 const KeyState* TokenSnapshot::key(const std::string& alias) const {
   for (const auto& k : keys)
@@ -256,7 +254,7 @@ void TokenWorker::discover() {
     if (known_serial_ && found.serial != *known_serial_) {
       const std::string why = "the token in the slot (serial " + found.serial + ") is not the one firmad served (serial " +
                               *known_serial_ + "); not used";
-      publish([&](TokenSnapshot& s) { refused(s, why); });
+      publish([&](TokenSnapshot& s) { s.mark_refused(why); });
       refuse_token(found.serial, why);
       return;
     }
@@ -274,7 +272,7 @@ void TokenWorker::discover() {
       s.present = true, s.info = info, s.login_state = LoginState::LoggedOut;
       s.reason = unattended(config_) ? "" : "waiting for 'firmactl login " + config_.name + "'";
       replaced = rescan_keys(s, KeyScan::Verify);
-      if (replaced) refused(s, *replaced);  // never seen as present: no login, no signature
+      if (replaced) s.mark_refused(*replaced);  // never seen as present: no login, no signature
     });
     if (replaced) {
       refuse_token(info.serial, *replaced);
@@ -327,7 +325,7 @@ void TokenWorker::lose_token(const std::string& why) {
   log::warning("token-removed", {{"token", config_.name}, {"why", why}});
 }
 
-// Control thread only: after refused() was published. Closes every session
+// Control thread only: after mark_refused() was published. Closes every session
 // (which also ends a login), so nothing touches the token until a refresh
 // finds the one firmad served back in the slot.
 void TokenWorker::refuse_token(const std::string& serial, const std::string& why) {
@@ -440,217 +438,6 @@ std::optional<std::string> TokenWorker::rescan_keys(TokenSnapshot& snap, KeyScan
   if (!replaced)
     for (auto& [alias, spki] : seen) known_keys_[alias] = std::move(spki);
   return replaced;
-}
-
-LoginState TokenWorker::login(std::optional<protocol::Secret> pin, bool force, bool automatic) {
-  const std::string& name = config_.name;
-  if (!control_session_) throw VarlinkError(perr::kTokenAbsent, {{"token", name}});
-  // Keys only the login shows may tell the token is not the one firmad served.
-  auto refuse = [&](const std::string& why) -> VarlinkError {
-    const auto snap = snapshot();
-    try {
-      control_session_->logout();
-    } catch (const std::exception&) {
-      // Closing every session below ends the login as well.
-    }
-    refuse_token(snap->info ? snap->info->serial : "", why);
-    return VarlinkError(perr::kTokenAbsent, {{"token", name}});
-  };
-  auto fail = [&](LoginState state, std::string reason, const char* error, nlohmann::json params) -> VarlinkError {
-    publish([&](TokenSnapshot& s) { s.logged_in = false, s.login_state = state, s.reason = reason; });
-    log::warning("token-login-refused", {{"token", name}, {"state", wire_name(state)}, {"reason", reason},
-                                         {"automatic", automatic ? "yes" : "no"}});
-    return VarlinkError(error, std::move(params));
-  };
-  // Logged in: published together with the key check, so a token whose keys
-  // changed is never seen usable.
-  auto publish_logged_in = [&] {
-    std::optional<std::string> replaced;
-    publish([&](TokenSnapshot& s) {
-      s.logged_in = true, s.login_state = LoginState::LoggedIn, s.reason.clear();
-      replaced = rescan_keys(s, KeyScan::Verify);
-      if (replaced) refused(s, *replaced);
-    });
-    if (replaced) throw refuse(*replaced);
-  };
-  try {
-    if (control_session_->logged_in()) {
-      // Logged in already (a failed logout, another login): say so everywhere.
-      publish_logged_in();
-      return LoginState::LoggedIn;
-    }
-    const auto info = module_->token_info(control_session_->slot());
-    publish([&](TokenSnapshot& s) { s.info = info; });
-    if (info.pin.locked)
-      throw fail(LoginState::PinLocked, "the token's user PIN is locked; the security officer must unlock it", perr::kPinLocked,
-                 {{"token", name}});
-    if (automatic && pin_refused_)
-      throw fail(LoginState::PinIncorrect, "a wrong PIN was refused before; not retried automatically", perr::kPinIncorrect,
-                 {{"token", name}});
-    if (info.pin.final_try && (automatic || !force))
-      throw fail(LoginState::PinFinalTry, "the next wrong PIN locks the token; log in with 'firmactl login --force'",
-                 perr::kPinFinalTry, {{"token", name}});
-    protocol::Secret secret;
-    if (pin) {
-      secret = std::move(*pin);
-    } else {
-      try {
-        secret = read_pin(config_);
-      } catch (const PinSourceError& e) {
-        throw fail(LoginState::PinSourceUnavailable, e.what(), perr::kPinSourceUnavailable, {{"token", name}, {"reason", e.what()}});
-      }
-    }
-    publish([&](TokenSnapshot& s) { ++s.login_attempts; });
-    try {
-      control_session_->login(secret.view());
-    } catch (const pkcs11::Error& e) {
-      const auto after = module_->token_info(control_session_->slot());
-      publish([&](TokenSnapshot& s) { s.info = after; });
-      if (e.fault() == pkcs11::Fault::PinIncorrect) pin_refused_ = true;
-      if (e.fault() == pkcs11::Fault::PinIncorrect)
-        throw fail(LoginState::PinIncorrect, "the token refused the PIN (" + e.code_name() + "); not retried", perr::kPinIncorrect,
-                   {{"token", name}});
-      if (e.fault() == pkcs11::Fault::PinLocked)
-        throw fail(LoginState::PinLocked, "the token's user PIN is locked", perr::kPinLocked, {{"token", name}});
-      throw fail(LoginState::Error, e.what(), perr::kTokenError, {{"token", name}, {"call", e.call()}, {"code", e.code_name()}});
-    }
-  } catch (const pkcs11::Error& e) {
-    throw fail(LoginState::Error, e.what(), perr::kTokenError, {{"token", name}, {"call", e.call()}, {"code", e.code_name()}});
-  }
-  pin_refused_ = false;
-  publish_logged_in();
-  log::notice("token-login", {{"token", name}, {"automatic", automatic ? "yes" : "no"}});
-  return LoginState::LoggedIn;
-}
-
-void TokenWorker::mark_cancelled(const std::string& alias, Cancellation cancellation) {
-  std::lock_guard lock(cancel_mutex_);
-  cancelled_[alias] = std::move(cancellation);
-}
-
-std::optional<Cancellation> TokenWorker::cancellation(const std::string& alias) const {
-  std::lock_guard lock(cancel_mutex_);
-  auto it = cancelled_.find(alias);
-  if (it == cancelled_.end()) return std::nullopt;
-  return it->second;
-}
-
-int TokenWorker::destroy_key_objects(const std::string& alias) {
-  const std::string& name = config_.name;
-  if (!control_session_) throw VarlinkError(perr::kTokenAbsent, {{"token", name}});
-  const auto snap = snapshot();
-  const KeyState* key = snap->key(alias);
-  if (!key) throw VarlinkError(perr::kKeyNotFound, {{"key", alias}});
-  if (!snap->logged_in) throw not_logged_in(name, snap->login_state);
-  if (!key->info) return 0;  // nothing of it on the token
-  {
-    std::unique_lock lock(mutex_);
-    idle_cv_.wait(lock, [this] { return active_ == 0; });
-  }
-  int destroyed = 0;
-  try {
-    pkcs11::Session rw(module_, control_session_->slot(), pkcs11::Session::Access::ReadWrite);
-    destroyed = pkcs11::destroy_key_objects(rw, *key->info);
-  } catch (const std::exception& e) {
-    throw token_failure(name, e);
-  }
-  known_keys_.erase(alias);  // firmad removed it: a key under the alias later is a new one
-  publish([&](TokenSnapshot& s) { rescan_keys(s, KeyScan::Adopt); });
-  log::notice("key-objects-destroyed", {{"token", name}, {"key", alias}, {"objects", destroyed}});
-  return destroyed;
-}
-
-KeyConfig TokenWorker::import_credential(const Credential& credential, KeyConfig key) {
-  const std::string& name = config_.name;
-  if (!control_session_) throw VarlinkError(perr::kTokenAbsent, {{"token", name}});
-  const auto snap = snapshot();
-  if (!snap->logged_in) throw not_logged_in(name, snap->login_state);
-  try {
-    pkcs11::Session rw(module_, control_session_->slot(), pkcs11::Session::Access::ReadWrite);
-    const pkcs11::Bytes id = pkcs11::new_object_id(rw);
-    pkcs11::import_credential(rw, credential.key.get(), credential.certificate.get(), key.alias, id);
-    std::string uri = "pkcs11:object=" + key.alias + ";id=";
-    static constexpr char kHex[] = "0123456789abcdef";
-    for (auto b : id) uri += '%', uri += kHex[b >> 4], uri += kHex[b & 15];
-    key.uri = std::move(uri);
-  } catch (const VarlinkError&) {
-    throw;
-  } catch (const std::exception& e) {
-    log::error("import-failed", {{"token", name}, {"key", key.alias}, {"error", e.what()}});
-    throw VarlinkError(perr::kImportFailed, {{"reason", "token"}, {"detail", e.what()}});
-  }
-  add_key(key);
-  return key;
-}
-
-void TokenWorker::write_objects(const std::function<void(const pkcs11::Session&)>& write) {
-  const std::string& name = config_.name;
-  if (!control_session_) throw VarlinkError(perr::kTokenAbsent, {{"token", name}});
-  const auto snap = snapshot();
-  if (!snap->logged_in) throw not_logged_in(name, snap->login_state);
-  struct Rescan {  // also after a failed write: some objects may have changed
-    TokenWorker* w;
-    ~Rescan() { w->publish([this](TokenSnapshot& s) { w->rescan_keys(s, KeyScan::Adopt); }); }
-  } rescan{this};
-  pkcs11::Session rw(module_, control_session_->slot(), pkcs11::Session::Access::ReadWrite);
-  write(rw);
-}
-
-void TokenWorker::set_key_uri(const std::string& alias, const std::string& uri) {
-  auto parsed = pkcs11::Uri::parse(uri);
-  for (std::size_t i = 0; i < key_configs_.size(); ++i) {
-    if (key_configs_[i].alias != alias) continue;
-    key_configs_[i].uri = uri;
-    key_uris_[i] = std::move(parsed);
-    publish([&](TokenSnapshot& s) {
-      for (auto& k : s.keys)
-        if (k.config.alias == alias) k.config.uri = uri;
-      rescan_keys(s, KeyScan::Adopt);  // the renewal's new key: what firmad serves from now on
-    });
-    log::info("key-uri-changed", {{"token", config_.name}, {"key", alias}, {"uri", uri}});
-    return;
-  }
-}
-
-void TokenWorker::add_key(const KeyConfig& key) {
-  key_configs_.push_back(key);
-  key_uris_.push_back(pkcs11::Uri::parse(key.uri));
-  publish([&](TokenSnapshot& s) {
-    s.keys.push_back(KeyState{key, std::nullopt, std::nullopt});
-    rescan_keys(s, KeyScan::Adopt);
-  });
-}
-
-LoginState TokenWorker::logout() {
-  if (!control_session_) throw VarlinkError(perr::kTokenAbsent, {{"token", config_.name}});
-  // New jobs see a logged-out token from here on; wait for those already running.
-  publish([&](TokenSnapshot& s) {
-    s.logged_in = false, s.login_state = LoginState::LoggedOut, s.reason = "logged out by an administrator";
-  });
-  {
-    std::unique_lock lock(mutex_);
-    idle_cv_.wait(lock, [this] { return active_ == 0; });
-  }
-  try {
-    control_session_->logout();
-  } catch (const std::exception& e) {
-    // Say what the token says, not what was hoped.
-    bool still = false;
-    try {
-      still = control_session_->logged_in();
-    } catch (const std::exception&) {
-    }
-    if (still) publish([&](TokenSnapshot& s) { s.logged_in = true, s.login_state = LoginState::LoggedIn, s.reason.clear(); });
-    throw token_failure(config_.name, e);
-  }
-  std::optional<std::string> replaced;
-  publish([&](TokenSnapshot& s) {
-    replaced = rescan_keys(s, KeyScan::Verify);
-    if (replaced) refused(s, *replaced);
-  });
-  log::notice("token-logout", {{"token", config_.name}, {"why", "administrator"}});
-  if (replaced) refuse_token(snapshot()->info ? snapshot()->info->serial : "", *replaced);
-  return LoginState::LoggedOut;
 }
 
 }  // namespace firmad

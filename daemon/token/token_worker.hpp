@@ -50,6 +50,8 @@ struct TokenSnapshot {
   std::uint64_t login_attempts = 0;  // C_Login calls made by this daemon
 
   const KeyState* key(const std::string& alias) const;
+  // A token firmad will not serve: not present, not logged in, no keys, and why.
+  void mark_refused(const std::string& why);
 };
 
 // What a job sees on its worker thread: the worker's own session (null while

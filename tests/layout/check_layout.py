@@ -17,7 +17,9 @@ The rooms and what each may include (doc/architecture.md draws the same):
   client/            client, protocol
 
 and CK_* names (types, constants) or a PKCS#11 header appear in code only
-under pkcs11/ (comments may name them).
+under pkcs11/ (comments may name them), and no code under daemon/ compares
+or assigns a state by its wire name (the names of protocol/states.cpp: the
+daemon holds states as enums and names them only through protocol/).
 """
 import os
 import re
@@ -39,6 +41,56 @@ SOURCES = (".c", ".cc", ".cpp", ".h", ".hpp", ".in")
 INCLUDE = re.compile(r'^\s*#\s*include\s*([<"])([^>"]+)[>"]', re.M)
 CK_NAME = re.compile(r"\bCK[A-Z]?_[A-Z0-9_]+\b")
 PKCS11_HEADER = re.compile(r"(^|/)(pkcs11|pkcs11t|pkcs11f)\.h$")
+WIRE_NAME = re.compile(r'\{\s*\w+::\w+\s*,\s*"([^"]+)"\s*\}')
+
+
+def wire_names(root):
+    """The state names protocol/states.cpp writes, or an empty set without it."""
+    path = os.path.join(root, "protocol", "states.cpp")
+    if not os.path.exists(path):
+        return set()
+    with open(path, encoding="utf-8") as f:
+        return set(WIRE_NAME.findall(f.read()))
+
+
+def state_uses(text, names):
+    """(line, name) for each comparison with or assignment of a wire name."""
+    if not names:
+        return []
+    every = "|".join(re.escape(n) for n in sorted(names))
+    # Returned as text: only the names no other vocabulary uses ("error" is
+    # also a log level, "fetch" a verb).
+    distinct = "|".join(re.escape(n) for n in sorted(names) if "-" in n) or "(?!)"
+    pattern = re.compile(r'(?:[=!]=|(?<![=!<>])=(?!=))\s*"(%s)"|"(%s)"\s*[=!]=|\breturn\s+"(%s)"' % (every, every, distinct))
+    uses = []
+    for m in pattern.finditer(text):
+        uses.append((text.count("\n", 0, m.start()) + 1, m.group(1) or m.group(2) or m.group(3)))
+    return uses
+
+
+def without_comments(text):
+    """The text with comments blanked (string literals kept, line numbers kept)."""
+    out = []
+    i, n = 0, len(text)
+    while i < n:
+        if text.startswith("//", i):
+            j = text.find("\n", i)
+            i = n if j < 0 else j
+        elif text.startswith("/*", i):
+            j = text.find("*/", i + 2)
+            j = n if j < 0 else j + 2
+            out.append("\n" * text.count("\n", i, j))
+            i = j
+        elif text[i] in "\"'":
+            q, j = text[i], i + 1
+            while j < n and text[j] != q and text[j] != "\n":
+                j += 2 if text[j] == "\\" else 1
+            out.append(text[i:j + 1])
+            i = j + 1
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
 
 
 def room_of(path):
@@ -85,6 +137,7 @@ def code_only(text):
 
 def check(root):
     problems = []
+    names = wire_names(root)
     for top in ("protocol", "pkcs11", "daemon", "client"):
         for dirpath, _, files in os.walk(os.path.join(root, top)):
             for name in sorted(files):
@@ -113,6 +166,9 @@ def check(root):
                     if to == "unknown" or to not in BELOW[room]:
                         problems.append(f"{rel}:{line}: {room} includes {target} ({to}): "
                                         f"{room} may include only {', '.join(sorted(BELOW[room]))}")
+                if top == "daemon":
+                    for line, name in state_uses(without_comments(text), names):
+                        problems.append(f'{rel}:{line}: the state "{name}" by its wire name: use the enum of protocol/states.hpp')
                 if room != "pkcs11":
                     code = code_only(text)
                     for m in CK_NAME.finditer(code):
@@ -131,7 +187,7 @@ def main():
     if problems:
         print(f"layout: {len(problems)} violation(s)")
         return 1
-    print("layout: every include follows the arrows; no CK_* outside pkcs11/")
+    print("layout: every include follows the arrows; no CK_* outside pkcs11/; no state by its wire name in daemon/")
     return 0
 
 

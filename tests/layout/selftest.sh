@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The layout check can fail: a tree with an include against the arrows, a
-# CK_* name outside pkcs11/ and a file in no room is refused, line by line,
+# CK_* name outside pkcs11/, a file in no room or a state compared by its
+# wire name is refused, line by line,
 # while the same tree without them passes.
 set -euo pipefail
 check=$(dirname "$0")/check_layout.py
@@ -11,6 +12,8 @@ printf '#include "daemon/config.hpp"\n#include "pkcs11/session.hpp"\n// CK_RV in
 printf '#include "daemon/token/worker.hpp"\n' > "$tree/daemon/server/server.cpp"
 printf 'const char* s = "CKR_OK in a string is fine";\n' > "$tree/daemon/mx/ok.cpp"
 printf '#include <pkcs11.h>\nCK_RV f();\n' > "$tree/pkcs11/module.cpp"
+printf 'constexpr Names k{{{LoginState::LoggedIn, "logged-in"}, {LoginState::Error, "error"}}};\n' > "$tree/protocol/states.cpp"
+printf 'void f() { log("error", 1); } // state == "logged-in" in a comment is fine\n' > "$tree/daemon/token/login.cpp"
 python3 "$check" "$tree" >/dev/null || { echo "a clean tree was refused" >&2; exit 1; }
 
 printf '#include "daemon/server/server.hpp"\n' >> "$tree/daemon/token/worker.cpp"
@@ -18,6 +21,7 @@ printf 'unsigned long rv = CKR_OK;\n' >> "$tree/daemon/mx/ok.cpp"
 printf '#include "daemon/token/worker.hpp"\n' > "$tree/daemon/mx/identity.cpp"
 printf '#include <p11-kit/pkcs11.h>\n' > "$tree/client/module.cpp"
 printf 'int x;\n' > "$tree/daemon/stray/lost.cpp"
+printf 'bool in(const S& s) {\n  return s.state == "logged-in";\n}\n' >> "$tree/daemon/token/login.cpp"
 set +e
 out=$(python3 "$check" "$tree")
 status=$?
@@ -28,7 +32,8 @@ for expected in "daemon/token/worker.cpp:4: token includes daemon/server/server.
                 "daemon/mx/identity.cpp:1: mx includes daemon/token/worker.hpp" \
                 "client/module.cpp:1: includes the PKCS#11 header" \
                 "daemon/stray/lost.cpp: not in a room" \
-                "layout: 5 violation(s)"; do
+                'daemon/token/login.cpp:3: the state "logged-in" by its wire name' \
+                "layout: 6 violation(s)"; do
   grep -qF "$expected" <<<"$out" || { echo "missing: $expected"$'\n'"in: $out" >&2; exit 1; }
 done
-echo "layout check: refuses all five kinds of violation, passes the clean tree"
+echo "layout check: refuses all six kinds of violation, passes the clean tree"

@@ -1,0 +1,113 @@
+// A token worker's key changes: cancellation, objects destroyed, credentials imported, keys renewed.
+#include "daemon/token/token_worker.hpp"
+
+#include "daemon/log.hpp"
+#include "pkcs11/import.hpp"
+#include "pkcs11/key.hpp"
+#include "protocol/base64.hpp"
+
+namespace firmad {
+
+namespace perr = protocol::error;
+using protocol::LoginState;
+using protocol::VarlinkError;
+
+void TokenWorker::mark_cancelled(const std::string& alias, Cancellation cancellation) {
+  std::lock_guard lock(cancel_mutex_);
+  cancelled_[alias] = std::move(cancellation);
+}
+
+std::optional<Cancellation> TokenWorker::cancellation(const std::string& alias) const {
+  std::lock_guard lock(cancel_mutex_);
+  auto it = cancelled_.find(alias);
+  if (it == cancelled_.end()) return std::nullopt;
+  return it->second;
+}
+
+int TokenWorker::destroy_key_objects(const std::string& alias) {
+  const std::string& name = config_.name;
+  if (!control_session_) throw VarlinkError(perr::kTokenAbsent, {{"token", name}});
+  const auto snap = snapshot();
+  const KeyState* key = snap->key(alias);
+  if (!key) throw VarlinkError(perr::kKeyNotFound, {{"key", alias}});
+  if (!snap->logged_in) throw not_logged_in(name, snap->login_state);
+  if (!key->info) return 0;  // nothing of it on the token
+  {
+    std::unique_lock lock(mutex_);
+    idle_cv_.wait(lock, [this] { return active_ == 0; });
+  }
+  int destroyed = 0;
+  try {
+    pkcs11::Session rw(module_, control_session_->slot(), pkcs11::Session::Access::ReadWrite);
+    destroyed = pkcs11::destroy_key_objects(rw, *key->info);
+  } catch (const std::exception& e) {
+    throw token_failure(name, e);
+  }
+  known_keys_.erase(alias);  // firmad removed it: a key under the alias later is a new one
+  publish([&](TokenSnapshot& s) { rescan_keys(s, KeyScan::Adopt); });
+  log::notice("key-objects-destroyed", {{"token", name}, {"key", alias}, {"objects", destroyed}});
+  return destroyed;
+}
+
+KeyConfig TokenWorker::import_credential(const Credential& credential, KeyConfig key) {
+  const std::string& name = config_.name;
+  if (!control_session_) throw VarlinkError(perr::kTokenAbsent, {{"token", name}});
+  const auto snap = snapshot();
+  if (!snap->logged_in) throw not_logged_in(name, snap->login_state);
+  try {
+    pkcs11::Session rw(module_, control_session_->slot(), pkcs11::Session::Access::ReadWrite);
+    const pkcs11::Bytes id = pkcs11::new_object_id(rw);
+    pkcs11::import_credential(rw, credential.key.get(), credential.certificate.get(), key.alias, id);
+    std::string uri = "pkcs11:object=" + key.alias + ";id=";
+    const std::string digits = protocol::hex_encode(id);
+    for (std::size_t i = 0; i < digits.size(); i += 2) uri += '%' + digits.substr(i, 2);
+    key.uri = std::move(uri);
+  } catch (const VarlinkError&) {
+    throw;
+  } catch (const std::exception& e) {
+    log::error("import-failed", {{"token", name}, {"key", key.alias}, {"error", e.what()}});
+    throw VarlinkError(perr::kImportFailed, {{"reason", "token"}, {"detail", e.what()}});
+  }
+  add_key(key);
+  return key;
+}
+
+void TokenWorker::write_objects(const std::function<void(const pkcs11::Session&)>& write) {
+  const std::string& name = config_.name;
+  if (!control_session_) throw VarlinkError(perr::kTokenAbsent, {{"token", name}});
+  const auto snap = snapshot();
+  if (!snap->logged_in) throw not_logged_in(name, snap->login_state);
+  struct Rescan {  // also after a failed write: some objects may have changed
+    TokenWorker* w;
+    ~Rescan() { w->publish([this](TokenSnapshot& s) { w->rescan_keys(s, KeyScan::Adopt); }); }
+  } rescan{this};
+  pkcs11::Session rw(module_, control_session_->slot(), pkcs11::Session::Access::ReadWrite);
+  write(rw);
+}
+
+void TokenWorker::set_key_uri(const std::string& alias, const std::string& uri) {
+  auto parsed = pkcs11::Uri::parse(uri);
+  for (std::size_t i = 0; i < key_configs_.size(); ++i) {
+    if (key_configs_[i].alias != alias) continue;
+    key_configs_[i].uri = uri;
+    key_uris_[i] = std::move(parsed);
+    publish([&](TokenSnapshot& s) {
+      for (auto& k : s.keys)
+        if (k.config.alias == alias) k.config.uri = uri;
+      rescan_keys(s, KeyScan::Adopt);  // the renewal's new key: what firmad serves from now on
+    });
+    log::info("key-uri-changed", {{"token", config_.name}, {"key", alias}, {"uri", uri}});
+    return;
+  }
+}
+
+void TokenWorker::add_key(const KeyConfig& key) {
+  key_configs_.push_back(key);
+  key_uris_.push_back(pkcs11::Uri::parse(key.uri));
+  publish([&](TokenSnapshot& s) {
+    s.keys.push_back(KeyState{key, std::nullopt, std::nullopt});
+    rescan_keys(s, KeyScan::Adopt);
+  });
+}
+
+}  // namespace firmad

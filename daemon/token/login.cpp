@@ -1,0 +1,127 @@
+// A token's login custody: exactly one C_Login per attempt, never repeated by itself after a refusal.
+#include "daemon/token/token_worker.hpp"
+
+#include "daemon/log.hpp"
+#include "daemon/token/pin_source.hpp"
+#include "pkcs11/error.hpp"
+
+namespace firmad {
+
+namespace perr = protocol::error;
+using protocol::LoginState;
+using protocol::VarlinkError;
+
+LoginState TokenWorker::login(std::optional<protocol::Secret> pin, bool force, bool automatic) {
+  const std::string& name = config_.name;
+  if (!control_session_) throw VarlinkError(perr::kTokenAbsent, {{"token", name}});
+  // Keys only the login shows may tell the token is not the one firmad served.
+  auto refuse = [&](const std::string& why) -> VarlinkError {
+    const auto snap = snapshot();
+    try {
+      control_session_->logout();
+    } catch (const std::exception&) {
+      // Closing every session below ends the login as well.
+    }
+    refuse_token(snap->info ? snap->info->serial : "", why);
+    return VarlinkError(perr::kTokenAbsent, {{"token", name}});
+  };
+  auto fail = [&](LoginState state, std::string reason, const char* error, nlohmann::json params) -> VarlinkError {
+    publish([&](TokenSnapshot& s) { s.logged_in = false, s.login_state = state, s.reason = reason; });
+    log::warning("token-login-refused", {{"token", name}, {"state", wire_name(state)}, {"reason", reason},
+                                         {"automatic", automatic ? "yes" : "no"}});
+    return VarlinkError(error, std::move(params));
+  };
+  // Logged in: published together with the key check, so a token whose keys
+  // changed is never seen usable.
+  auto publish_logged_in = [&] {
+    std::optional<std::string> replaced;
+    publish([&](TokenSnapshot& s) {
+      s.logged_in = true, s.login_state = LoginState::LoggedIn, s.reason.clear();
+      replaced = rescan_keys(s, KeyScan::Verify);
+      if (replaced) s.mark_refused(*replaced);
+    });
+    if (replaced) throw refuse(*replaced);
+  };
+  try {
+    if (control_session_->logged_in()) {
+      // Logged in already (a failed logout, another login): say so everywhere.
+      publish_logged_in();
+      return LoginState::LoggedIn;
+    }
+    const auto info = module_->token_info(control_session_->slot());
+    publish([&](TokenSnapshot& s) { s.info = info; });
+    if (info.pin.locked)
+      throw fail(LoginState::PinLocked, "the token's user PIN is locked; the security officer must unlock it", perr::kPinLocked,
+                 {{"token", name}});
+    if (automatic && pin_refused_)
+      throw fail(LoginState::PinIncorrect, "a wrong PIN was refused before; not retried automatically", perr::kPinIncorrect,
+                 {{"token", name}});
+    if (info.pin.final_try && (automatic || !force))
+      throw fail(LoginState::PinFinalTry, "the next wrong PIN locks the token; log in with 'firmactl login --force'",
+                 perr::kPinFinalTry, {{"token", name}});
+    protocol::Secret secret;
+    if (pin) {
+      secret = std::move(*pin);
+    } else {
+      try {
+        secret = read_pin(config_);
+      } catch (const PinSourceError& e) {
+        throw fail(LoginState::PinSourceUnavailable, e.what(), perr::kPinSourceUnavailable, {{"token", name}, {"reason", e.what()}});
+      }
+    }
+    publish([&](TokenSnapshot& s) { ++s.login_attempts; });
+    try {
+      control_session_->login(secret.view());
+    } catch (const pkcs11::Error& e) {
+      const auto after = module_->token_info(control_session_->slot());
+      publish([&](TokenSnapshot& s) { s.info = after; });
+      if (e.fault() == pkcs11::Fault::PinIncorrect) pin_refused_ = true;
+      if (e.fault() == pkcs11::Fault::PinIncorrect)
+        throw fail(LoginState::PinIncorrect, "the token refused the PIN (" + e.code_name() + "); not retried", perr::kPinIncorrect,
+                   {{"token", name}});
+      if (e.fault() == pkcs11::Fault::PinLocked)
+        throw fail(LoginState::PinLocked, "the token's user PIN is locked", perr::kPinLocked, {{"token", name}});
+      throw fail(LoginState::Error, e.what(), perr::kTokenError, {{"token", name}, {"call", e.call()}, {"code", e.code_name()}});
+    }
+  } catch (const pkcs11::Error& e) {
+    throw fail(LoginState::Error, e.what(), perr::kTokenError, {{"token", name}, {"call", e.call()}, {"code", e.code_name()}});
+  }
+  pin_refused_ = false;
+  publish_logged_in();
+  log::notice("token-login", {{"token", name}, {"automatic", automatic ? "yes" : "no"}});
+  return LoginState::LoggedIn;
+}
+
+LoginState TokenWorker::logout() {
+  if (!control_session_) throw VarlinkError(perr::kTokenAbsent, {{"token", config_.name}});
+  // New jobs see a logged-out token from here on; wait for those already running.
+  publish([&](TokenSnapshot& s) {
+    s.logged_in = false, s.login_state = LoginState::LoggedOut, s.reason = "logged out by an administrator";
+  });
+  {
+    std::unique_lock lock(mutex_);
+    idle_cv_.wait(lock, [this] { return active_ == 0; });
+  }
+  try {
+    control_session_->logout();
+  } catch (const std::exception& e) {
+    // Say what the token says, not what was hoped.
+    bool still = false;
+    try {
+      still = control_session_->logged_in();
+    } catch (const std::exception&) {
+    }
+    if (still) publish([&](TokenSnapshot& s) { s.logged_in = true, s.login_state = LoginState::LoggedIn, s.reason.clear(); });
+    throw token_failure(config_.name, e);
+  }
+  std::optional<std::string> replaced;
+  publish([&](TokenSnapshot& s) {
+    replaced = rescan_keys(s, KeyScan::Verify);
+    if (replaced) s.mark_refused(*replaced);
+  });
+  log::notice("token-logout", {{"token", config_.name}, {"why", "administrator"}});
+  if (replaced) refuse_token(snapshot()->info ? snapshot()->info->serial : "", *replaced);
+  return LoginState::LoggedOut;
+}
+
+}  // namespace firmad
