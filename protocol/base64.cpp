@@ -71,4 +71,12 @@ std::optional<std::vector<std::uint8_t>> base64_decode(std::string_view text) {
   return out;
 }
 
+std::string hex_encode(std::span<const std::uint8_t> bytes) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(bytes.size() * 2);
+  for (auto b : bytes) out += kHex[b >> 4], out += kHex[b & 15];
+  return out;
+}
+
 }  // namespace firmad::protocol

@@ -30,12 +30,7 @@ std::string printable(std::string_view text, std::size_t max) {
   return out;
 }
 
-std::string hex(const Bytes& b) {
-  static constexpr char k[] = "0123456789abcdef";
-  std::string out;
-  for (auto c : b) out += k[c >> 4], out += k[c & 15];
-  return out;
-}
+std::string hex(const Bytes& b) { return protocol::hex_encode(b); }
 
 Bytes unhex(const std::string& s) {
   Bytes out;

@@ -42,11 +42,11 @@ class Service {
 
  private:
   boost::asio::awaitable<protocol::Json> dispatch(const protocol::Call& call, const Peer& peer, const Stream& stream);
-  // Renew and Fetch (daemon/renewal_service.cpp).
+  // Renew and Fetch (server/renewal_service.cpp).
   boost::asio::awaitable<protocol::Json> renew(const protocol::Call& call, const Peer& peer, const Stream& stream);
   boost::asio::awaitable<protocol::Json> login(const protocol::Json& params, const Peer& peer);
   boost::asio::awaitable<protocol::Json> logout(const protocol::Json& params, const Peer& peer);
-  // Credential lifecycle (daemon/lifecycle.cpp).
+  // Credential lifecycle (server/lifecycle.cpp).
   boost::asio::awaitable<protocol::Json> import_credential(const protocol::Json& params, const Peer& peer);
   boost::asio::awaitable<protocol::Json> cancel(const protocol::Json& params, const Peer& peer);
   protocol::Json track_request(const protocol::Json& params, const Peer& peer);

@@ -51,12 +51,8 @@ void require_scheme(const KeyState& k, pkcs11::Scheme s) {
 
 void audit(const char* method, const KeyConfig& key, const Peer& peer, const char* scheme,
            const pkcs11::Bytes& digest, const char* result) {
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string hex;
-  hex.reserve(digest.size() * 2);
-  for (auto b : digest) hex += kHex[b >> 4], hex += kHex[b & 15];
   log::info("sign", {{"method", method}, {"key", key.alias}, {"scheme", scheme}, {"uid", peer.uid}, {"gid", peer.gid},
-                     {"pid", peer.pid}, {"exe", peer.executable}, {"digest", hex}, {"result", result}});
+                     {"pid", peer.pid}, {"exe", peer.executable}, {"digest", protocol::hex_encode(digest)}, {"result", result}});
 }
 
 }  // namespace

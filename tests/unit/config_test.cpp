@@ -368,8 +368,7 @@ TEST_F(ConfigTest, RefusesBytesThatAreNotUtf8) {
   expect_refused(std::string(kToken) + "# \xff\xfe\n", {":"});
 }
 
-// Disabled until daemon/config.cpp names the key in socket_group errors: today
-// an unknown group is reported as "daemon.g".
+// The refusal names the whole key (it was once reported as "daemon.g").
 TEST_F(ConfigTest, RefusesAnUnknownSocketGroupNamingTheKey) {
   expect_refused("[daemon]\nsocket_group = \"no-such-group-f1rmad\"\n" + std::string(kToken),
                  {": daemon.socket_group: ", "no-such-group-f1rmad"});

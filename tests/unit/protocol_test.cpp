@@ -618,6 +618,11 @@ TEST(Secret, WipeZeroesAStringThatHeldASecret) {
 }
 
 }  // namespace
+TEST(Hex, EncodesEachByteAsTwoLowerCaseDigits) {
+  EXPECT_EQ(hex_encode(std::vector<std::uint8_t>{}), "");
+  EXPECT_EQ(hex_encode(std::vector<std::uint8_t>{0x00, 0x01, 0xab, 0xff}), "0001abff");
+}
+
 }  // namespace firmad::protocol
 
 namespace {
