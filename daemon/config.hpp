@@ -89,6 +89,9 @@ struct KeyConfig {
   std::string alias;  // [keys.<alias>]
   std::string token;  // a [tokens.<name>]
   std::string uri;    // RFC 7512 URI selecting the key's objects on that token
+  // The URI as firmad.toml (or the import) wrote it. `uri` may differ once a
+  // renewal installed a new key; this one never changes while firmad runs.
+  std::string configured_uri;
   AccessList allow;   // who may sign with it
   // The employer's registration this credential belongs to (shown in status).
   std::string npie;               // Número Patronal de Identificación Electrónica

@@ -188,6 +188,7 @@ int main(int argc, char** argv) {
     firmad::StateStore state(cfg.daemon.state_directory);
     const nlohmann::json saved = state.read();
     add_imported_keys(cfg, saved);
+    for (auto& key : cfg.keys) key.configured_uri = key.uri;
     apply_renewed_key_uris(cfg, saved);
     workers = make_workers(cfg);
     restore_cancellations(workers, saved);

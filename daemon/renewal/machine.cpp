@@ -326,16 +326,13 @@ void Manager::install(Record& r, Target& t) {
   const std::string uri = id_uri(r.new_id);
   r.step = Step::Installed;
   r.reason.clear();
-  const KeyConfig* configured = config_.key(alias);
+  // The URI firmad.toml names, kept beside the one served: at start the
+  // renewed URI applies only while the file still names this one, so an
+  // administrator's edit wins.
+  const std::string file_uri = t.key.configured_uri.empty() ? t.key.uri : t.key.configured_uri;
   persist(alias, r, "certificate installed on the token next to its key", [&](Json& doc) {
     if (!r.new_key) return;
     if (!doc["keyUris"].is_object()) doc["keyUris"] = Json::object();
-    // The URI firmad.toml names: applied at start only while it still does.
-    // When an earlier renewal's URI is in force, the file's is the one it kept.
-    std::string file_uri = configured ? configured->uri : t.key.uri;
-    if (auto old = doc["keyUris"].find(alias); old != doc["keyUris"].end() && old->is_object() &&
-                                               old->value("uri", "") == file_uri)
-      file_uri = old->value("configured", file_uri);
     doc["keyUris"][alias] = {{"uri", uri}, {"configured", file_uri}};
   });
   if (r.new_key) serve_key(*t.worker, alias, uri);

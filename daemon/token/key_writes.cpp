@@ -62,6 +62,7 @@ KeyConfig TokenWorker::import_credential(const Credential& credential, KeyConfig
     const std::string digits = protocol::hex_encode(id);
     for (std::size_t i = 0; i < digits.size(); i += 2) uri += '%' + digits.substr(i, 2);
     key.uri = std::move(uri);
+    key.configured_uri = key.uri;
   } catch (const VarlinkError&) {
     throw;
   } catch (const std::exception& e) {

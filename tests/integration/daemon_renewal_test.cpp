@@ -579,5 +579,61 @@ TEST_F(Renewal, KillNineAtEveryStepLeavesAConsistentPairAndResumes) {
   }
 }
 
+// Renew, die during the next renewal, resume, renew again in the same
+// process, restart cleanly: whatever URI form firmad.toml uses, the key the
+// last renewal installed is the one served, and it signs.
+class RenewalSequence : public Renewal, public ::testing::WithParamInterface<std::string> {};
+
+TEST_P(RenewalSequence, RenewedKeyStaysServedThroughResumesRenewalsAndRestarts) {
+  start_ca();
+  const std::string tables = table("empresa", "idse");
+  const std::map<std::string, std::string> config{
+      {"uri = \"pkcs11:object=empresa;id=%01\"", "uri = \"" + GetParam() + "\"\nnpie = \"" + std::string(kNpie) + "\""}};
+  start(tables, "", false, config);
+  ASSERT_EQ(ctl("renew empresa").exit_code, 0) << daemon->log();
+  daemon.reset();
+
+  start(tables, "submitted", false, config);
+  (void)ctl("renew empresa");  // cut short by the crash
+  ASSERT_TRUE(eventually([&] { return !daemon->running(); }, std::chrono::seconds(20))) << daemon->log();
+  start(tables, "", false, config);
+  ASSERT_TRUE(eventually([&] { return state("empresa") == "retired"; }, std::chrono::seconds(20))) << daemon->log();
+  ASSERT_EQ(ctl("renew empresa").exit_code, 0) << daemon->log();
+  const std::string last = serial("empresa");
+  ASSERT_EQ(daemon->terminate(), 0);
+
+  start(tables, "", false, config);
+  const auto k = key("empresa");
+  EXPECT_TRUE(k.value("found", false)) << k.dump() << "\n" << daemon->log();
+  EXPECT_EQ(serial("empresa"), last) << "the key of the last renewal is served";
+  EXPECT_EQ(daemon->log().find("renewed-key-uri-ignored"), std::string::npos) << daemon->log();
+  EXPECT_EQ(read_file(out / "empresa.pem"), read_file(token_certificate("empresa")));
+  EXPECT_TRUE(signs_for("empresa", out / "empresa.pem"));
+}
+
+INSTANTIATE_TEST_SUITE_P(UriForms, RenewalSequence,
+                         ::testing::Values("pkcs11:object=empresa;id=%01", "pkcs11:id=%01", "pkcs11:object=empresa"),
+                         [](const auto& info) {
+                           return std::string(info.index == 0 ? "LabelAndId" : info.index == 1 ? "IdOnly" : "LabelOnly");
+                         });
+
+// After renewals, an administrator who points the key elsewhere in
+// firmad.toml wins over what the renewals recorded.
+TEST_F(Renewal, AdministratorsEditOfTheUriWinsOverTheRenewedKey) {
+  start_ca();
+  const std::string tables = table("empresa", "idse");
+  start(tables);
+  ASSERT_EQ(ctl("renew empresa").exit_code, 0) << daemon->log();
+  ASSERT_EQ(ctl("renew empresa").exit_code, 0) << daemon->log();
+  ASSERT_EQ(daemon->terminate(), 0);
+  // The original key pair, still on the token under its old label.
+  const std::string edited = "pkcs11:object=empresa.previous;id=%01";
+  start(tables, "", false,
+        {{"uri = \"pkcs11:object=empresa;id=%01\"", "uri = \"" + edited + "\"\nnpie = \"" + std::string(kNpie) + "\""}});
+  EXPECT_EQ(key("empresa").value("uri", ""), edited) << daemon->log();
+  EXPECT_NE(daemon->log().find("event=renewed-key-uri-ignored"), std::string::npos) << daemon->log();
+  EXPECT_TRUE(key("empresa").value("found", false)) << key("empresa").dump();
+}
+
 }  // namespace
 }  // namespace firmad::test
