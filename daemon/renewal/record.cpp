@@ -68,12 +68,15 @@ Record Record::from_json(const Json& j) {
   const std::string step = j.at("step").get<std::string>();
   const std::string failure = j.value("failure", "");
   r.reason = j.value("reason", "");
+  // Names this firmad does not know (a newer one wrote them, or a hand edit)
+  // keep the record and stop it for an administrator, saying which.
   if (failure.empty()) {
     r.failure.reset();
   } else if (auto f = protocol::renewal_failure_named(failure)) {
     r.failure = *f;
   } else {
-    throw std::runtime_error("unknown renewal failure '" + failure + "'");
+    r.failure = Failure::Underconfigured;
+    r.reason = "unknown renewal failure '" + failure + "' in the state file";
   }
   if (auto s = protocol::renewal_step_named(step)) {
     r.step = *s;
@@ -81,9 +84,7 @@ Record Record::from_json(const Json& j) {
     r.failure = Failure::Underconfigured;
     r.reason = "unknown renewal step '" + step + "' in the state file";
   }
-  const std::string origin = j.value("origin", name(Origin::Manual));
-  if (auto o = protocol::renewal_origin_named(origin)) r.origin = *o;
-  else throw std::runtime_error("unknown renewal origin '" + origin + "'");
+  r.origin = protocol::renewal_origin_named(j.value("origin", "")).value_or(Origin::Manual);
   r.new_key = j.value("newKey", true);
   r.key_type = j.value("keyType", "");
   r.old_id = unhex(j.value("oldId", ""));

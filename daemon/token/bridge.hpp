@@ -85,7 +85,12 @@ void dispatch(TokenWorker& worker, Lane lane, Fn fn, Deliver deliver,
   // Shared: the worker may drop the job unrun only by refusing it here.
   auto shared = std::make_shared<std::pair<Fn, Deliver>>(std::move(fn), std::move(deliver));
   const Admission admitted = worker.enqueue(
-      lane, [shared](WorkContext& ctx) { shared->second(bridge_detail::run_job<T>(shared->first, ctx)); },
+      lane,
+      [shared](WorkContext& ctx) noexcept {
+        // A job must not throw on a token thread; delivering only allocates
+        // (a post, a promise), and running out of memory there is fatal anyway.
+        shared->second(bridge_detail::run_job<T>(shared->first, ctx));
+      },
       wait_for_room);
   if (admitted != Admission::Queued) shared->second(JobOutcome<T>{bridge_detail::refusal(worker, admitted), {}});
 }

@@ -61,7 +61,9 @@ def state_uses(text, names):
     # Returned as text: only the names no other vocabulary uses ("error" is
     # also a log level, "fetch" a verb).
     distinct = "|".join(re.escape(n) for n in sorted(names) if "-" in n) or "(?!)"
-    pattern = re.compile(r'(?:[=!]=|(?<![=!<>])=(?!=))\s*"(%s)"|"(%s)"\s*[=!]=|\breturn\s+"(%s)"' % (every, every, distinct))
+    pattern = re.compile(
+        r'(?:[=!]=|(?<![=!<>])=(?!=)|\bcompare\(|\bstd::string(?:_view)?\()\s*"(%s)"|"(%s)"\s*[=!]=|\breturn\s+"(%s)"'
+        % (every, every, distinct))
     uses = []
     for m in pattern.finditer(text):
         uses.append((text.count("\n", 0, m.start()) + 1, m.group(1) or m.group(2) or m.group(3)))
@@ -81,6 +83,9 @@ def without_comments(text):
             j = n if j < 0 else j + 2
             out.append("\n" * text.count("\n", i, j))
             i = j
+        elif text[i] == "'" and i > 0 and text[i - 1].isalnum() and i + 1 < n and text[i + 1].isalnum():
+            out.append(text[i])  # a digit separator
+            i += 1
         elif text[i] in "\"'":
             q, j = text[i], i + 1
             while j < n and text[j] != q and text[j] != "\n":
@@ -123,6 +128,9 @@ def code_only(text):
             j = n if j < 0 else j + 2
             out.append("\n" * text.count("\n", i, j))
             i = j
+        elif c == "'" and i > 0 and text[i - 1].isalnum() and i + 1 < n and text[i + 1].isalnum():
+            out.append(c)  # a digit separator (8'000'000), not a character literal
+            i += 1
         elif c in "\"'":
             j = i + 1
             while j < n and text[j] != c and text[j] != "\n":
@@ -158,8 +166,13 @@ def check(root):
                     target = m.group(2)
                     if PKCS11_HEADER.search(target) and room != "pkcs11":
                         problems.append(f"{rel}:{line}: includes the PKCS#11 header {target}: only pkcs11/ may")
-                    if m.group(1) != '"':
-                        continue
+                    if m.group(1) == '"' and (target.startswith(".") or "/" not in target):
+                        # Relative to the including file ("../server/x.hpp", "x.hpp").
+                        local = os.path.normpath(os.path.join(os.path.dirname(rel), target))
+                        if os.path.exists(os.path.join(root, local)):
+                            target = local
+                    elif m.group(1) != '"' and target.split("/")[0] not in ("protocol", "pkcs11", "daemon", "client"):
+                        continue  # a system or library header
                     to = room_of(target)
                     if to is None or to == "main":
                         continue
