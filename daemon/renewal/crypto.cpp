@@ -97,6 +97,33 @@ Bytes build_csr(const Bytes& spki, const Bytes& subject, EVP_PKEY* key) {
   return der_of(static_cast<const X509_REQ*>(req.get()), i2d_X509_REQ, "certificate request");
 }
 
+void check_signs_for(EVP_PKEY* key, const Bytes& certificate_der) {
+  static constexpr std::string_view kMessage = "firmad: does the served key sign for its certificate?";
+  const auto* data = reinterpret_cast<const unsigned char*>(kMessage.data());
+  auto cert = parse_certificate(certificate_der);
+  using MdCtx = std::unique_ptr<EVP_MD_CTX, ossl::Deleter<EVP_MD_CTX_free>>;
+  MdCtx sign(EVP_MD_CTX_new());
+  std::size_t len = 0;
+  if (!sign || EVP_DigestSignInit(sign.get(), nullptr, EVP_sha256(), nullptr, key) != 1 ||
+      EVP_DigestSign(sign.get(), nullptr, &len, data, kMessage.size()) != 1) {
+    ERR_clear_error();
+    throw VerificationError("the key cannot make a test signature");
+  }
+  Bytes signature(len);
+  if (EVP_DigestSign(sign.get(), signature.data(), &len, data, kMessage.size()) != 1) {
+    ERR_clear_error();
+    throw VerificationError("the token could not make a test signature with the key");
+  }
+  signature.resize(len);
+  MdCtx verify(EVP_MD_CTX_new());
+  EVP_PKEY* pub = X509_get0_pubkey(cert.get());
+  if (!verify || !pub || EVP_DigestVerifyInit(verify.get(), nullptr, EVP_sha256(), nullptr, pub) != 1 ||
+      EVP_DigestVerify(verify.get(), signature.data(), signature.size(), data, kMessage.size()) != 1) {
+    ERR_clear_error();
+    throw VerificationError("a test signature of the key does not verify with the certificate's public key");
+  }
+}
+
 Bytes sign_acceptance(std::string_view text, const Bytes& certificate_der, EVP_PKEY* key) {
   auto cert = parse_certificate(certificate_der);
   ossl::Bio in = memory_bio(text, "the acceptance");

@@ -51,6 +51,11 @@ std::vector<Bytes> verify_issued(const Bytes& certificate_der, const std::vector
                                  const Bytes& expected_spki, const std::vector<std::string>& trust_anchor_files,
                                  std::time_t now);
 
+// Signs a fixed test message with `key` (SHA-256; the token does the private
+// operation) and verifies the signature with the public key of
+// `certificate_der`. Throws VerificationError saying which part failed.
+void check_signs_for(EVP_PKEY* key, const Bytes& certificate_der);
+
 // The SubjectPublicKeyInfo DER of a certificate. Throws VerificationError.
 Bytes public_key_of(const Bytes& certificate_der);
 

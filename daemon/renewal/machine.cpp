@@ -357,6 +357,26 @@ void Manager::retire(Record& r, Target& t) {
     }
     if (t.key.uri != uri) serve_key(*t.worker, alias, uri);
   }
+  // Check before retiring anything: a crash may have torn the new pair (a
+  // token rewrites an object in place). Then the old pair, if whole, is
+  // served again and the renewal waits for an administrator.
+  if (auto why = damaged_pair(*t.worker, r.new_id, cert)) {
+    require_token(*t.worker);  // a token that went away is not a damaged pair
+    r.failure = Failure::VerificationFailed;
+    if (!r.new_key || r.old_certificate.empty() || damaged_pair(*t.worker, r.old_id, r.old_certificate)) {
+      r.reason = printable("the installed key pair is damaged (" + *why + ") and no whole previous pair is left");
+      return;
+    }
+    const std::string old_uri = id_uri(r.old_id);
+    const std::string file_uri = t.key.configured_uri.empty() ? t.key.uri : t.key.configured_uri;
+    r.reason = printable("the installed key pair is damaged (" + *why + "); serving the previous key again");
+    persist(alias, r, r.reason, [&](Json& doc) {
+      if (!doc["keyUris"].is_object()) doc["keyUris"] = Json::object();
+      doc["keyUris"][alias] = {{"uri", old_uri}, {"configured", file_uri}};
+    });
+    serve_key(*t.worker, alias, old_uri);
+    return;
+  }
   try {
     write_certificate_files(c, cert, r.chain);
   } catch (const StateError& e) {

@@ -3,9 +3,12 @@
 
 #include <stdexcept>
 
+#include "daemon/log.hpp"
+#include "daemon/renewal/crypto.hpp"
 #include "daemon/renewal/record.hpp"
 #include "daemon/test_hooks.hpp"
 #include "daemon/token/bridge.hpp"
+#include "daemon/token/signing.hpp"
 #include "pkcs11/import.hpp"
 #include "pkcs11/key.hpp"
 #include "pkcs11/uri.hpp"
@@ -87,6 +90,32 @@ void rescan_keys(TokenWorker& token) {
   write_on_token(token, [](const pkcs11::Session&) {});  // write_objects rescans afterwards
 }
 
+std::optional<std::string> damaged_pair(TokenWorker& token, const Bytes& id, const Bytes& certificate) {
+  std::optional<std::string> why;
+  Bytes spki;
+  auto inspect = [&](const pkcs11::Session& session) {
+    const auto objects = pkcs11::objects_by_id(session, id);
+    bool has_certificate = false;
+    for (const auto& [handle, der] : objects.certificates) has_certificate = has_certificate || der == certificate;
+    if (!objects.private_key) return void(why = "no private key with CKA_ID " + hex(id));
+    if (!objects.public_key) return void(why = "no public key with CKA_ID " + hex(id));
+    if (!has_certificate) return void(why = "the certificate is not on the token next to CKA_ID " + hex(id));
+    auto key = pkcs11::find_key(session, pkcs11::Uri::parse(id_uri(id)));
+    if (!key || key->public_key.empty()) return void(why = "the key with CKA_ID " + hex(id) + " cannot be read");
+    spki = key->public_key;
+  };
+  run_blocking<void>(token, Lane::Control, [&] { token.read_objects(inspect); });
+  if (why) return why;
+  if (spki != public_key_of(certificate)) return "the public key with CKA_ID " + hex(id) + " is not the certificate's";
+  try {
+    auto key = token_backed_key(token, id, spki);
+    check_signs_for(key.get(), certificate);
+  } catch (const VerificationError& e) {
+    return std::string(e.what());
+  }
+  return std::nullopt;
+}
+
 void retire_old_objects(TokenWorker& token, const Retirement& what) {
   write_on_token(token, [&](const pkcs11::Session& s) {
     auto old = pkcs11::objects_by_id(s, what.old_id);
@@ -95,13 +124,17 @@ void retire_old_objects(TokenWorker& token, const Retirement& what) {
     test_hooks::crash_point("old-certificate-removed");
     const Bytes& cleanup = what.cleanup_id;
     if (!cleanup.empty() && cleanup != what.new_id && cleanup != what.old_id) destroy_objects_by_id(s, cleanup);
-    if (what.new_key) {
-      // The old key stays (non-extractable, harmless) under a name that says what it is.
-      if (old.private_key) pkcs11::set_label(s, *old.private_key, what.alias + ".previous");
-      if (old.public_key) pkcs11::set_label(s, *old.public_key, what.alias + ".previous");
-      auto fresh = pkcs11::objects_by_id(s, what.new_id);
-      if (fresh.private_key) pkcs11::set_label(s, *fresh.private_key, what.alias);
-      if (fresh.public_key) pkcs11::set_label(s, *fresh.public_key, what.alias);
+    if (!what.new_key) return;
+    // The old key stays (non-extractable, harmless) under a name that says
+    // what it is. Best effort: some tokens cannot relabel, and the only copy
+    // of a key served is never written to.
+    for (auto handle : {old.private_key, old.public_key}) {
+      if (!handle) continue;
+      try {
+        pkcs11::set_label(s, *handle, what.alias + ".previous");
+      } catch (const std::exception& e) {
+        log::warning("previous-key-not-relabelled", {{"key", what.alias}, {"id", hex(what.old_id)}, {"error", e.what()}});
+      }
     }
   });
 }

@@ -5,6 +5,7 @@
 // throws what the token or the worker threw (protocol::VarlinkError
 // TokenAbsent / NotLoggedIn, pkcs11::Error, std::runtime_error).
 #pragma once
+#include <optional>
 #include <string>
 
 #include "daemon/token/token_worker.hpp"
@@ -40,10 +41,18 @@ void serve_key(TokenWorker& token, const std::string& alias, const std::string& 
 // The worker reads the token's keys again (a new certificate of the same key).
 void rescan_keys(TokenWorker& token);
 
+// Why the pair with CKA_ID `id` cannot serve `certificate`, or nullopt when
+// it can: its private key, public key and `certificate` objects are on the
+// token, the public key is the certificate's, and a signature the token makes
+// with it verifies with the certificate. Throws what the token threw when it
+// could not be asked (absent, not logged in).
+std::optional<std::string> damaged_pair(TokenWorker& token, const Bytes& id, const Bytes& certificate);
+
 // The last step on the token: the old certificates of `old_id` other than
 // `certificate` are removed, then an abandoned key (`cleanup_id`), and when
-// the key is new, the old pair is relabelled `<alias>.previous` and the new
-// pair `<alias>`.
+// the key is new, the old pair is relabelled `<alias>.previous` (best effort:
+// a token that refuses is logged, nothing else). The new pair is never
+// written to: it keeps the label it was made with and is served by CKA_ID.
 struct Retirement {
   std::string alias;
   Bytes old_id, new_id, cleanup_id;

@@ -86,6 +86,14 @@ void TokenWorker::write_objects(const std::function<void(const pkcs11::Session&)
   write(rw);
 }
 
+void TokenWorker::read_objects(const std::function<void(const pkcs11::Session&)>& read) {
+  const std::string& name = config_.name;
+  if (!control_session_) throw VarlinkError(perr::kTokenAbsent, {{"token", name}});
+  const auto snap = snapshot();
+  if (!snap->logged_in) throw not_logged_in(name, snap->login_state);
+  read(*control_session_);
+}
+
 void TokenWorker::set_key_uri(const std::string& alias, const std::string& uri) {
   auto parsed = pkcs11::Uri::parse(uri);
   for (std::size_t i = 0; i < key_configs_.size(); ++i) {

@@ -143,6 +143,10 @@ class TokenWorker {
   // present, logged-in token, then rescans the keys. Throws VarlinkError
   // TokenAbsent or NotLoggedIn, or what `write` threw.
   void write_objects(const std::function<void(const pkcs11::Session&)>& write);
+  // Control thread only. Runs `read` with the control session of the
+  // present, logged-in token (reads only; nothing is rescanned). Throws
+  // VarlinkError TokenAbsent or NotLoggedIn, or what `read` threw.
+  void read_objects(const std::function<void(const pkcs11::Session&)>& read);
   // Control thread only. Serves `alias` from the objects `uri` selects from
   // now on (a renewal installed a new key). Throws std::invalid_argument for
   // a bad URI.

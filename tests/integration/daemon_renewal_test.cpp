@@ -635,5 +635,51 @@ TEST_F(Renewal, AdministratorsEditOfTheUriWinsOverTheRenewedKey) {
   EXPECT_TRUE(key("empresa").value("found", false)) << key("empresa").dump();
 }
 
+// The new key is never written to once made (a token rewrites objects in
+// place, and a kill mid-write would leave its only copy empty): it keeps its
+// label and is served by CKA_ID; only the previous pair is relabelled.
+TEST_F(Renewal, NewKeyIsNeverRelabelledOnlyThePreviousOne) {
+  start_ca();
+  start(table("empresa", "idse"));
+  ASSERT_EQ(ctl("renew empresa").exit_code, 0) << daemon->log();
+  const auto objects = run(std::string("pkcs11-tool --module ") + TokenRig::kModule + " --login --pin " + TokenRig::kPin +
+                           " --list-objects --type privkey 2>/dev/null").out;
+  EXPECT_NE(objects.find("label:      empresa.renewal"), std::string::npos) << objects;
+  EXPECT_NE(objects.find("label:      empresa.previous"), std::string::npos) << objects;
+  EXPECT_TRUE(signs_for("empresa", out / "empresa.pem"));
+}
+
+// A new pair torn after the commit point (its private key gone) is found
+// before anything of the old pair is removed: the old pair is served again,
+// also after a restart, and the renewal stops in a named failure.
+TEST_F(Renewal, DamagedNewPairAfterInstallServesThePreviousPairAgain) {
+  start_ca();
+  const std::string tables = table("empresa", "idse");
+  start(tables, "installed");
+  const auto before = key("empresa");
+  const fs::path old_pem = token_certificate("empresa");
+  (void)ctl("renew empresa");  // killed right after the commit
+  ASSERT_TRUE(eventually([&] { return !daemon->running(); }, std::chrono::seconds(20))) << daemon->log();
+  const auto saved = firma::Json::parse(read_file(rig.dir() / "state" / "state.json"));
+  const std::string new_id = saved["renewals"]["empresa"]["newId"];
+  ASSERT_FALSE(new_id.empty());
+  auto r = run(std::string("pkcs11-tool --module ") + TokenRig::kModule + " --login --pin " + TokenRig::kPin +
+               " --delete-object --type privkey --id " + new_id);
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+
+  start(tables);
+  ASSERT_TRUE(eventually([&] { return state("empresa") == "verification-failed"; }, std::chrono::seconds(20)))
+      << state("empresa") << "\n" << daemon->log();
+  const auto k = key("empresa");
+  EXPECT_NE(k["renewal"].value("reason", "").find("damaged"), std::string::npos) << k.dump();
+  EXPECT_EQ(k["publicKey"], before["publicKey"]) << "the previous key is served";
+  EXPECT_EQ(k["certificate"]["serial"], before["certificate"]["serial"]);
+  EXPECT_TRUE(signs_for("empresa", old_pem));
+  daemon.reset();
+  start(tables);
+  EXPECT_EQ(key("empresa")["publicKey"], before["publicKey"]) << "also after a restart";
+  EXPECT_TRUE(signs_for("empresa", old_pem));
+}
+
 }  // namespace
 }  // namespace firmad::test
