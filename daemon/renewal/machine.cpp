@@ -225,6 +225,17 @@ void Manager::submit(Record& r, Target& t) {
   auto provider = make_provider(t.config);
   const bool first = r.step == Step::RequestBuilt;
   const Outcome o = first ? provider->submit(s) : provider->poll(s, r.ticket);
+  if (o.kind == Kind::Accepted && !o.ticket.empty() && o.ticket.size() <= 512 && printable(o.ticket, 512) == o.ticket) {
+    // Each answer is recorded before the next request: a crash during the
+    // download resumes by this ticket and never submits again.
+    r.step = Step::Submitted;
+    r.ticket = o.ticket;
+    persist(t.key.alias, r, "request accepted by the CA (" + r.ticket + ")");
+    Outcome fetched = provider->poll(s, r.ticket);
+    if (fetched.kind == Kind::Unreachable)
+      fetched = Outcome::pending(r.ticket, fetched.retry_after, "issued; download failed (" + fetched.reason + ")");
+    return settle(r, fetched, t);
+  }
   if (first && (o.kind == Kind::Issued || o.kind == Kind::Pending)) {
     r.step = Step::Submitted;
     if (!o.ticket.empty() && printable(o.ticket, 512) == o.ticket) r.ticket = o.ticket;
@@ -267,6 +278,8 @@ void Manager::settle(Record& r, const Outcome& o, const Target& t) {
     case Kind::Rejected:
       if (!o.ticket.empty()) r.ticket = o.ticket;
       return fail(r, Failure::Rejected, o.reason, t);
+    case Kind::Accepted:  // only submit() may answer so, with a ticket it records
+      return fail(r, Failure::VerificationFailed, "the CA accepted the request without a usable ticket", t);
     case Kind::Underconfigured: return fail(r, Failure::Underconfigured, o.reason, t);
     case Kind::Invalid: return fail(r, Failure::VerificationFailed, o.reason, t);
   }
@@ -279,7 +292,11 @@ void Manager::fetch_by_serial(Record& r, Target& t) {
     if (npie.empty()) throw StepFailure{Failure::Underconfigured, "no NPIE given and none configured for the key"};
     const Outcome found = idse_lookup_serial(t.config, npie);
     if (found.kind != Kind::Pending) return settle(r, found, t);
-    serial = found.ticket;
+    if (found.ticket.empty() || found.ticket.size() > 512 || printable(found.ticket, 512) != found.ticket)
+      return fail(r, Failure::VerificationFailed, "the CA's serial for NPIE " + npie + " is not printable text", t);
+    // Recorded before the download asks for it.
+    serial = r.ticket = found.ticket;
+    persist(t.key.alias, r, "the CA's serial for NPIE " + npie + " is " + serial);
   }
   const Outcome o = idse_fetch(t.config, serial);
   if (o.kind != Kind::Issued) {

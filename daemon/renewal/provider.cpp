@@ -118,14 +118,13 @@ class Idse final : public Provider {
       return Outcome::failed(Kind::Rejected, "the CA rejected the request: " + (fields.count("MOTIVO") ? fields["MOTIVO"] : "no reason given"));
     if ((state == "EMITIDO" || state == "PENDIENTE") && !serial.empty()) {
       if (state == "PENDIENTE") return Outcome::pending(serial, retry_after_seconds(fields["REINTENTAR"]));
-      // Accepted: whatever the download does, the serial is kept and the
-      // certificate polled for by it (never a second request to the CA).
-      Outcome o = idse_fetch(c_, serial);
-      if (o.kind == Kind::Unreachable) o = Outcome::pending(serial, o.retry_after, "issued; download failed (" + o.reason + ")");
-      o.ticket = serial;
-      return o;
+      // Issued: the serial is recorded before the download (poll) asks for
+      // it, so a crash in between never sends the request again.
+      return Outcome::accepted(serial);
     }
-    return Outcome::failed(Kind::Unreachable, "the CA's answer is not understood: " + excerpt(r.body));
+    // A named failure, not a retry without end: an answer firmad cannot read
+    // will not read better next time (firmad.toml(5) lists what it reads).
+    return Outcome::failed(Kind::Invalid, "the CA's answer to the request is not understood: " + excerpt(r.body));
   }
 
   Outcome poll(const Submission&, const std::string& serial) override { return idse_fetch(c_, serial); }
@@ -278,9 +277,11 @@ Outcome idse_lookup_serial(const RenewalConfig& c, const std::string& npie) {
   if (auto f = common_failure(r)) return *f;
   if (r.status == 404) return Outcome::failed(Kind::Rejected, "the CA has no certificate issued for NPIE " + npie);
   auto fields = idse_fields(r.body);
-  if (r.status != 200 || fields["SERIAL_NOM"].empty())
-    return Outcome::failed(Kind::Unreachable, "the CA's answer to the serial lookup is not understood (HTTP " +
-                                                  std::to_string(r.status) + "): " + excerpt(r.body));
+  if (r.status != 200)
+    return Outcome::failed(Kind::Unreachable, "HTTP " + std::to_string(r.status) + " from the CA's serial lookup: " +
+                                                  excerpt(r.body));
+  if (fields["SERIAL_NOM"].empty())
+    return Outcome::failed(Kind::Invalid, "the CA's answer to the serial lookup is not understood: " + excerpt(r.body));
   return Outcome::pending(fields["SERIAL_NOM"], seconds(0), "serial found");
 }
 

@@ -17,8 +17,10 @@ using pkcs11::Bytes;
 
 // What a CA answered.
 struct Outcome {
-  // Invalid: the CA answered with something that is not a certificate.
-  enum class Kind { Issued, Pending, Rejected, Unreachable, Underconfigured, Invalid };
+  // Accepted: the CA took the request and named it (`ticket`); the
+  // certificate is to be fetched with poll() at once, once the ticket is
+  // recorded. Invalid: the CA answered with something that is not a certificate.
+  enum class Kind { Issued, Accepted, Pending, Rejected, Unreachable, Underconfigured, Invalid };
   Kind kind = Kind::Unreachable;
   std::vector<Bytes> certificates;      // Issued: the certificate first, then any chain (DER)
   std::string ticket;                   // Pending: what to poll with (a serial, a cookie)
@@ -28,6 +30,9 @@ struct Outcome {
   static Outcome issued(std::vector<Bytes> certs) { return {Kind::Issued, std::move(certs), {}, {}, {}}; }
   static Outcome pending(std::string ticket, std::chrono::seconds after, std::string why = "the CA has not issued it yet") {
     return {Kind::Pending, {}, std::move(ticket), after, std::move(why)};
+  }
+  static Outcome accepted(std::string ticket) {
+    return {Kind::Accepted, {}, std::move(ticket), {}, "the CA accepted the request"};
   }
   static Outcome failed(Kind kind, std::string why, std::chrono::seconds after = std::chrono::seconds(0)) {
     return {kind, {}, {}, after, std::move(why)};

@@ -681,5 +681,48 @@ TEST_F(Renewal, DamagedNewPairAfterInstallServesThePreviousPairAgain) {
   EXPECT_TRUE(signs_for("empresa", old_pem));
 }
 
+// The CA's answer to the submission (the serial) is recorded before the
+// download asks for it: firmad killed while downloading resumes by that
+// serial, and the CA is asked for one certificate only.
+TEST_F(Renewal, KilledWhileDownloadingResumesWithoutSubmittingAgain) {
+  start_ca();
+  const std::string tables = table("empresa", "idse");
+  start(tables);
+  const std::string before = serial("empresa");
+  ca->control("fetch:timeout");  // the download hangs
+  std::thread renew([&] { (void)ctl("renew empresa", 30); });
+  const bool downloading = eventually([&] { return ca->requests().find("GET /idse/instalaRenovacion") != std::string::npos; },
+                                      std::chrono::seconds(20));
+  ::kill(daemon->pid(), SIGKILL);
+  renew.join();
+  ASSERT_TRUE(downloading) << ca->requests() << daemon->log();
+  ASSERT_TRUE(eventually([&] { return !daemon->running(); }, std::chrono::seconds(10)));
+  ca->control("");
+  start(tables);
+  ASSERT_TRUE(eventually([&] { return state("empresa") == "retired"; }, std::chrono::seconds(30)))
+      << state("empresa") << "\n" << daemon->log();
+  const std::string requests = ca->requests();
+  std::size_t submissions = 0;
+  for (std::size_t at = 0; (at = requests.find("POST /idse/solicitudRenovacion", at)) != std::string::npos; ++at) ++submissions;
+  EXPECT_EQ(submissions, 1u) << requests;
+  EXPECT_NE(serial("empresa"), before);
+  EXPECT_TRUE(signs_for("empresa", out / "empresa.pem"));
+}
+
+// An IDSE answer firmad cannot read is a named failure that waits for an
+// administrator, not 'ca-unreachable' retried without end.
+TEST_F(Renewal, UnreadableSerialLookupIsANamedFailure) {
+  start_ca();
+  start(table("empresa", "idse"));
+  ASSERT_EQ(ctl("renew empresa").exit_code, 0) << daemon->log();  // the CA now has a certificate for the NPIE
+  ca->control("lookup:garbage");
+  auto r = ctl(std::string("fetch empresa --npie ") + kNpie);
+  EXPECT_NE(r.exit_code, 0) << r.out;
+  EXPECT_EQ(state("empresa"), "verification-failed") << r.out;
+  const auto k = key("empresa");
+  EXPECT_NE(k["renewal"].value("reason", "").find("not understood"), std::string::npos) << k.dump();
+  EXPECT_FALSE(k["renewal"].contains("nextTry")) << "not retried by itself: " << k.dump();
+}
+
 }  // namespace
 }  // namespace firmad::test
