@@ -39,9 +39,20 @@ build() {
   cmake --build "$build_dir" -j "$(nproc)"
 }
 
+# Processes the demo started; the EXIT trap ends them (global: the trap runs
+# after demo's locals are gone, and set -u would stop at a missing one).
+demo_pids=()
+stop_demo_processes() {
+  local p
+  for p in "${demo_pids[@]}"; do kill "$p" 2>/dev/null || true; done
+}
+
 demo() {
   build
   local dir="$root/.demo"
+  # Every run starts from nothing: a fresh token, a fresh state directory
+  # (a renewal of an earlier run recorded keys this token does not have).
+  rm -rf "$dir"
   step "Creating a SoftHSM token in $dir with keys and certificates from a demo CA"
   tests/support/make-token.sh "$dir" >/dev/null
   export SOFTHSM2_CONF="$dir/softhsm2.conf" FIRMAD_SOCKET="$dir/run/firmad.sock"
@@ -54,6 +65,8 @@ demo() {
   python3 tests/support/renewal_ca.py --dir "$dir/idse" --ca-cert "$dir/ca/ca.pem" --ca-key "$dir/ca/ca.key" \
     --port-file "$dir/idse/port" --tls --lifetime 300 2>"$dir/idse/service.log" &
   local ca_pid=$!
+  demo_pids+=("$ca_pid")
+  trap stop_demo_processes EXIT
   for _ in $(seq 100); do [ -s "$dir/idse/port" ] && break; sleep 0.1; done
   local idse="https://127.0.0.1:$(cat "$dir/idse/port")"
   echo "  $idse"
@@ -72,7 +85,7 @@ TOML
   step "Starting firmad (configuration $dir/firmad-demo.toml, log $dir/firmad.log)"
   "$build_dir/daemon/firmad" --config "$dir/firmad-demo.toml" 2>"$dir/firmad.log" &
   local pid=$!
-  trap 'kill $pid $ca_pid 2>/dev/null || true' EXIT
+  demo_pids+=("$pid")
   for _ in $(seq 100); do "$ctl" status >/dev/null 2>&1 && break; sleep 0.1; done
   "$ctl" status
 

@@ -1,6 +1,9 @@
 // Atomic write-through of the state document.
 #include "daemon/state.hpp"
 
+#include <algorithm>
+#include <cctype>
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -9,6 +12,9 @@
 #include <cstring>
 #include <fstream>
 #include <sstream>
+#include <vector>
+
+#include "daemon/log.hpp"
 
 namespace firmad {
 namespace {
@@ -29,9 +35,35 @@ void write_all(int fd, const std::string& data, const std::filesystem::path& pat
 
 }  // namespace
 
+std::size_t remove_temporaries_of(const std::filesystem::path& file) noexcept {
+  namespace fs = std::filesystem;
+  const std::string prefix = file.filename().string() + ".";
+  std::size_t removed = 0;
+  std::error_code ec;
+  for (fs::directory_iterator it(file.has_parent_path() ? file.parent_path() : fs::path("."), ec), end; !ec && it != end;
+       it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name.size() != prefix.size() + 6 || name.compare(0, prefix.size(), prefix) != 0) continue;
+    if (!std::all_of(name.end() - 6, name.end(), [](unsigned char c) { return std::isalnum(c); })) continue;
+    std::error_code type_ec;
+    if (!it->is_regular_file(type_ec) || it->is_symlink(type_ec)) continue;
+    if (fs::remove(it->path(), type_ec)) {
+      ++removed;
+      log::notice("temporary-file-removed", {{"path", it->path().string()}, {"why", "left by an interrupted write"}});
+    }
+  }
+  return removed;
+}
+
 StateStore::StateStore(std::filesystem::path directory)
     : directory_(std::move(directory)), file_(directory_ / "state.json"), doc_(nlohmann::json::object()) {
   if (::mkdir(directory_.c_str(), 0700) != 0 && errno != EEXIST) fail("cannot create state directory", directory_);
+  remove_temporaries_of(file_);
+  std::vector<std::filesystem::path> backups;
+  std::error_code ec;
+  for (std::filesystem::directory_iterator it(directory_ / "backup", ec), end; !ec && it != end; it.increment(ec))
+    if (it->path().extension() == ".pem") backups.push_back(it->path());
+  for (const auto& pem : backups) remove_temporaries_of(pem);
   std::ifstream in(file_, std::ios::binary);
   if (!in) {
     if (errno == ENOENT) return;

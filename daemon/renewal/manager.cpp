@@ -41,6 +41,12 @@ Clock::time_point tp(std::time_t t) { return Clock::from_time_t(std::clamp<std::
 
 Manager::Manager(const Config& config, std::vector<std::unique_ptr<TokenWorker>>& tokens, StateStore& state)
     : config_(config), tokens_(tokens), state_(state) {
+  // What an interrupted install left next to the certificate files.
+  for (const auto& key : config_.keys) {
+    if (!key.renewal) continue;
+    for (const auto& file : {key.renewal->certificate_file, key.renewal->chain_file})
+      if (!file.empty()) remove_temporaries_of(file);
+  }
   const Json doc = state_.read();
   if (auto it = doc.find("renewals"); it != doc.end() && it->is_object()) {
     for (const auto& [alias, j] : it->items()) {

@@ -724,5 +724,23 @@ TEST_F(Renewal, UnreadableSerialLookupIsANamedFailure) {
   EXPECT_FALSE(k["renewal"].contains("nextTry")) << "not retried by itself: " << k.dump();
 }
 
+// Temporary files a kill left behind (state.json.XXXXXX, a backup's, a
+// certificate file's) are removed when firmad starts; nothing else is.
+TEST_F(Renewal, TemporaryFilesOfAnInterruptedWriteAreRemovedAtStart) {
+  start_ca();
+  const fs::path state = rig.dir() / "state";
+  fs::create_directories(state / "backup");
+  const std::vector<fs::path> leftovers{state / "state.json.Ab3xYz", state / "backup" / "empresa-01.pem.Qq1234",
+                                        out / "empresa.pem.Zz9999"};
+  const std::vector<fs::path> kept{state / "state.json.keep", state / "backup" / "empresa-01.pem", state / "notes.txt",
+                                   out / "empresa.pem.Zz99"};
+  for (const auto& p : leftovers) write_file(p, "half");
+  for (const auto& p : kept) write_file(p, "mine");
+  start(table("empresa", "idse"));
+  for (const auto& p : leftovers) EXPECT_FALSE(fs::exists(p)) << p;
+  for (const auto& p : kept) EXPECT_TRUE(fs::exists(p)) << p;
+  EXPECT_NE(daemon->log().find("event=temporary-file-removed"), std::string::npos) << daemon->log();
+}
+
 }  // namespace
 }  // namespace firmad::test
