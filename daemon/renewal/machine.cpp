@@ -317,7 +317,15 @@ void Manager::fetch_by_serial(Record& r, Target& t) {
     r.old_certificate = current->certificate;
     r.for_serial = t.state->certificate ? t.state->certificate->serial_hex : "";
   } else {
-    throw VerificationError("certificate " + serial + " is for a key that is not on the token; not installed");
+    for (auto& w : tokens_) {
+      const auto snap = w->snapshot();
+      for (const auto& k : snap->keys)
+        if (k.info && k.info->public_key == spki)
+          throw VerificationError("certificate " + serial + " is for key '" + k.config.alias + "' (token " +
+                                  w->config().name + "), not for '" + t.key.alias + "'; not installed");
+    }
+    throw VerificationError("certificate " + serial +
+                            " is for a key that is not on the token (nor on any token firmad serves); not installed");
   }
   r.ticket = serial;
   settle(r, o, t);

@@ -742,5 +742,20 @@ TEST_F(Renewal, TemporaryFilesOfAnInterruptedWriteAreRemovedAtStart) {
   EXPECT_NE(daemon->log().find("event=temporary-file-removed"), std::string::npos) << daemon->log();
 }
 
+// A certificate fetched for one key that belongs to another key firmad
+// serves is refused, naming the key it is for.
+TEST_F(Renewal, FetchOfAnotherKeysCertificateNamesThatKey) {
+  start_ca();
+  start(table("empresa", "idse") + table("firma-ec", "idse"), "", false,
+        {{"uri = \"pkcs11:object=firma-ec", "uri = \"pkcs11:object=firma-ec;id=%02\"\nnpie = \"" + std::string(kNpie) + "\""}});
+  ASSERT_EQ(ctl("renew empresa").exit_code, 0) << daemon->log();
+  auto issued = run("ls -t " + quote((ca->dir() / "issued").string()) + " | head -1 | sed 's/\\.der$//'");
+  const std::string before = serial("firma-ec");
+  auto r = ctl("fetch firma-ec --serial " + issued.out.substr(0, issued.out.find('\n')));
+  EXPECT_EQ(r.exit_code, 1) << r.out;
+  EXPECT_NE(r.out.find("is for key 'empresa'"), std::string::npos) << r.out;
+  EXPECT_EQ(serial("firma-ec"), before);
+}
+
 }  // namespace
 }  // namespace firmad::test
