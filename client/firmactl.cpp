@@ -388,6 +388,8 @@ int main(int argc, char** argv) {
   renew->add_option("key", key, "Key name");
   renew->add_flag("--check", check, "Exit 0 if no certificate needs renewal, 1 if one does (for timers and monitoring)");
   renew->add_flag("--due", due_only, "Renew every key whose certificate is due (what firmad-renew.timer runs)");
+  bool abandon = false;
+  renew->add_flag("--abandon", abandon, "End the key's renewal in whatever state it is; remove its uninstalled new key");
 
   auto* fetch = app.add_subcommand("fetch", "Download and install a certificate the CA issued but that was never installed (administrators)");
   std::string serial;
@@ -556,11 +558,13 @@ int main(int argc, char** argv) {
       if (key.empty()) throw Failure{kUsage, "renew needs a key name (or --check, --due)"};
       if (fetch->parsed() && !serial.empty() && !npie.empty()) throw Failure{kUsage, "give --serial or --npie, not both"};
       firma::Json params = {{"key", key}};
+      if (renew->parsed() && abandon) params["abandon"] = true;
       if (!serial.empty()) params["serial"] = serial;
       if (!npie.empty()) params["npie"] = npie;
       auto print = [&](const firma::Json& reply) { print_event(reply.at("event"), opt.json); };
       auto last = client.call_more(fetch->parsed() ? "io.firmad.Signer.Fetch" : "io.firmad.Signer.Renew", params, print);
       print(last);
+      if (renew->parsed() && abandon) return kOk;  // the event says what was done
       return renewal_exit(last["event"].value("state", ""));
     } else if (logout->parsed()) {
       std::string state = client.logout(token);

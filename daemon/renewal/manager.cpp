@@ -148,6 +148,11 @@ void Manager::fetch(const std::string& alias, const std::string& serial, const s
   request(alias, {Request::Kind::Fetch, ticket, {}}, std::move(listener));
 }
 
+void Manager::abandon(const std::string& alias, Listener listener) {
+  if (!target(alias)) throw VarlinkError(perr::kKeyNotFound, {{"key", alias}});
+  request(alias, {Request::Kind::Abandon, {}, {}}, std::move(listener));
+}
+
 void Manager::cancel(const std::string& alias) {
   try {
     request(alias, {Request::Kind::Cancel, {}, {}}, nullptr);
@@ -166,6 +171,40 @@ void Manager::handle(const std::string& alias, const Request& req) {
   {
     std::lock_guard lock(mutex_);
     if (auto it = records_.find(alias); it != records_.end()) current = it->second;
+  }
+  if (req.kind == Request::Kind::Abandon) {
+    if (!current || current->done()) {
+      notify(alias, Event{alias, current ? current->state() : std::string(protocol::kRenewalStateNone),
+                          current ? std::optional<Step>(current->step) : std::nullopt, std::nullopt,
+                          "no renewal under way: nothing abandoned", now_s(), 0, true});
+      return;
+    }
+    Record r = *current;
+    std::string did;
+    if (const Bytes pending = r.abandoned_key(); !pending.empty()) {
+      did = "its new key (CKA_ID " + hex(pending) + ") removed from the token";
+      try {
+        auto t = target(alias);
+        if (!t) throw std::runtime_error("the key is no longer configured");
+        destroy_key(*t->worker, pending);
+        r.new_id.clear();  // gone: nothing of it is left to remove
+      } catch (const std::exception& e) {
+        log::warning("renewal-key-not-removed", {{"key", alias}, {"id", hex(pending)}, {"error", e.what()}});
+        r.cleanup_id = pending;
+        did = "its new key (CKA_ID " + hex(pending) + ") could not be removed now (" + e.what() +
+              "); the next renewal removes it";
+      }
+    } else if (r.step == Step::Installed) {
+      did = "its new certificate was installed already and is served; nothing removed, the previous certificate stays";
+    } else {
+      did = "no new key of its own to remove";
+    }
+    r.failure = Failure::Underconfigured;
+    r.reason = "abandoned by an administrator at " + std::string(protocol::wire_name(r.step)) + ": " + did;
+    r.next_try = 0;
+    log::notice("renewal-abandoned", {{"key", alias}, {"step", protocol::wire_name(r.step)}, {"what", did}});
+    persist_or_keep(alias, r, r.reason);
+    return;
   }
   if (req.kind == Request::Kind::Cancel) {
     if (!current || current->done()) return;

@@ -55,6 +55,12 @@ class Manager {
   // is under way (it fetches by itself).
   void fetch(const std::string& alias, const std::string& serial, const std::string& npie, Listener listener);
 
+  // An administrator ends the key's renewal in whatever state it is: a new
+  // key it made that was never installed is removed, and the record rests
+  // as underconfigured, saying what was done (one final event to
+  // `listener`). Throws KeyNotFound.
+  void abandon(const std::string& alias, Listener listener);
+
   // The key was cancelled: its renewal stops for good and a new key it
   // made that was never installed is removed. Any thread; does not wait.
   void cancel(const std::string& alias);
@@ -74,7 +80,7 @@ class Manager {
   };
   // What callers ask of the renewal thread; only that thread changes records.
   struct Request {
-    enum class Kind { Renew, Fetch, Cancel };
+    enum class Kind { Renew, Fetch, Cancel, Abandon };
     Kind kind;
     std::string ticket;  // Fetch: a serial, or "npie:<NPIE>"
     // Attached when the renewal thread takes the request, so it hears only

@@ -36,6 +36,7 @@ asio::awaitable<Json> Service::renew(const protocol::Call& call, const Peer& pee
   Params p(call.parameters);
   const std::string alias = p.required_string("key");
   std::string serial, npie;
+  const bool abandon = !fetch && p.optional_bool("abandon", false);
   if (fetch) {
     serial = p.optional_string("serial").value_or("");
     npie = p.optional_string("npie").value_or("");
@@ -44,8 +45,9 @@ asio::awaitable<Json> Service::renew(const protocol::Call& call, const Peer& pee
   }
   p.finish();
   require_admin(fetch ? "Fetch" : "Renew", peer);
-  log::notice(fetch ? "admin-fetch" : "admin-renew", {{"key", alias}, {"uid", peer.uid}, {"pid", peer.pid},
-                                                     {"exe", peer.executable}, {"serial", serial}, {"npie", npie}});
+  log::notice(fetch ? "admin-fetch" : abandon ? "admin-abandon" : "admin-renew",
+              {{"key", alias}, {"uid", peer.uid}, {"pid", peer.pid}, {"exe", peer.executable}, {"serial", serial},
+               {"npie", npie}});
 
   auto ex = co_await asio::this_coro::executor;
   auto feed = std::make_shared<Feed>(ex);
@@ -57,6 +59,7 @@ asio::awaitable<Json> Service::renew(const protocol::Call& call, const Peer& pee
     asio::post(feed->timer.get_executor(), [feed] { feed->timer.cancel(); });
   };
   if (fetch) renewals_.fetch(alias, serial, npie, std::move(listener));
+  else if (abandon) renewals_.abandon(alias, std::move(listener));
   else renewals_.renew(alias, std::move(listener));
 
   for (;;) {

@@ -757,5 +757,35 @@ TEST_F(Renewal, FetchOfAnotherKeysCertificateNamesThatKey) {
   EXPECT_EQ(serial("firma-ec"), before);
 }
 
+// 'renew --abandon' ends a renewal stuck waiting for the CA, removes the new
+// key it made, says so, and the next 'renew' starts afresh.
+TEST_F(Renewal, AbandonEndsARenewalAndRemovesItsUninstalledKey) {
+  start_ca();
+  ca->control("fetch:http500");  // issued, but the download keeps failing: the renewal waits
+  start(table("empresa", "idse"));
+  auto keys = [&] {
+    return run(std::string("pkcs11-tool --module ") + TokenRig::kModule + " --login --pin " + TokenRig::kPin +
+               " --list-objects --type privkey 2>/dev/null").out;
+  };
+  EXPECT_EQ(ctl("renew empresa").exit_code, 6);
+  ASSERT_EQ(state("empresa"), "waiting");
+  ASSERT_NE(keys().find("empresa.renewal"), std::string::npos) << keys();
+  auto r = ctl("renew empresa --abandon");
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_NE(r.out.find("abandoned by an administrator at waiting"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("removed from the token"), std::string::npos) << r.out;
+  EXPECT_EQ(state("empresa"), "underconfigured");
+  EXPECT_EQ(keys().find("empresa.renewal"), std::string::npos) << keys();
+  EXPECT_TRUE(signs_for("empresa", token_certificate("empresa")));
+  // Nothing under way any more: abandoning again says so; renewing starts afresh.
+  r = ctl("renew empresa --abandon");
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_NE(r.out.find("no new key of its own to remove"), std::string::npos) << r.out;
+  ca->control("");
+  r = ctl("renew empresa");
+  EXPECT_EQ(r.exit_code, 0) << r.out << daemon->log();
+  EXPECT_EQ(state("empresa"), "retired");
+}
+
 }  // namespace
 }  // namespace firmad::test
