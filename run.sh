@@ -15,7 +15,8 @@ root=$(pwd)
 build_dir=${FIRMAD_BUILD_DIR:-$root/build}
 
 packages=(g++ cmake ninja-build pkg-config openssl libssl-dev libp11-kit-dev p11-kit libboost-dev
-          nlohmann-json3-dev libtomlplusplus-dev libcli11-dev libgtest-dev softhsm2 opensc systemd python3)
+          nlohmann-json3-dev libtomlplusplus-dev libcli11-dev libgtest-dev softhsm2 opensc systemd python3
+          strace binutils)
 
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
@@ -182,6 +183,11 @@ sanitize() {
     'SecretMemory\.IsLockedWhileHeldAndUnlockedAfter'
     # Resident-memory bounds: shadow memory, redzones and the free quarantine add tens of MiB.
     'UnderLoad\.ThousandConnectionsAndAbusivePeersLeaveSigningIntactAndMemoryBounded'
+    # Kill-at-every-write sweeps: hundreds of firmad restarts under strace. Their
+    # subject is what a kill leaves on disk, which the plain build checks;
+    # instrumented, each shard would outlast its time limit. (The random-kill
+    # test and every other renewal test still run here.)
+    'Renewal/KillAtEveryWrite\..*'
   )
   local exclude
   exclude=$(IFS='|'; echo "${skip[*]}")

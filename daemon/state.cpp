@@ -59,10 +59,13 @@ StateStore::StateStore(std::filesystem::path directory)
     : directory_(std::move(directory)), file_(directory_ / "state.json"), doc_(nlohmann::json::object()) {
   if (::mkdir(directory_.c_str(), 0700) != 0 && errno != EEXIST) fail("cannot create state directory", directory_);
   remove_temporaries_of(file_);
+  // A backup's temporary file may be all there is of it: "<alias>-<serial>.pem.XXXXXX".
   std::vector<std::filesystem::path> backups;
   std::error_code ec;
-  for (std::filesystem::directory_iterator it(directory_ / "backup", ec), end; !ec && it != end; it.increment(ec))
-    if (it->path().extension() == ".pem") backups.push_back(it->path());
+  for (std::filesystem::directory_iterator it(directory_ / "backup", ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name.size() > 11 && name.compare(name.size() - 11, 5, ".pem.") == 0) backups.push_back(it->path().parent_path() / name.substr(0, name.size() - 7));
+  }
   for (const auto& pem : backups) remove_temporaries_of(pem);
   std::ifstream in(file_, std::ios::binary);
   if (!in) {

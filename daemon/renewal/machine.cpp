@@ -57,6 +57,23 @@ StepFailure token_problem(const std::exception& e) {
   return {Failure::TokenError, e.what()};
 }
 
+// The serial of a certificate the CA already issued for the renewal's new
+// key (after a submission whose answer was never recorded), or nullopt when
+// the CA has none for it. Throws StepFailure when the CA cannot be asked now.
+std::optional<std::string> issued_before(const Record& r, const RenewalConfig& config, const std::string& npie) {
+  const Outcome found = idse_lookup_serial(config, npie);
+  if (found.kind == Kind::Rejected) return std::nullopt;  // none issued for the NPIE
+  if (found.kind != Kind::Pending || found.ticket.empty())
+    throw StepFailure{Failure::CaUnreachable, "cannot ask the CA whether it has the request already: " + found.reason};
+  const Outcome fetched = idse_fetch(config, found.ticket);
+  if (fetched.kind != Kind::Issued || fetched.certificates.empty()) return std::nullopt;
+  try {
+    if (public_key_of(fetched.certificates.front()) == r.spki) return found.ticket;
+  } catch (const VerificationError&) {
+  }
+  return std::nullopt;
+}
+
 }  // namespace
 
 void Manager::fail(Record& r, Failure failure, const std::string& reason, const Target& t) {
@@ -224,12 +241,31 @@ void Manager::submit(Record& r, Target& t) {
   if (client_key) require_token(*t.worker);
   auto provider = make_provider(t.config);
   const bool first = r.step == Step::RequestBuilt;
+  if (first && t.config.provider == RenewalProvider::Idse) {
+    // A submission the CA may have received before firmad stopped: ask the
+    // CA for the certificate of this key before asking for another one. Only
+    // a new key tells this renewal's certificate apart (a reused key's
+    // earlier certificates carry the same public key): a reused key's
+    // request is sent again.
+    if (r.submitting && r.new_key) {
+      if (auto serial = issued_before(r, t.config, t.key.npie)) {
+        r.step = Step::Submitted;
+        r.ticket = *serial;
+        r.submitting = false;
+        persist(t.key.alias, r, "the CA had issued the request already (" + r.ticket + ")");
+        return settle(r, idse_fetch(t.config, r.ticket), t);
+      }
+    }
+    r.submitting = true;
+    persist(t.key.alias, r, "sending the request to the CA");
+  }
   const Outcome o = first ? provider->submit(s) : provider->poll(s, r.ticket);
   if (o.kind == Kind::Accepted && !o.ticket.empty() && o.ticket.size() <= 512 && printable(o.ticket, 512) == o.ticket) {
     // Each answer is recorded before the next request: a crash during the
     // download resumes by this ticket and never submits again.
     r.step = Step::Submitted;
     r.ticket = o.ticket;
+    r.submitting = false;
     persist(t.key.alias, r, "request accepted by the CA (" + r.ticket + ")");
     Outcome fetched = provider->poll(s, r.ticket);
     if (fetched.kind == Kind::Unreachable)
@@ -238,6 +274,7 @@ void Manager::submit(Record& r, Target& t) {
   }
   if (first && (o.kind == Kind::Issued || o.kind == Kind::Pending)) {
     r.step = Step::Submitted;
+    r.submitting = false;
     if (!o.ticket.empty() && printable(o.ticket, 512) == o.ticket) r.ticket = o.ticket;
     if (o.kind == Kind::Issued) r.issued = o.certificates;  // a crash before "issued" keeps them
     persist(t.key.alias, r, "request accepted by the CA" + (r.ticket.empty() ? std::string() : " (" + r.ticket + ")"));
@@ -395,11 +432,14 @@ void Manager::retire(Record& r, Target& t) {
     const std::string old_uri = id_uri(r.old_id);
     const std::string file_uri = t.key.configured_uri.empty() ? t.key.uri : t.key.configured_uri;
     r.reason = printable("the installed key pair is damaged (" + *why + "); serving the previous key again");
+    // Served first, recorded then: whoever sees the failure sees the old key
+    // served (a crash in between serves the new URI again, and this check
+    // puts the old one back).
+    serve_key(*t.worker, alias, old_uri);
     persist(alias, r, r.reason, [&](Json& doc) {
       if (!doc["keyUris"].is_object()) doc["keyUris"] = Json::object();
       doc["keyUris"][alias] = {{"uri", old_uri}, {"configured", file_uri}};
     });
-    serve_key(*t.worker, alias, old_uri);
     return;
   }
   try {

@@ -55,6 +55,7 @@ Json Record::to_json() const {
             {"acceptance", b64(acceptance)}, {"ticket", ticket}, {"attempts", attempts}, {"started", started},
             {"updated", updated}, {"nextTry", next_try}, {"cleanupId", hex(cleanup_id)}};
   if (failure) j["failure"] = name(*failure);
+  if (submitting) j["submitting"] = true;
   if (!reason.empty()) j["reason"] = reason;
   j["issued"] = Json::array();
   for (const auto& c : issued) j["issued"].push_back(b64(c));
@@ -97,6 +98,7 @@ Record Record::from_json(const Json& j) {
   r.csr = unb64(j, "csr");
   r.acceptance = unb64(j, "acceptance");
   r.ticket = j.value("ticket", "");
+  r.submitting = j.value("submitting", false);
   auto certificates = [&j](const char* field) {
     std::vector<Bytes> out;
     for (const auto& c : j.value(field, Json::array())) {

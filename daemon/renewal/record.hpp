@@ -59,6 +59,7 @@ struct Record {
   std::string for_serial;         // its serial (hex)
   Bytes csr, acceptance;
   std::string ticket;             // the CA's handle on the request: a serial, a cookie
+  bool submitting = false;        // a submission was sent (or about to be) and its answer not yet recorded
   std::vector<Bytes> issued;      // the new certificate, then what came with it
   std::vector<Bytes> chain;       // above the new certificate, after verification
   Bytes cleanup_id;               // a key of an earlier, abandoned renewal to remove first

@@ -58,12 +58,17 @@ Bytes choose_key_id(TokenWorker& token) {
 Bytes make_key_pair(TokenWorker& token, const Bytes& id, const pkcs11::KeySpec& spec, const std::string& label) {
   Bytes spki;
   write_on_token(token, [&](const pkcs11::Session& s) {
-    // A crash may have left the pair (use it) or part of it (start again).
+    // A crash may have left the pair (use it) or part of it, or objects
+    // whose attributes were only half written (start again).
     auto existing = pkcs11::objects_by_id(s, id);
     if (existing.private_key && existing.public_key) {
-      if (auto k = pkcs11::find_key(s, pkcs11::Uri::parse(id_uri(id))); k && !k->public_key.empty()) {
-        spki = k->public_key;
-        return;
+      try {
+        if (auto k = pkcs11::find_key(s, pkcs11::Uri::parse(id_uri(id))); k && !k->public_key.empty()) {
+          spki = k->public_key;
+          return;
+        }
+      } catch (const std::exception& e) {
+        log::warning("renewal-key-incomplete", {{"id", hex(id)}, {"error", e.what()}, {"action", "made again"}});
       }
     }
     destroy_objects_by_id(s, id);

@@ -22,6 +22,7 @@ op being lookup, submit, fetch, cacerts or reenroll):
   garbage        200 with random bytes in place of the answer            (fetch, reenroll)
   huge           200 with Content-Length 104857600, that many bytes      (fetch, reenroll)
   endless        200 chunked, streamed until 256 MiB or the client goes  (fetch, reenroll)
+  delay=MS       wait MS milliseconds (at most 10000) before answering    (all)
 Issuing modes act when the certificate is issued (at submit for IDSE, even if
 it is then held pending; expired takes precedence over wrong_key); answer
 modes replace the answer that would have been sent after the request was
@@ -62,6 +63,7 @@ DEFAULT_SCOPE = {
     "garbage": {"fetch", "reenroll"},
     "huge": {"fetch", "reenroll"},
     "endless": {"fetch", "reenroll"},
+    "delay": ALL_OPS,
 }
 ROUTES = {
     "/idse/consultaSerie.idse": ("GET", "lookup"),
@@ -116,6 +118,7 @@ class Modes:
     def __init__(self, words, op):
         self.words = set()
         self.wait = 0
+        self.delay_ms = 0
         for raw in words:
             scope, _, word = raw.rpartition(":")
             name, _, value = word.partition("=")
@@ -129,6 +132,12 @@ class Modes:
                     self.wait = max(0, min(int(value), 1000))
                 except ValueError:
                     warn(f"bad wait count ignored: {raw}")
+                    continue
+            if name == "delay":
+                try:
+                    self.delay_ms = max(0, min(int(value), 10000))
+                except ValueError:
+                    warn(f"bad delay ignored: {raw}")
                     continue
             self.words.add(name)
 
@@ -457,6 +466,8 @@ class Handler(BaseHTTPRequestHandler):
         op = route[1]
         modes = Modes(self.server.control_words(), op)
         query = parse_qs(url.query, keep_blank_values=True)
+        if "delay" in modes:
+            time.sleep(modes.delay_ms / 1000)
         if "timeout" in modes:
             return self.hang()
         if "http500" in modes:

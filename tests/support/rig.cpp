@@ -160,7 +160,9 @@ Daemon::Daemon(fs::path config, fs::path socket, Options options)
     : config_(std::move(config)), socket_(std::move(socket)), log_(config_.string() + ".log") {
   const int log_fd = ::open(log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (log_fd < 0) throw std::runtime_error("cannot open daemon log");
-  std::vector<std::string> args = {firmad_binary().string(), "--config", config_.string()};
+  std::vector<std::string> args = options.launcher;
+  traced_ = !options.launcher.empty();
+  args.insert(args.end(), {firmad_binary().string(), "--config", config_.string()});
   args.insert(args.end(), options.extra_args.begin(), options.extra_args.end());
   pid_ = ::fork();
   if (pid_ == 0) {
@@ -199,10 +201,19 @@ Daemon::Daemon(fs::path config, fs::path socket, Options options)
 
 Daemon::~Daemon() {
   if (running()) {
+    // A launcher's child outlives a launcher killed first (strace does not
+    // take its tracee along).
+    if (const pid_t child = daemon_pid(); traced_ && child > 0) ::kill(child, SIGKILL);
     ::kill(pid_, SIGKILL);
     ::waitpid(pid_, nullptr, 0);
   }
   check_log();
+}
+
+pid_t Daemon::daemon_pid() const {
+  if (!traced_) return pid_;
+  const std::string children = read_file("/proc/" + std::to_string(pid_) + "/task/" + std::to_string(pid_) + "/children");
+  return children.empty() ? -1 : static_cast<pid_t>(std::stol(children));
 }
 
 void Daemon::check_log() {

@@ -77,6 +77,9 @@ class Daemon {
     std::optional<int> listen_fd;
     // Wait for the socket file to accept connections (off for systemd sockets).
     bool wait_for_socket = true;
+    // A program firmad runs under (its argv, e.g. strace and its options);
+    // firmad is then that program's child.
+    std::vector<std::string> launcher;
   };
   Daemon(fs::path config, fs::path socket, Options options);
   Daemon(fs::path config, fs::path socket) : Daemon(std::move(config), std::move(socket), Options{}) {}
@@ -84,7 +87,10 @@ class Daemon {
   Daemon& operator=(const Daemon&) = delete;
   ~Daemon();
 
+  // The process started (the launcher, if one was given).
   pid_t pid() const { return pid_; }
+  // firmad's own process: pid(), or the launcher's child; -1 if none.
+  pid_t daemon_pid() const;
   const fs::path& socket() const { return socket_; }
   std::string log() const;
   // Waits (bounded) until the log contains `text`; returns whether it did.
@@ -98,6 +104,7 @@ class Daemon {
   long rss_anon_kib() const;
 
  private:
+  bool traced_ = false;
   // Once the process is gone: fails the running test if a sanitizer
   // reported something in the log.
   void check_log();
