@@ -525,6 +525,8 @@ int main(int argc, char** argv) {
                   << r["deadline"].get<std::string>() << " (" << r["businessDaysLeft"].get<int>() << " business days left, "
                   << r["state"].get<std::string>() << ")\n";
       }
+    } else if (renew->parsed() && abandon && (check || due_only)) {
+      throw Failure{kUsage, "--abandon ends one key's renewal; it does not go with --check or --due"};
     } else if (renew->parsed() && check) {
       if (!key.empty()) throw Failure{kUsage, "--check looks at every key; give no key name"};
       return check_renewals(client.status(), opt.json);
@@ -564,7 +566,9 @@ int main(int argc, char** argv) {
       auto print = [&](const firma::Json& reply) { print_event(reply.at("event"), opt.json); };
       auto last = client.call_more(fetch->parsed() ? "io.firmad.Signer.Fetch" : "io.firmad.Signer.Renew", params, print);
       print(last);
-      if (renew->parsed() && abandon) return kOk;  // the event says what was done
+      // Abandoning succeeded when firmad answered what it did (a renewal that
+      // rests because firmad stops was not abandoned).
+      if (renew->parsed() && abandon) return last["event"].value("state", "") == "stopping" ? kPending : kOk;
       return renewal_exit(last["event"].value("state", ""));
     } else if (logout->parsed()) {
       std::string state = client.logout(token);

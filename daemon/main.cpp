@@ -201,6 +201,8 @@ int main(int argc, char** argv) {
     boost::asio::signal_set signals(io, SIGTERM, SIGINT);
     std::thread renewal_stopper;
     server.open();  // first: a second daemon on the same socket stops before touching the token
+    state.remove_temporaries();  // only now: another firmad's write under way is not ours to remove
+    renewals.remove_temporaries();
     for (auto& w : workers) w->start();
     // Serve once every token has been scanned and, where the PIN source is
     // unattended, logged in: the first client sees the settled state.

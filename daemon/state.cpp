@@ -37,36 +37,48 @@ void write_all(int fd, const std::string& data, const std::filesystem::path& pat
 
 std::size_t remove_temporaries_of(const std::filesystem::path& file) noexcept {
   namespace fs = std::filesystem;
-  const std::string prefix = file.filename().string() + ".";
   std::size_t removed = 0;
-  std::error_code ec;
-  for (fs::directory_iterator it(file.has_parent_path() ? file.parent_path() : fs::path("."), ec), end; !ec && it != end;
-       it.increment(ec)) {
-    const std::string name = it->path().filename().string();
-    if (name.size() != prefix.size() + 6 || name.compare(0, prefix.size(), prefix) != 0) continue;
-    if (!std::all_of(name.end() - 6, name.end(), [](unsigned char c) { return std::isalnum(c); })) continue;
-    std::error_code type_ec;
-    if (!it->is_regular_file(type_ec) || it->is_symlink(type_ec)) continue;
-    if (fs::remove(it->path(), type_ec)) {
-      ++removed;
-      log::notice("temporary-file-removed", {{"path", it->path().string()}, {"why", "left by an interrupted write"}});
+  try {
+    const std::string prefix = "." + file.filename().string() + ".firmad-";
+    std::error_code ec;
+    for (fs::directory_iterator it(file.has_parent_path() ? file.parent_path() : fs::path("."), ec), end;
+         !ec && it != end; it.increment(ec)) {
+      const std::string name = it->path().filename().string();
+      if (name.size() != prefix.size() + 6 || name.compare(0, prefix.size(), prefix) != 0) continue;
+      if (!std::all_of(name.end() - 6, name.end(), [](unsigned char c) { return std::isalnum(c); })) continue;
+      std::error_code type_ec;
+      if (it->is_symlink(type_ec) || !it->is_regular_file(type_ec)) continue;
+      if (fs::remove(it->path(), type_ec)) {
+        ++removed;
+        log::notice("temporary-file-removed", {{"path", it->path().string()}, {"why", "left by an interrupted write"}});
+      }
     }
+  } catch (...) {
+    // Best effort: a leftover stays until the next start.
   }
   return removed;
+}
+
+void StateStore::remove_temporaries() noexcept {
+  remove_temporaries_of(file_);
+  try {
+    // A backup's temporary file may be all there is of it: ".<alias>-<serial>.pem.firmad-XXXXXX".
+    std::vector<std::filesystem::path> backups;
+    std::error_code ec;
+    for (std::filesystem::directory_iterator it(directory_ / "backup", ec), end; !ec && it != end; it.increment(ec)) {
+      const std::string name = it->path().filename().string();
+      const auto at = name.rfind(".firmad-");
+      if (name.size() > 1 && name[0] == '.' && at != std::string::npos && at > 1)
+        backups.push_back(directory_ / "backup" / name.substr(1, at - 1));
+    }
+    for (const auto& pem : backups) remove_temporaries_of(pem);
+  } catch (...) {
+  }
 }
 
 StateStore::StateStore(std::filesystem::path directory)
     : directory_(std::move(directory)), file_(directory_ / "state.json"), doc_(nlohmann::json::object()) {
   if (::mkdir(directory_.c_str(), 0700) != 0 && errno != EEXIST) fail("cannot create state directory", directory_);
-  remove_temporaries_of(file_);
-  // A backup's temporary file may be all there is of it: "<alias>-<serial>.pem.XXXXXX".
-  std::vector<std::filesystem::path> backups;
-  std::error_code ec;
-  for (std::filesystem::directory_iterator it(directory_ / "backup", ec), end; !ec && it != end; it.increment(ec)) {
-    const std::string name = it->path().filename().string();
-    if (name.size() > 11 && name.compare(name.size() - 11, 5, ".pem.") == 0) backups.push_back(it->path().parent_path() / name.substr(0, name.size() - 7));
-  }
-  for (const auto& pem : backups) remove_temporaries_of(pem);
   std::ifstream in(file_, std::ios::binary);
   if (!in) {
     if (errno == ENOENT) return;
@@ -95,7 +107,10 @@ void replace_file(const std::filesystem::path& file, const std::string& data, mo
                   std::optional<gid_t> group) {
   // A fresh name created exclusively: nothing planted beside the target
   // (a FIFO, a link) is opened, truncated or chowned.
-  std::string name = file.string() + ".XXXXXX";
+  // Named ".<name>.firmad-XXXXXX": hidden, and never taken for a file of an
+  // administrator's when leftovers are removed (remove_temporaries_of).
+  const std::filesystem::path parent = file.has_parent_path() ? file.parent_path() : std::filesystem::path(".");
+  std::string name = (parent / ("." + file.filename().string() + ".firmad-XXXXXX")).string();
   const int fd = ::mkostemp(name.data(), O_CLOEXEC);
   if (fd < 0) fail("cannot create a temporary file beside", file);
   const std::filesystem::path tmp = name;

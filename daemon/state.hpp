@@ -32,17 +32,21 @@ void replace_file(const std::filesystem::path& file, const std::string& data, mo
 // directory, so a crash leaves either the old or the new document, never half.
 // Thread-safe.
 // Removes what a crash during replace_file(`file`) can leave: siblings named
-// `<file name>.XXXXXX` (mkstemp's six letters or digits), regular files only.
-// Returns how many it removed; never throws.
+// `.<file name>.firmad-XXXXXX` (mkstemp's six letters or digits), regular
+// files only, never through a link. Returns how many it removed; never throws.
 std::size_t remove_temporaries_of(const std::filesystem::path& file) noexcept;
 
 class StateStore {
  public:
-  // Creates the directory (0700) if missing, removes temporary files a crash
-  // left (state.json.XXXXXX, backup/*.pem.XXXXXX) and reads state.json if present.
+  // Creates the directory (0700) if missing and reads state.json if present.
   // Throws StateError naming the path if it cannot, or if the file is not a
   // JSON object (it is then left untouched for an administrator to inspect).
   explicit StateStore(std::filesystem::path directory);
+
+  // Removes temporary files a crash left (of state.json and of the backups).
+  // Call it once this process is the only firmad (after the socket is
+  // taken): another one's write under way would lose its file.
+  void remove_temporaries() noexcept;
 
   // Returns a copy of the document.
   nlohmann::json read() const;

@@ -5,6 +5,7 @@
 #include <openssl/pem.h>
 #include <openssl/pemerr.h>
 #include <openssl/pkcs7.h>
+#include <openssl/rsa.h>
 #include <openssl/x509.h>
 #include <openssl/x509_vfy.h>
 
@@ -97,31 +98,16 @@ Bytes build_csr(const Bytes& spki, const Bytes& subject, EVP_PKEY* key) {
   return der_of(static_cast<const X509_REQ*>(req.get()), i2d_X509_REQ, "certificate request");
 }
 
-void check_signs_for(EVP_PKEY* key, const Bytes& certificate_der) {
-  static constexpr std::string_view kMessage = "firmad: does the served key sign for its certificate?";
-  const auto* data = reinterpret_cast<const unsigned char*>(kMessage.data());
+bool verifies_with(const Bytes& certificate_der, const Bytes& digest, const Bytes& signature) {
   auto cert = parse_certificate(certificate_der);
-  using MdCtx = std::unique_ptr<EVP_MD_CTX, ossl::Deleter<EVP_MD_CTX_free>>;
-  MdCtx sign(EVP_MD_CTX_new());
-  std::size_t len = 0;
-  if (!sign || EVP_DigestSignInit(sign.get(), nullptr, EVP_sha256(), nullptr, key) != 1 ||
-      EVP_DigestSign(sign.get(), nullptr, &len, data, kMessage.size()) != 1) {
-    ERR_clear_error();
-    throw VerificationError("the key cannot make a test signature");
-  }
-  Bytes signature(len);
-  if (EVP_DigestSign(sign.get(), signature.data(), &len, data, kMessage.size()) != 1) {
-    ERR_clear_error();
-    throw VerificationError("the token could not make a test signature with the key");
-  }
-  signature.resize(len);
-  MdCtx verify(EVP_MD_CTX_new());
   EVP_PKEY* pub = X509_get0_pubkey(cert.get());
-  if (!verify || !pub || EVP_DigestVerifyInit(verify.get(), nullptr, EVP_sha256(), nullptr, pub) != 1 ||
-      EVP_DigestVerify(verify.get(), signature.data(), signature.size(), data, kMessage.size()) != 1) {
-    ERR_clear_error();
-    throw VerificationError("a test signature of the key does not verify with the certificate's public key");
-  }
+  using PkeyCtx = std::unique_ptr<EVP_PKEY_CTX, ossl::Deleter<EVP_PKEY_CTX_free>>;
+  PkeyCtx ctx(pub ? EVP_PKEY_CTX_new(pub, nullptr) : nullptr);
+  bool ok = ctx && EVP_PKEY_verify_init(ctx.get()) == 1 && EVP_PKEY_CTX_set_signature_md(ctx.get(), EVP_sha256()) == 1;
+  if (ok && EVP_PKEY_get_base_id(pub) == EVP_PKEY_RSA) ok = EVP_PKEY_CTX_set_rsa_padding(ctx.get(), RSA_PKCS1_PADDING) == 1;
+  ok = ok && EVP_PKEY_verify(ctx.get(), signature.data(), signature.size(), digest.data(), digest.size()) == 1;
+  ERR_clear_error();
+  return ok;
 }
 
 Bytes sign_acceptance(std::string_view text, const Bytes& certificate_der, EVP_PKEY* key) {

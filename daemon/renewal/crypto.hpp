@@ -51,10 +51,10 @@ std::vector<Bytes> verify_issued(const Bytes& certificate_der, const std::vector
                                  const Bytes& expected_spki, const std::vector<std::string>& trust_anchor_files,
                                  std::time_t now);
 
-// Signs a fixed test message with `key` (SHA-256; the token does the private
-// operation) and verifies the signature with the public key of
-// `certificate_der`. Throws VerificationError saying which part failed.
-void check_signs_for(EVP_PKEY* key, const Bytes& certificate_der);
+// Whether `signature` (PKCS#1 v1.5 for RSA, DER ECDSA for EC) over the
+// SHA-256 digest `digest` verifies with the public key of `certificate_der`.
+// Throws VerificationError when the certificate cannot be read.
+bool verifies_with(const Bytes& certificate_der, const Bytes& digest, const Bytes& signature);
 
 // The SubjectPublicKeyInfo DER of a certificate. Throws VerificationError.
 Bytes public_key_of(const Bytes& certificate_der);

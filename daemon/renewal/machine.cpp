@@ -61,12 +61,21 @@ StepFailure token_problem(const std::exception& e) {
 // key (after a submission whose answer was never recorded), or nullopt when
 // the CA has none for it. Throws StepFailure when the CA cannot be asked now.
 std::optional<std::string> issued_before(const Record& r, const RenewalConfig& config, const std::string& npie) {
+  // Until the CA has answered both questions, nothing is sent again.
+  auto cannot_tell = [](const Outcome& o) -> StepFailure {
+    const std::string why = "cannot ask the CA whether it has the request already: " + o.reason;
+    if (o.kind == Kind::Invalid) return {Failure::VerificationFailed, why};
+    if (o.kind == Kind::Underconfigured) return {Failure::Underconfigured, why};
+    return {Failure::CaUnreachable, why};
+  };
   const Outcome found = idse_lookup_serial(config, npie);
   if (found.kind == Kind::Rejected) return std::nullopt;  // none issued for the NPIE
-  if (found.kind != Kind::Pending || found.ticket.empty())
-    throw StepFailure{Failure::CaUnreachable, "cannot ask the CA whether it has the request already: " + found.reason};
+  if (found.kind != Kind::Pending) throw cannot_tell(found);
+  if (found.ticket.empty() || found.ticket.size() > 512 || printable(found.ticket, 512) != found.ticket)
+    throw StepFailure{Failure::VerificationFailed, "the CA's serial for NPIE " + npie + " is not printable text"};
   const Outcome fetched = idse_fetch(config, found.ticket);
-  if (fetched.kind != Kind::Issued || fetched.certificates.empty()) return std::nullopt;
+  if (fetched.kind == Kind::Rejected || fetched.kind == Kind::Invalid) return std::nullopt;  // not ours to take
+  if (fetched.kind != Kind::Issued || fetched.certificates.empty()) throw cannot_tell(fetched);  // not yet, or no answer
   try {
     if (public_key_of(fetched.certificates.front()) == r.spki) return found.ticket;
   } catch (const VerificationError&) {

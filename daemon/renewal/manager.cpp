@@ -41,12 +41,7 @@ Clock::time_point tp(std::time_t t) { return Clock::from_time_t(std::clamp<std::
 
 Manager::Manager(const Config& config, std::vector<std::unique_ptr<TokenWorker>>& tokens, StateStore& state)
     : config_(config), tokens_(tokens), state_(state) {
-  // What an interrupted install left next to the certificate files.
-  for (const auto& key : config_.keys) {
-    if (!key.renewal) continue;
-    for (const auto& file : {key.renewal->certificate_file, key.renewal->chain_file})
-      if (!file.empty()) remove_temporaries_of(file);
-  }
+
   const Json doc = state_.read();
   if (auto it = doc.find("renewals"); it != doc.end() && it->is_object()) {
     for (const auto& [alias, j] : it->items()) {
@@ -60,6 +55,14 @@ Manager::Manager(const Config& config, std::vector<std::unique_ptr<TokenWorker>>
 }
 
 Manager::~Manager() { stop(); }
+
+void Manager::remove_temporaries() noexcept {
+  for (const auto& key : config_.keys) {
+    if (!key.renewal) continue;
+    for (const auto& file : {key.renewal->certificate_file, key.renewal->chain_file})
+      if (!file.empty()) remove_temporaries_of(file);
+  }
+}
 
 void Manager::start() {
   for (auto& [alias, r] : records_)
@@ -173,16 +176,39 @@ void Manager::handle(const std::string& alias, const Request& req) {
     if (auto it = records_.find(alias); it != records_.end()) current = it->second;
   }
   if (req.kind == Request::Kind::Abandon) {
-    if (!current || current->done()) {
+    auto tell = [&](const std::string& message) {
       notify(alias, Event{alias, current ? current->state() : std::string(protocol::kRenewalStateNone),
-                          current ? std::optional<Step>(current->step) : std::nullopt, std::nullopt,
-                          "no renewal under way: nothing abandoned", now_s(), 0, true});
+                          current ? std::optional<Step>(current->step) : std::nullopt,
+                          current ? current->failure : std::nullopt, message, now_s(), 0, true});
+    };
+    if (!current || !current->active()) {
+      tell(current ? "no renewal under way (the last one rests as " + current->state() + "): nothing abandoned"
+                   : "no renewal under way: nothing abandoned");
+      return;
+    }
+    if (current->step == Step::Installed) {
+      tell("the new certificate is installed and served already; the renewal finishes by itself: nothing abandoned");
       return;
     }
     Record r = *current;
-    std::string did;
-    if (const Bytes pending = r.abandoned_key(); !pending.empty()) {
-      did = "its new key (CKA_ID " + hex(pending) + ") removed from the token";
+    const std::string at = std::string(protocol::wire_name(r.step));
+    const Bytes pending = r.abandoned_key();
+    r.failure = Failure::Underconfigured;
+    r.next_try = 0;
+    r.reason = "abandoned by an administrator at " + at + ": no new key of its own to remove";
+    if (!pending.empty()) {
+      // Recorded as ended before its key goes: a crash in between leaves an
+      // ended renewal whose key the next one removes, never a renewal that
+      // resumes without its key.
+      r.reason = "abandoned by an administrator at " + at + ": removing its new key (CKA_ID " + hex(pending) + ")";
+      try {
+        record_quietly(alias, r);
+      } catch (const StateError& e) {
+        log::error("renewal-state-unwritable", {{"key", alias}, {"error", e.what()}});
+        tell(std::string("cannot record that the renewal ends (") + e.what() + "): nothing abandoned");
+        return;
+      }
+      std::string did = "its new key (CKA_ID " + hex(pending) + ") removed from the token";
       try {
         auto t = target(alias);
         if (!t) throw std::runtime_error("the key is no longer configured");
@@ -190,19 +216,12 @@ void Manager::handle(const std::string& alias, const Request& req) {
         r.new_id.clear();  // gone: nothing of it is left to remove
       } catch (const std::exception& e) {
         log::warning("renewal-key-not-removed", {{"key", alias}, {"id", hex(pending)}, {"error", e.what()}});
-        r.cleanup_id = pending;
         did = "its new key (CKA_ID " + hex(pending) + ") could not be removed now (" + e.what() +
               "); the next renewal removes it";
       }
-    } else if (r.step == Step::Installed) {
-      did = "its new certificate was installed already and is served; nothing removed, the previous certificate stays";
-    } else {
-      did = "no new key of its own to remove";
+      r.reason = "abandoned by an administrator at " + at + ": " + did;
     }
-    r.failure = Failure::Underconfigured;
-    r.reason = "abandoned by an administrator at " + std::string(protocol::wire_name(r.step)) + ": " + did;
-    r.next_try = 0;
-    log::notice("renewal-abandoned", {{"key", alias}, {"step", protocol::wire_name(r.step)}, {"what", did}});
+    log::notice("renewal-abandoned", {{"key", alias}, {"step", at}, {"what", r.reason}});
     persist_or_keep(alias, r, r.reason);
     return;
   }
@@ -297,6 +316,17 @@ void Manager::persist_or_keep(const std::string& alias, const Record& r, const s
     }
     notify(alias, Event{alias, r.state(), r.step, r.failure, message, now_s(), r.next_try, true});
   }
+}
+
+void Manager::record_quietly(const std::string& alias, const Record& r) {
+  Record copy = r;
+  copy.updated = now_s();
+  state_.update([&](Json& doc) {
+    if (!doc["renewals"].is_object()) doc["renewals"] = Json::object();
+    doc["renewals"][alias] = copy.to_json();
+  });
+  std::lock_guard lock(mutex_);
+  records_[alias] = copy;
 }
 
 void Manager::persist(const std::string& alias, const Record& r, const std::string& message,

@@ -37,6 +37,10 @@ class Manager {
   Manager& operator=(const Manager&) = delete;
   ~Manager();
 
+  // Removes what an interrupted install left next to the certificate and
+  // chain files (once this process is the only firmad, as StateStore's).
+  void remove_temporaries() noexcept;
+
   void start();
   // Finishes the step under way (bounded by the network time limits), tells
   // every listener the renewal rests until the next start, and joins.
@@ -108,6 +112,8 @@ class Manager {
   void fail(Record& r, Failure failure, const std::string& reason, const Target& t);
 
   std::optional<Target> target(const std::string& alias) const;
+  // Writes the record without telling anyone (a step within a request). Throws StateError.
+  void record_quietly(const std::string& alias, const Record& r);
   void persist(const std::string& alias, const Record& r, const std::string& message,
                const std::function<void(Json&)>& also = {});
   void notify(const std::string& alias, const Event& e);

@@ -1,20 +1,36 @@
 // A renewal's writes to the token, each run on the token's control thread.
 #include "daemon/renewal/token_steps.hpp"
 
+#include <openssl/sha.h>
+
+#include <chrono>
 #include <stdexcept>
+#include <string_view>
 
 #include "daemon/log.hpp"
 #include "daemon/renewal/crypto.hpp"
 #include "daemon/renewal/record.hpp"
 #include "daemon/test_hooks.hpp"
 #include "daemon/token/bridge.hpp"
-#include "daemon/token/signing.hpp"
 #include "pkcs11/import.hpp"
 #include "pkcs11/key.hpp"
+#include "pkcs11/error.hpp"
+#include "pkcs11/sign.hpp"
 #include "pkcs11/uri.hpp"
+#include "protocol/errors.hpp"
 
 namespace firmad::renewal {
 namespace {
+
+Bytes sha256_of(std::string_view text) {
+  Bytes digest(SHA256_DIGEST_LENGTH);
+  SHA256(reinterpret_cast<const unsigned char*>(text.data()), text.size(), digest.data());
+  return digest;
+}
+
+protocol::VarlinkError token_absent(const TokenWorker& token) {
+  return protocol::VarlinkError(protocol::error::kTokenAbsent, {{"token", token.config().name}});
+}
 
 void destroy_objects_by_id(const pkcs11::Session& s, const Bytes& id) {
   auto objects = pkcs11::objects_by_id(s, id);
@@ -97,27 +113,53 @@ void rescan_keys(TokenWorker& token) {
 
 std::optional<std::string> damaged_pair(TokenWorker& token, const Bytes& id, const Bytes& certificate) {
   std::optional<std::string> why;
-  Bytes spki;
+  std::optional<pkcs11::KeyInfo> key;
   auto inspect = [&](const pkcs11::Session& session) {
-    const auto objects = pkcs11::objects_by_id(session, id);
-    bool has_certificate = false;
-    for (const auto& [handle, der] : objects.certificates) has_certificate = has_certificate || der == certificate;
-    if (!objects.private_key) return void(why = "no private key with CKA_ID " + hex(id));
-    if (!objects.public_key) return void(why = "no public key with CKA_ID " + hex(id));
-    if (!has_certificate) return void(why = "the certificate is not on the token next to CKA_ID " + hex(id));
-    auto key = pkcs11::find_key(session, pkcs11::Uri::parse(id_uri(id)));
-    if (!key || key->public_key.empty()) return void(why = "the key with CKA_ID " + hex(id) + " cannot be read");
-    spki = key->public_key;
+    try {
+      const auto objects = pkcs11::objects_by_id(session, id);
+      bool has_certificate = false;
+      for (const auto& [handle, der] : objects.certificates) has_certificate = has_certificate || der == certificate;
+      if (!objects.private_key) return void(why = "no private key with CKA_ID " + hex(id));
+      if (!objects.public_key) return void(why = "no public key with CKA_ID " + hex(id));
+      if (!has_certificate) return void(why = "the certificate is not on the token next to CKA_ID " + hex(id));
+      key = pkcs11::find_key(session, pkcs11::Uri::parse(id_uri(id)));
+      if (!key || key->public_key.empty() || !key->private_key)
+        return void(why = "the key with CKA_ID " + hex(id) + " cannot be read");
+    } catch (const pkcs11::Error& e) {
+      if (e.fault() == pkcs11::Fault::TokenAbsent || e.fault() == pkcs11::Fault::SessionLost) throw;
+      why = "the objects with CKA_ID " + hex(id) + " cannot be read (" + e.what() + ")";  // half-written attributes
+    } catch (const std::invalid_argument& e) {
+      why = "the key with CKA_ID " + hex(id) + " cannot be read (" + e.what() + ")";
+    } catch (const std::runtime_error& e) {
+      why = "the key with CKA_ID " + hex(id) + " cannot be read (" + e.what() + ")";
+    }
   };
   run_blocking<void>(token, Lane::Control, [&] { token.read_objects(inspect); });
   if (why) return why;
-  if (spki != public_key_of(certificate)) return "the public key with CKA_ID " + hex(id) + " is not the certificate's";
+  if (key->public_key != public_key_of(certificate)) return "the public key with CKA_ID " + hex(id) + " is not the certificate's";
+  // A test signature on a signing thread. What stops it for a while (a full
+  // queue, the token gone, no login) is thrown and retried; what the token
+  // says about the key itself means the key is damaged.
+  pkcs11::SignRequest req;
+  req.scheme = key->type == pkcs11::KeyType::Rsa ? pkcs11::Scheme::RsaPkcs1 : pkcs11::Scheme::Ecdsa;
+  req.hash = pkcs11::Hash::Sha256;
+  req.input = sha256_of("firmad: does the served key sign for its certificate?");
+  const pkcs11::ObjectHandle handle = *key->private_key;
+  const pkcs11::KeyType type = key->type;
+  Bytes signature;
   try {
-    auto key = token_backed_key(token, id, spki);
-    check_signs_for(key.get(), certificate);
-  } catch (const VerificationError& e) {
-    return std::string(e.what());
+    signature = run_blocking<Bytes>(token, Lane::Signing, [&](WorkContext& ctx) -> Bytes {
+      if (!ctx.session) throw token_absent(token);
+      return pkcs11::sign(*ctx.session, handle, type, req);
+    }, std::chrono::seconds(5));
+  } catch (const pkcs11::Error& e) {
+    if (e.fault() == pkcs11::Fault::TokenAbsent || e.fault() == pkcs11::Fault::SessionLost ||
+        e.fault() == pkcs11::Fault::NotLoggedIn)
+      throw;
+    return "the token cannot sign with the key with CKA_ID " + hex(id) + " (" + e.what() + ")";
   }
+  if (!verifies_with(certificate, req.input, signature))
+    return "a signature of the key with CKA_ID " + hex(id) + " does not verify with the certificate";
   return std::nullopt;
 }
 
@@ -129,18 +171,6 @@ void retire_old_objects(TokenWorker& token, const Retirement& what) {
     test_hooks::crash_point("old-certificate-removed");
     const Bytes& cleanup = what.cleanup_id;
     if (!cleanup.empty() && cleanup != what.new_id && cleanup != what.old_id) destroy_objects_by_id(s, cleanup);
-    if (!what.new_key) return;
-    // The old key stays (non-extractable, harmless) under a name that says
-    // what it is. Best effort: some tokens cannot relabel, and the only copy
-    // of a key served is never written to.
-    for (auto handle : {old.private_key, old.public_key}) {
-      if (!handle) continue;
-      try {
-        pkcs11::set_label(s, *handle, what.alias + ".previous");
-      } catch (const std::exception& e) {
-        log::warning("previous-key-not-relabelled", {{"key", what.alias}, {"id", hex(what.old_id)}, {"error", e.what()}});
-      }
-    }
   });
 }
 

@@ -49,10 +49,10 @@ void rescan_keys(TokenWorker& token);
 std::optional<std::string> damaged_pair(TokenWorker& token, const Bytes& id, const Bytes& certificate);
 
 // The last step on the token: the old certificates of `old_id` other than
-// `certificate` are removed, then an abandoned key (`cleanup_id`), and when
-// the key is new, the old pair is relabelled `<alias>.previous` (best effort:
-// a token that refuses is logged, nothing else). The new pair is never
-// written to: it keeps the label it was made with and is served by CKA_ID.
+// `certificate` are removed, then an abandoned key (`cleanup_id`). No key
+// object is ever written to once made: a token that rewrites an object in
+// place (SoftHSM truncates, then writes) would lose the key to a kill in
+// between. The previous pair stays as it was, found by its CKA_ID.
 struct Retirement {
   std::string alias;
   Bytes old_id, new_id, cleanup_id;

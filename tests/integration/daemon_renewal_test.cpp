@@ -518,8 +518,8 @@ TEST_F(Renewal, AdministratorsEditOfTheUriWinsOverTheRenewedKey) {
   ASSERT_EQ(ctl("renew empresa").exit_code, 0) << daemon->log();
   ASSERT_EQ(ctl("renew empresa").exit_code, 0) << daemon->log();
   ASSERT_EQ(daemon->terminate(), 0);
-  // The original key pair, still on the token under its old label.
-  const std::string edited = "pkcs11:object=empresa.previous;id=%01";
+  // The original key pair, still on the token as it was.
+  const std::string edited = "pkcs11:id=%01";
   start(tables, "", false,
         {{"uri = \"pkcs11:object=empresa;id=%01\"", "uri = \"" + edited + "\"\nnpie = \"" + std::string(kNpie) + "\""}});
   EXPECT_EQ(key("empresa").value("uri", ""), edited) << daemon->log();
@@ -527,17 +527,18 @@ TEST_F(Renewal, AdministratorsEditOfTheUriWinsOverTheRenewedKey) {
   EXPECT_TRUE(key("empresa").value("found", false)) << key("empresa").dump();
 }
 
-// The new key is never written to once made (a token rewrites objects in
-// place, and a kill mid-write would leave its only copy empty): it keeps its
-// label and is served by CKA_ID; only the previous pair is relabelled.
-TEST_F(Renewal, NewKeyIsNeverRelabelledOnlyThePreviousOne) {
+// No key object is written to once made (a token rewrites an object in
+// place, and a kill mid-write would leave its only copy empty): the new key
+// keeps the label it was made with and is served by CKA_ID, the previous pair
+// stays as it was.
+TEST_F(Renewal, NoKeyObjectIsWrittenToOnceMade) {
   start_ca();
   start(table("empresa", "idse"));
   ASSERT_EQ(ctl("renew empresa").exit_code, 0) << daemon->log();
   const auto objects = run(std::string("pkcs11-tool --module ") + TokenRig::kModule + " --login --pin " + TokenRig::kPin +
                            " --list-objects --type privkey 2>/dev/null").out;
   EXPECT_NE(objects.find("label:      empresa.renewal"), std::string::npos) << objects;
-  EXPECT_NE(objects.find("label:      empresa.previous"), std::string::npos) << objects;
+  EXPECT_NE(objects.find("label:      empresa\n  ID:         01"), std::string::npos) << "the previous key, untouched\n" << objects;
   EXPECT_TRUE(signs_for("empresa", out / "empresa.pem"));
 }
 
@@ -622,10 +623,12 @@ TEST_F(Renewal, TemporaryFilesOfAnInterruptedWriteAreRemovedAtStart) {
   start_ca();
   const fs::path state = rig.dir() / "state";
   fs::create_directories(state / "backup");
-  const std::vector<fs::path> leftovers{state / "state.json.Ab3xYz", state / "backup" / "empresa-01.pem.Qq1234",
-                                        out / "empresa.pem.Zz9999"};
-  const std::vector<fs::path> kept{state / "state.json.keep", state / "backup" / "empresa-01.pem", state / "notes.txt",
-                                   out / "empresa.pem.Zz99"};
+  const std::vector<fs::path> leftovers{state / ".state.json.firmad-Ab3xYz",
+                                        state / "backup" / ".empresa-01.pem.firmad-Qq1234",
+                                        out / ".empresa.pem.firmad-Zz9999"};
+  // An administrator's files that only look alike stay.
+  const std::vector<fs::path> kept{state / "state.json.backup", state / "state.json.Ab3xYz", state / "backup" / "empresa-01.pem",
+                                   state / "notes.txt", out / "empresa.pem.broken", out / ".empresa.pem.firmad-Zz99"};
   for (const auto& p : leftovers) write_file(p, "half");
   for (const auto& p : kept) write_file(p, "mine");
   start(table("empresa", "idse"));
@@ -672,7 +675,7 @@ TEST_F(Renewal, AbandonEndsARenewalAndRemovesItsUninstalledKey) {
   // Nothing under way any more: abandoning again says so; renewing starts afresh.
   r = ctl("renew empresa --abandon");
   EXPECT_EQ(r.exit_code, 0) << r.out;
-  EXPECT_NE(r.out.find("no new key of its own to remove"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("nothing abandoned"), std::string::npos) << r.out;
   ca->control("");
   r = ctl("renew empresa");
   EXPECT_EQ(r.exit_code, 0) << r.out << daemon->log();

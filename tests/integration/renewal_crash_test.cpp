@@ -146,9 +146,7 @@ class RenewalCrash : public Renewal {
       std::error_code ec;
       for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
         const std::string name = it->path().filename().string();
-        const auto dot = name.rfind('.');
-        if (dot != std::string::npos && name.size() - dot == 7 && name.compare(dot - 5, 5, ".json") == 0) found += name + " ";
-        if (dot != std::string::npos && name.size() - dot == 7 && name.compare(dot - 4, 4, ".pem") == 0) found += name + " ";
+        if (name.find(".firmad-") != std::string::npos) found += name + " ";
       }
     }
     return found;
@@ -157,13 +155,17 @@ class RenewalCrash : public Renewal {
   // Restarts firmad plainly and lets the renewal finish; then what a user
   // relies on. `submissions_allowed`: how many requests the CA may have got.
   void expect_recovered(const std::string& where, long keys_after, long submitted_before, long submissions_allowed = 1) {
+    expect_recovered(where, keys_after, submitted_before, 1, submissions_allowed);
+  }
+  void expect_recovered(const std::string& where, long keys_after, long submitted_before, long submissions_least,
+                        long submissions_most) {
     SCOPED_TRACE(where);
     start_plain();
     // Resumed by itself when a step was recorded; otherwise nothing of it is
     // recorded and an administrator's 'renew' starts it (as one would).
     if (!eventually([&] { return state("empresa") == "retired"; }, std::chrono::seconds(3))) {
       const std::string s = state("empresa");
-      if (s.empty() || s == "none" || s == "retired") ASSERT_EQ(ctl("renew empresa").exit_code, 0) << daemon->log();
+      if (s.empty() || s == "none") ASSERT_EQ(ctl("renew empresa").exit_code, 0) << daemon->log();
     }
     ASSERT_TRUE(eventually([&] { return state("empresa") == "retired"; }, std::chrono::seconds(30)))
         << state("empresa") << "\n" << key("empresa").dump() << "\n" << daemon->log();
@@ -179,7 +181,9 @@ class RenewalCrash : public Renewal {
       std::cout << "[ renewal  ] " << where << ": " << keys.half_created
                 << " private key object(s) SoftHSM left half-created (no CKA_ID, no label; firmad never selects them)"
                 << std::endl;
-    EXPECT_EQ(submissions() - submitted_before, submissions_allowed) << ca->requests();
+    const long asked = submissions() - submitted_before;
+    EXPECT_GE(asked, submissions_least) << ca->requests();
+    EXPECT_LE(asked, submissions_most) << ca->requests();
     EXPECT_EQ(temporaries(), "");
   }
 
@@ -196,9 +200,11 @@ class RenewalCrash : public Renewal {
 
     // Counting run.
     start_traced(0);
-    long submitted = submissions();
+    // Writes of the start (SoftHSM's token files at login) come before the
+    // renewal: counted from where the renewal begins.
+    const std::size_t idle = writes().size();
     ASSERT_EQ(ctl("renew empresa").exit_code, 0) << daemon->log();
-    const std::size_t count = writes().size();
+    const std::size_t count = writes().size() - idle;
     ASSERT_GT(count, 5u) << read_file(trace);
     daemon.reset();
     std::cout << "[ renewal  ] " << (new_key ? "new key" : "reused key") << ": " << count
@@ -209,42 +215,52 @@ class RenewalCrash : public Renewal {
     for (std::size_t n = 1 + shard; n <= count; n += shards) {
       if (only && std::to_string(n) != only) continue;
       const std::string where = "killed at write " + std::to_string(n) + " of " + std::to_string(count);
-      restore();
-      submitted = submissions();
-      start_traced(10000);
-      std::thread renew([&] { (void)ctl("renew empresa", 60); });
+      long submitted = 0;
       std::string at;
-      // Polled faster than strace holds each write (10 ms), so the kill lands at the Nth.
-      bool reached = false;
-      for (auto end = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-           std::chrono::steady_clock::now() < end; std::this_thread::sleep_for(std::chrono::milliseconds(1))) {
-        const auto w = writes();
-        if (w.size() >= n) {
-          at = w[n - 1];
-          reached = true;
-          break;
+      // The kill lands while strace holds the Nth write; if the machine was
+      // too slow and it landed later, that point is tried again (twice).
+      std::size_t landed = 0;
+      for (int attempt = 0; attempt < 3; ++attempt) {
+        restore();
+        submitted = submissions();
+        start_traced(10000);
+        const std::size_t idle = writes().size();
+        std::thread renew([&] { (void)ctl("renew empresa", 60); });
+        bool reached = false;
+        for (auto end = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+             std::chrono::steady_clock::now() < end; std::this_thread::sleep_for(std::chrono::milliseconds(1))) {
+          const auto w = writes();
+          if (w.size() >= idle + n) {
+            at = w[idle + n - 1];
+            reached = true;
+            break;
+          }
+          if (!daemon->running()) break;
         }
-        if (!daemon->running()) break;
+        if (const pid_t pid = daemon->daemon_pid(); pid > 0) ::kill(pid, SIGKILL);
+        renew.join();
+        ASSERT_TRUE(reached) << where;
+        ASSERT_TRUE(eventually([&] { return !daemon->running(); }, std::chrono::seconds(10))) << where;
+        landed = writes().size() - idle;
+        if (landed <= n + 1) break;  // the Nth, or another thread's write in the same instant
+        daemon.reset();
       }
-      if (const pid_t pid = daemon->daemon_pid(); pid > 0) ::kill(pid, SIGKILL);
-      renew.join();
-      ASSERT_TRUE(reached) << where;
-      ASSERT_TRUE(eventually([&] { return !daemon->running(); }, std::chrono::seconds(10))) << where;
-      // A reused key's request is sent again when the kill fell after the CA
-      // got it and before its answer was recorded (a new key's is not: firmad
-      // finds the certificate for that key at the CA first).
-      long allowed = 1;
-      if (!new_key && submissions() > submitted) {
+      EXPECT_LE(landed, n + 1) << where << ": the kill landed at write " << landed;
+      // A reused key's request may go out again when the kill fell while it
+      // was being sent (recorded as 'submitting', its answer not yet): only a
+      // new key tells the CA's certificate for it apart.
+      long most = 1;
+      if (!new_key) {
         const auto saved = firma::Json::parse(read_file(rig.dir() / "state" / "state.json"), nullptr, false);
         const auto record = saved.is_object() ? saved.value("renewals", firma::Json::object()).value("empresa", firma::Json::object())
                                               : firma::Json::object();
-        if (record.value("step", "") == "request-built") {
-          allowed = 2;
-          std::cout << "[ renewal  ] " << where << ": killed after the CA got the request, before its answer was "
-                    << "recorded: a reused key's request is sent again" << std::endl;
+        if (record.value("step", "") == "request-built" && record.value("submitting", false)) {
+          most = 2;
+          std::cout << "[ renewal  ] " << where << ": killed while the request was being sent: a reused key's "
+                    << "request may be sent again" << std::endl;
         }
       }
-      expect_recovered(where + " (" + at.substr(0, 160) + ")", keys_after, submitted, allowed);
+      expect_recovered(where + " (" + at.substr(0, 160) + ")", keys_after, submitted, 1, most);
       daemon.reset();
       if (HasFatalFailure()) return;
     }
@@ -291,7 +307,14 @@ TEST_F(RenewalCrash, KillsAtRandomMomentsAgainstASlowCa) {
     ::kill(daemon->pid(), SIGKILL);
     renew.join();
     ASSERT_TRUE(eventually([&] { return !daemon->running(); }, std::chrono::seconds(10))) << where;
-    expect_recovered(where, keys_before + 1, submitted);
+    // Killed while the request was on its way, the CA may still be working on
+    // it when firmad asks whether it has it (each answer takes 300 ms here):
+    // then the request goes out once more. Any other moment: once.
+    const auto saved = firma::Json::parse(read_file(rig.dir() / "state" / "state.json"), nullptr, false);
+    const auto record = saved.is_object() ? saved.value("renewals", firma::Json::object()).value("empresa", firma::Json::object())
+                                          : firma::Json::object();
+    const long most = record.value("step", "") == "request-built" && record.value("submitting", false) ? 2 : 1;
+    expect_recovered(where, keys_before + 1, submitted, 1, most);
     daemon.reset();
     if (HasFatalFailure()) return;
   }
