@@ -462,7 +462,7 @@ void Manager::retire(Record& r, Target& t) {
   std::string backup;
   if (!r.old_certificate.empty() && r.old_certificate != cert)
     backup = back_up_certificate(state_.directory() / "backup", alias, r.for_serial, r.old_certificate);
-  retire_old_objects(*t.worker, Retirement{alias, r.old_id, r.new_id, r.cleanup_id, cert, r.new_key});
+  retire_old_objects(*t.worker, Retirement{r.old_id, r.new_id, r.cleanup_id, cert});
   r.step = Step::Retired;
   r.next_try = 0;
   r.csr.clear(), r.acceptance.clear();

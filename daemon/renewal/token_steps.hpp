@@ -54,10 +54,8 @@ std::optional<std::string> damaged_pair(TokenWorker& token, const Bytes& id, con
 // place (SoftHSM truncates, then writes) would lose the key to a kill in
 // between. The previous pair stays as it was, found by its CKA_ID.
 struct Retirement {
-  std::string alias;
   Bytes old_id, new_id, cleanup_id;
   Bytes certificate;  // the one installed, kept
-  bool new_key = false;
 };
 void retire_old_objects(TokenWorker& token, const Retirement& what);
 
