@@ -213,7 +213,8 @@ const toml::table* subtable(const Reader& r, const toml::table& root, std::strin
 void read_daemon(const Reader& r, const toml::table& t, DaemonConfig& d) {
   const std::string w = "daemon";
   r.only(t, w, {"socket", "socket_mode", "socket_group", "state_directory", "max_connections",
-                "max_connections_per_peer", "idle_timeout_ms", "busy_poll_us", "log_level"});
+                "max_connections_per_peer", "idle_timeout_ms", "busy_poll_us", "log_level", "max_buffered_bytes",
+                "max_buffered_bytes_per_peer", "audit_file", "audit_queue", "audit_wait_ms"});
   if (auto s = r.string(t, w, "socket")) {
     if (s->empty() || (*s)[0] != '/') r.fail(w + ".socket", "must be an absolute path");
     if (s->size() >= 108) r.fail(w + ".socket", "is longer than a Unix socket path may be (107 bytes)");
@@ -234,6 +235,18 @@ void read_daemon(const Reader& r, const toml::table& t, DaemonConfig& d) {
   if (auto s = r.string(t, w, "log_level")) {
     if (!log::parse_level(*s, d.log_level)) r.fail(w + ".log_level", "accepted: error, warning, notice, info, debug");
   }
+  // A peer must be able to buffer one message of the largest size.
+  constexpr long long kOneMessage = (2 << 20) + (64 << 10);
+  if (auto v = r.integer(t, w, "max_buffered_bytes_per_peer", kOneMessage, 1LL << 34)) d.max_buffered_bytes_per_peer = *v;
+  if (auto v = r.integer(t, w, "max_buffered_bytes", kOneMessage, 1LL << 36)) d.max_buffered_bytes = *v;
+  if (d.max_buffered_bytes < d.max_buffered_bytes_per_peer)
+    r.fail(w + ".max_buffered_bytes", "must be at least max_buffered_bytes_per_peer");
+  if (auto s = r.string(t, w, "audit_file")) {
+    if (*s != "-" && (s->empty() || (*s)[0] != '/')) r.fail(w + ".audit_file", "must be an absolute path, or \"-\" for stderr");
+    d.audit_file = *s;
+  }
+  if (auto v = r.integer(t, w, "audit_queue", 16, 1 << 22)) d.audit_queue = *v;
+  if (auto v = r.integer(t, w, "audit_wait_ms", 0, 600000)) d.audit_wait = std::chrono::milliseconds(*v);
 }
 
 TokenConfig read_token(const Reader& r, std::string name, const toml::table& t) {

@@ -118,6 +118,17 @@ struct DaemonConfig {
   // of work before they sleep (0: never poll).
   std::chrono::microseconds busy_poll{50};
   log::Level log_level = log::Level::Info;
+  // Request bytes buffered beyond each connection's first 16 KiB, in all
+  // and per uid: a peer streaming junk waits for room rather than take
+  // memory (doc/architecture.md, "Fair share").
+  std::size_t max_buffered_bytes = 24u << 20;
+  std::size_t max_buffered_bytes_per_peer = 8u << 20;
+  // The audit trail (daemon/audit.hpp): an append-only file ("-": stderr),
+  // how many records may wait for it, and how long a call waits for room
+  // before it is refused with AuditUnavailable.
+  std::string audit_file = "/var/log/firmad/audit.log";
+  std::size_t audit_queue = 65536;
+  std::chrono::milliseconds audit_wait{5000};
 };
 
 struct Config {

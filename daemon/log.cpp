@@ -1,13 +1,23 @@
-// key=value log lines on stderr, journald-aware.
+// key=value log lines on stderr, journald-aware; a writer thread and a per-event, per-uid throttle.
 #include "daemon/log.hpp"
 
+#include <pthread.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstdlib>
+#include <map>
+#include <mutex>
+#include <thread>
+#include <utility>
+#include <vector>
 
 namespace firmad::log {
 namespace {
+
+using Clock = std::chrono::steady_clock;
 
 std::atomic<int> max_level{static_cast<int>(Level::Info)};
 const bool under_journal = std::getenv("JOURNAL_STREAM") != nullptr;
@@ -41,12 +51,9 @@ void append_value(std::string& line, std::string_view v) {
   line += '"';
 }
 
-}  // namespace
-
-void write(Level level, std::string_view event, std::initializer_list<Field> fields) {
-  if (static_cast<int>(level) > max_level.load(std::memory_order_relaxed)) return;
+std::string format(Level level, std::string_view event, std::initializer_list<Field> fields, const Field* extra) {
   std::string line;
-  line.reserve(128);
+  line.reserve(160);
   if (under_journal) {
     line += '<';
     line += static_cast<char>('0' + static_cast<int>(level));
@@ -58,21 +65,205 @@ void write(Level level, std::string_view event, std::initializer_list<Field> fie
     line += " level=";
     line += level_name(level);
   }
-  for (const auto& f : fields) {
+  auto put = [&line](const Field& f) {
     line += ' ';
     line += f.key;
     line += '=';
     append_value(line, f.value);
-  }
+  };
+  for (const auto& f : fields) put(f);
+  if (extra) put(*extra);
   line += '\n';
-  // One write(2) per line keeps lines whole across threads.
-  std::size_t off = 0;
-  while (off < line.size()) {
-    const ssize_t n = ::write(STDERR_FILENO, line.data() + off, line.size() - off);
-    if (n <= 0) break;
-    off += static_cast<std::size_t>(n);
+  return line;
+}
+
+void write_all(int fd, std::string_view data) {
+  while (!data.empty()) {
+    const ssize_t n = ::write(fd, data.data(), data.size());
+    if (n <= 0) return;  // stderr gone: nothing better to do with a log line
+    data.remove_prefix(static_cast<std::size_t>(n));
   }
 }
+
+// Per (event, uid): lines written in the current second, lines left out since the last one written.
+class Throttle {
+ public:
+  // Whether to write now; `left_out` is then the count to report.
+  bool admit(std::string_view event, unsigned uid, std::size_t& left_out) {
+    const auto now = Clock::now();
+    std::lock_guard lock(mu_);
+    std::string key(event);
+    key += ' ';
+    key += std::to_string(uid);
+    auto it = windows_.find(key);
+    if (it == windows_.end()) {
+      if (windows_.size() >= kMaxKeys) forget_quiet(now);
+      if (windows_.size() >= kMaxKeys) {
+        key = "(too many peers)";  // one shared window until some go quiet
+        it = windows_.try_emplace(key, Window{{}, 0, 0, "(too many peers)", kNoUid}).first;
+      } else {
+        it = windows_.try_emplace(key, Window{{}, 0, 0, std::string(event), uid}).first;
+      }
+    }
+    Window& w = it->second;
+    if (now >= w.end) {
+      w.end = now + std::chrono::seconds(1);
+      w.written = 0;
+    }
+    if (w.written == kThrottledPerSecond) {
+      ++w.left_out;
+      return false;
+    }
+    ++w.written;
+    left_out = std::exchange(w.left_out, 0);
+    return true;
+  }
+
+  // Lines left out in windows that have ended with no line after them: the
+  // writer reports these itself (event=log-throttled), so a flood that
+  // stops still has its count written.
+  struct Due {
+    std::string event;
+    unsigned uid;
+    std::size_t left_out;
+  };
+  std::vector<Due> due() {
+    const auto now = Clock::now();
+    std::vector<Due> out;
+    std::lock_guard lock(mu_);
+    for (auto& [key, w] : windows_)
+      if (w.left_out > 0 && now >= w.end) out.push_back({w.event, w.uid, std::exchange(w.left_out, 0)});
+    return out;
+  }
+
+ private:
+  struct Window {
+    Clock::time_point end{};
+    std::size_t written = 0, left_out = 0;
+    std::string event;
+    unsigned uid = kNoUid;
+  };
+  static constexpr std::size_t kMaxKeys = 4096;
+
+  // Drops the keys idle for a minute with nothing left to report.
+  void forget_quiet(Clock::time_point now) {
+    std::erase_if(windows_, [now](const auto& kv) {
+      return kv.second.left_out == 0 && kv.second.end + std::chrono::minutes(1) < now;
+    });
+  }
+
+  std::mutex mu_;
+  std::map<std::string, Window> windows_;  // "<event> <uid>"
+};
+
+Throttle throttle;
+
+// The writer thread's queue. Lines are whole strings, written in batches.
+class Writer {
+ public:
+  // False when no writer runs: the caller then writes itself.
+  bool queue(std::string line) {
+    std::lock_guard lock(mu_);
+    if (!running_) return false;
+    if (queued_bytes_ + line.size() > kQueueBytes) {
+      ++dropped_;
+      return true;
+    }
+    queued_bytes_ += line.size();
+    lines_.push_back(std::move(line));
+    wake_.notify_one();
+    return true;
+  }
+
+  void start() {
+    std::lock_guard lock(mu_);
+    if (running_) return;
+    running_ = true;
+    thread_ = std::thread([this] { run(); });
+  }
+
+  void stop() {
+    {
+      std::lock_guard lock(mu_);
+      if (!running_) return;
+      running_ = false;
+      wake_.notify_one();
+    }
+    thread_.join();
+  }
+
+ private:
+  void run() {
+    ::pthread_setname_np(::pthread_self(), "firmad-log");
+    std::vector<std::string> batch;
+    std::string out;
+    for (;;) {
+      std::size_t dropped = 0;
+      bool last = false;
+      {
+        std::unique_lock lock(mu_);
+        wake_.wait_for(lock, std::chrono::seconds(1), [this] { return !lines_.empty() || !running_; });
+        batch.swap(lines_);
+        queued_bytes_ = 0;
+        dropped = std::exchange(dropped_, 0);
+        last = !running_;
+      }
+      out.clear();
+      for (auto& l : batch) out += l;
+      batch.clear();
+      if (dropped) {
+        const Field count("count", dropped);
+        out += format(Level::Warning, "log-lines-dropped", {}, &count);
+      }
+      for (const auto& d : throttle.due()) {
+        const Field count("not_logged_before", d.left_out);
+        if (d.uid == kNoUid) out += format(Level::Warning, "log-throttled", {{"of", d.event}}, &count);
+        else out += format(Level::Warning, "log-throttled", {{"of", d.event}, {"uid", d.uid}}, &count);
+      }
+      write_all(STDERR_FILENO, out);
+      if (last) return;
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable wake_;
+  std::vector<std::string> lines_;
+  std::size_t queued_bytes_ = 0, dropped_ = 0;
+  bool running_ = false;
+  std::thread thread_;
+};
+
+Writer writer;
+
+void emit(std::string line) {
+  if (!writer.queue(std::move(line))) write_all(STDERR_FILENO, line);
+}
+
+
+}  // namespace
+
+void write(Level level, std::string_view event, std::initializer_list<Field> fields) {
+  if (static_cast<int>(level) > max_level.load(std::memory_order_relaxed)) return;
+  emit(format(level, event, fields, nullptr));
+}
+
+void throttled(Level level, std::string_view event, unsigned uid, std::initializer_list<Field> fields) {
+  if (static_cast<int>(level) > max_level.load(std::memory_order_relaxed)) return;
+  std::size_t left_out = 0;
+  if (!throttle.admit(event, uid, left_out)) return;
+  const Field count("not_logged_before", left_out);
+  emit(format(level, event, fields, &count));
+}
+
+void append_field(std::string& line, std::string_view key, std::string_view value) {
+  line += ' ';
+  line += key;
+  line += '=';
+  append_value(line, value);
+}
+
+void start_writer() { writer.start(); }
+void stop_writer() { writer.stop(); }
 
 void set_max_level(Level level) { max_level.store(static_cast<int>(level)); }
 

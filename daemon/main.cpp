@@ -14,6 +14,8 @@
 #include "daemon/busy_poll.hpp"
 #include "daemon/config.hpp"
 #include "daemon/log.hpp"
+#include "daemon/audit.hpp"
+#include "daemon/serial_thread.hpp"
 #include "daemon/server/server.hpp"
 #include "daemon/server/service.hpp"
 #include "daemon/server/systemd.hpp"
@@ -177,6 +179,12 @@ int main(int argc, char** argv) {
     return 0;
   }
   firmad::log::set_max_level(cfg.daemon.log_level);
+  // From here on no thread waits for stderr (a stalled journald); the
+  // guard writes what is queued on every way out.
+  firmad::log::start_writer();
+  struct LogWriterGuard {
+    ~LogWriterGuard() { firmad::log::stop_writer(); }
+  } log_writer_guard;
   harden_process();
   constexpr rlim_t kFdHeadroom = 256;
   if (const rlim_t fds = raise_open_file_limit(cfg.daemon.max_connections, kFdHeadroom);
@@ -193,16 +201,32 @@ int main(int argc, char** argv) {
     workers = make_workers(cfg);
     restore_cancellations(workers, saved);
     boost::asio::io_context io(1);
+    firmad::Audit audit(cfg.daemon, io);  // throws naming the file if it cannot be opened
+    firmad::SerialThread disk("firmad-disk");
     firmad::renewal::Manager renewals(cfg, workers, state);
-    firmad::Service service(cfg, workers, state, calendar_of(cfg), renewals);
-    firmad::Server server(io, cfg, service);
+    firmad::Service service(cfg, workers, state, calendar_of(cfg), renewals, audit, disk);
+    firmad::FairShare share(io, cfg.daemon.max_buffered_bytes, cfg.daemon.max_buffered_bytes_per_peer);
+    service.set_peers_report([&share] { return share.peers_json(); });
+    firmad::Server server(io, cfg, service, share);
     // Signals are caught from here on: a SIGTERM during start-up (a token
     // slow to log in) still ends in an orderly stop.
     boost::asio::signal_set signals(io, SIGTERM, SIGINT);
+    // SIGHUP: open the audit file again (logrotate's postrotate; a moved
+    // file is also noticed within a second without it).
+    boost::asio::signal_set hangup(io, SIGHUP);
+    std::function<void()> on_hangup = [&] {
+      hangup.async_wait([&](const boost::system::error_code& ec, int) {
+        if (ec) return;
+        audit.reopen();
+        on_hangup();
+      });
+    };
+    on_hangup();
     std::thread renewal_stopper;
     server.open();  // first: a second daemon on the same socket stops before touching the token
     state.remove_temporaries();  // only now: another firmad's write under way is not ours to remove
     renewals.remove_temporaries();
+    audit.start();
     for (auto& w : workers) w->start();
     // Serve once every token has been scanned and, where the PIN source is
     // unattended, logged in: the first client sees the settled state.
@@ -228,6 +252,7 @@ int main(int argc, char** argv) {
       firmad::log::notice("signal", {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"}});
       firmad::systemd::notify("STOPPING=1");
       watchdog.cancel();
+      hangup.cancel();
       server.shutdown();
       // Off the I/O thread: the step under way may take its network time
       // limit, and callers following a renewal are told it rests.
@@ -241,7 +266,8 @@ int main(int argc, char** argv) {
     if (renewal_stopper.joinable()) renewal_stopper.join();
     renewals.stop();
     for (auto& w : workers) w->stop();
-    firmad::log::notice("stopped");
+    audit.stop();  // every record of a call that was answered is written
+    firmad::log::notice("stopped", {{"audit_records", audit.written()}});
     return 0;
   } catch (const std::exception& e) {
     firmad::log::error("fatal", {{"error", e.what()}});

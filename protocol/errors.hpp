@@ -39,6 +39,7 @@ inline constexpr const char* kRenewalInProgress = "io.firmad.Signer.RenewalInPro
 inline constexpr const char* kQueueFull = "io.firmad.Signer.QueueFull";
 inline constexpr const char* kShuttingDown = "io.firmad.Signer.ShuttingDown";
 inline constexpr const char* kTokenError = "io.firmad.Signer.TokenError";
+inline constexpr const char* kAuditUnavailable = "io.firmad.Signer.AuditUnavailable";
 inline constexpr const char* kInternalError = "io.firmad.Signer.InternalError";
 }  // namespace error
 

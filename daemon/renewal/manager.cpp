@@ -1,6 +1,8 @@
 // The renewal manager: requests, the renewal thread, scheduling, listeners, persistence and status.
 #include "daemon/renewal/manager.hpp"
 
+#include <pthread.h>
+
 #include <openssl/sha.h>
 
 #include <algorithm>
@@ -67,7 +69,10 @@ void Manager::remove_temporaries() noexcept {
 void Manager::start() {
   for (auto& [alias, r] : records_)
     if (r.active()) log::info("renewal-resuming", {{"key", alias}, {"step", protocol::wire_name(r.step)}});
-  thread_ = std::thread([this] { run(); });
+  thread_ = std::thread([this] {
+    ::pthread_setname_np(::pthread_self(), "firmad-renewal");
+    run();
+  });
 }
 
 void Manager::stop() noexcept {

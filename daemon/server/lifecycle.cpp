@@ -68,7 +68,7 @@ Json Service::request_json(const std::string& alias, const Date& today) const {
           {"state", d.cancelled ? "cancelled" : "pending"}};
 }
 
-Json Service::track_request(const Json& params, const Peer& peer) {
+boost::asio::awaitable<Json> Service::track_request(const Json& params, const Peer& peer) {
   Params p(params);
   const std::string alias = p.required_string("key");
   const auto submitted_text = p.optional_string("submitted");
@@ -78,20 +78,24 @@ Json Service::track_request(const Json& params, const Peer& peer) {
   if (!find_key(alias)) throw VarlinkError(perr::kKeyNotFound, {{"key", alias}});
   std::optional<Date> submitted = submitted_text ? Date::parse(*submitted_text) : std::optional<Date>(local_today());
   if (!submitted) throw protocol::invalid_parameter("submitted");
+  std::string state_error;
   try {
-    state_.update([&](Json& doc) {
+    const std::string day = submitted->iso();
+    std::function<void(Json&)> change = [alias, day, clear](Json& doc) {
       if (!doc["requests"].is_object()) doc["requests"] = Json::object();
       if (clear) doc["requests"].erase(alias);
-      else doc["requests"][alias] = {{"submitted", submitted->iso()}};
-    });
+      else doc["requests"][alias] = {{"submitted", day}};
+    };
+    co_await update_state(std::move(change));
   } catch (const StateError& e) {
-    throw VarlinkError(perr::kInternalError, {{"reason", e.what()}});
+    state_error = e.what();
   }
+  if (!state_error.empty()) throw VarlinkError(perr::kInternalError, {{"reason", state_error}});
   if (clear) requests_.erase(alias);
   else requests_[alias] = submitted->iso();
   log::notice("request-tracked", {{"key", alias}, {"submitted", clear ? "cleared" : submitted->iso()},
                                   {"uid", peer.uid}, {"pid", peer.pid}});
-  return {{"request", request_json(alias, local_today())}};
+  co_return Json{{"request", request_json(alias, local_today())}};
 }
 
 boost::asio::awaitable<Json> Service::cancel(const Json& params, const Peer& peer) {
@@ -110,14 +114,20 @@ boost::asio::awaitable<Json> Service::cancel(const Json& params, const Peer& pee
   Cancellation c{std::time(nullptr), reason};
   if (auto earlier = worker.cancellation(alias)) c = *earlier;
   worker.mark_cancelled(alias, c);
+  std::string state_error;
   try {
-    state_.update([&](Json& doc) {
+    const std::string token = key->token;
+    std::function<void(Json&)> change = [alias, c, token](Json& doc) {
       if (!doc["cancelled"].is_object()) doc["cancelled"] = Json::object();
-      doc["cancelled"][alias] = {{"at", iso8601(c.at)}, {"time", c.at}, {"reason", c.reason}, {"token", key->token}};
-    });
+      doc["cancelled"][alias] = {{"at", iso8601(c.at)}, {"time", c.at}, {"reason", c.reason}, {"token", token}};
+    };
+    co_await update_state(std::move(change));
   } catch (const StateError& e) {
-    log::error("state-write-failed", {{"key", alias}, {"error", e.what()}});
-    throw VarlinkError(perr::kInternalError, {{"reason", e.what()}});
+    state_error = e.what();
+  }
+  if (!state_error.empty()) {
+    log::error("state-write-failed", {{"key", alias}, {"error", state_error}});
+    throw VarlinkError(perr::kInternalError, {{"reason", state_error}});
   }
   log::notice("key-cancelled", {{"key", alias}, {"uid", peer.uid}, {"pid", peer.pid}, {"reason", reason}});
   renewals_.cancel(alias);  // a renewal under way stops, and its uninstalled new key goes
@@ -181,13 +191,14 @@ boost::asio::awaitable<Json> Service::import_credential(const Json& params, cons
 
   std::string state_error;
   try {
-    state_.update([&](Json& doc) {
+    std::function<void(Json&)> change = [stored](Json& doc) {
       if (!doc["keys"].is_object()) doc["keys"] = Json::object();
       doc["keys"][stored.alias] = {{"token", stored.token},     {"uri", stored.uri},
                                    {"allowUsers", stored.allow.users}, {"allowGroups", stored.allow.groups},
                                    {"npie", stored.npie},       {"registroPatronal", stored.registro_patronal},
                                    {"role", stored.role}};
-    });
+    };
+    co_await update_state(std::move(change));
   } catch (const StateError& e) {
     state_error = e.what();
   }

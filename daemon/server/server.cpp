@@ -26,10 +26,16 @@ using local = asio::local::stream_protocol;
 using Clock = std::chrono::steady_clock;
 
 struct Server::Connection {
-  Connection(local::socket s, Peer p) : socket(std::move(s)), peer(std::move(p)), timer(socket.get_executor()) {}
+  Connection(local::socket s, Peer p)
+      : socket(std::move(s)), peer(std::move(p)), timer(socket.get_executor()), turn_timer(socket.get_executor()) {}
   local::socket socket;
   Peer peer;
-  asio::steady_timer timer;
+  asio::steady_timer timer;       // the watchdog's
+  asio::steady_timer turn_timer;  // waits for a turn or for buffer room
+  std::string buffer;             // bytes read, not yet answered
+  std::size_t searched = 0;       // of them, how many hold no NUL
+  std::size_t charged = 0;        // of the buffer's capacity, bytes charged to the uid (FairShare)
+  bool turn_fresh = false;        // a turn taken for a read may also answer the frame it completed
   // Reading and Writing wait on the peer: the deadline applies. Working waits
   // for the token: no deadline, and shutdown lets it finish.
   enum class Phase { Reading, Working, Writing } phase = Phase::Reading;
@@ -37,8 +43,8 @@ struct Server::Connection {
   bool closed = false;
 };
 
-Server::Server(asio::io_context& io, const Config& config, Service& service)
-    : io_(io), config_(config), service_(service) {}
+Server::Server(asio::io_context& io, const Config& config, Service& service, FairShare& share)
+    : io_(io), config_(config), service_(service), share_(share) {}
 
 namespace {
 
@@ -129,21 +135,6 @@ void Server::shutdown() {
   log::info("shutting-down", {{"connections", connections_.size()}});
 }
 
-bool Server::LogThrottle::admit(Clock::time_point now, std::size_t& left_out) {
-  if (now >= window_end_) {
-    window_end_ = now + std::chrono::seconds(1);
-    in_window_ = 0;
-  }
-  if (in_window_ == kLinesPerSecond) {
-    ++left_out_;
-    return false;
-  }
-  ++in_window_;
-  left_out = left_out_;
-  left_out_ = 0;
-  return true;
-}
-
 void Server::forget(const std::shared_ptr<Connection>& c) {
   c->closed = true;
   c->timer.cancel();
@@ -175,9 +166,9 @@ asio::awaitable<void> Server::listen(local::acceptor& acceptor) {
     const std::size_t uid_connections = of_uid == per_uid_.end() ? 0 : of_uid->second;
     if (connections_.size() >= config_.daemon.max_connections ||
         uid_connections >= config_.daemon.max_connections_per_peer) {
-      if (std::size_t left_out; refusals_log_.admit(Clock::now(), left_out))
-        log::warning("connection-refused", {{"uid", peer.uid}, {"pid", peer.pid}, {"connections", connections_.size()},
-                                            {"of_uid", uid_connections}, {"not_logged_before", left_out}});
+      share_.offence(peer.uid);  // reconnecting at the limit is a uid's own doing
+      log::throttled(log::Level::Warning, "connection-refused", peer.uid,
+                     {{"uid", peer.uid}, {"pid", peer.pid}, {"connections", connections_.size()}, {"of_uid", uid_connections}});
       continue;  // the socket closes as it goes out of scope
     }
     auto c = std::make_shared<Connection>(std::move(socket), std::move(peer));
@@ -215,11 +206,8 @@ void compact(std::string& buffer) {
   buffer.swap(fresh);
 }
 
-// Grows the read buffer to at least `needed` (doubling, never past the
-// message limit), wiping the old one: it may hold a pipelined PIN.
-void grow(std::string& buffer, std::size_t needed, std::size_t limit) {
-  std::size_t capacity = std::max(2 * buffer.capacity(), needed);
-  if (capacity + capacity / 8 >= limit) capacity = limit;  // not one more copy for the last few bytes
+// Grows the read buffer to `capacity`, wiping the old one: it may hold a pipelined PIN.
+void grow(std::string& buffer, std::size_t capacity) {
   std::string bigger;
   bigger.reserve(capacity);
   bigger.assign(buffer);
@@ -227,33 +215,7 @@ void grow(std::string& buffer, std::size_t needed, std::size_t limit) {
   buffer.swap(bigger);
 }
 
-// Reads until `buffer` holds a NUL and returns the frame's length with it.
-// Only new bytes are searched, with memchr: a peer streaming junk costs the
-// I/O thread little more than the copy. Sets `ec` to not_found once
-// kMaxMessageBytes + 1 bytes hold no NUL (the buffer never grows past
-// that), or to the socket's error; then returns 0.
-asio::awaitable<std::size_t> read_frame(local::socket& socket, std::string& buffer, boost::system::error_code& ec) {
-  constexpr std::size_t kLimit = protocol::kMaxMessageBytes + 1;
-  constexpr std::size_t kChunk = 64 * 1024;
-  for (std::size_t searched = 0;;) {
-    if (const void* nul = std::memchr(buffer.data() + searched, '\0', buffer.size() - searched))
-      co_return static_cast<std::size_t>(static_cast<const char*>(nul) - buffer.data()) + 1;
-    searched = buffer.size();
-    if (searched >= kLimit) {
-      ec = asio::error::not_found;
-      co_return 0;
-    }
-    // As Asio's dynamic buffers do: what the buffer has room for, at least
-    // 512 bytes and at most 64 KiB, so a small call keeps a small buffer.
-    const std::size_t want = std::min({kChunk, kLimit - searched, std::max<std::size_t>(512, buffer.capacity() - searched)});
-    if (buffer.capacity() < searched + want) grow(buffer, searched + want, kLimit);
-    buffer.resize(searched + want);
-    const std::size_t got = co_await socket.async_read_some(asio::buffer(buffer.data() + searched, want),
-                                                            asio::redirect_error(asio::use_awaitable, ec));
-    buffer.resize(searched + got);
-    if (ec) co_return 0;
-  }
-}
+constexpr std::size_t kFrameLimit = protocol::kMaxMessageBytes + 1;
 
 // ShuttingDown errors for the complete calls still buffered at shutdown:
 // every call the daemon received gets an answer.
@@ -272,9 +234,70 @@ std::string refuse_buffered(const std::string& buffer) {
 
 }  // namespace
 
+void Server::settle_charge(Connection& c) {
+  const std::size_t now = FairShare::charge_for(c.buffer.capacity());
+  if (now > c.charged) share_.force_bytes(c.peer.uid, now - c.charged);
+  else share_.give_bytes(c.peer.uid, c.charged - now);
+  c.charged = now;
+}
+
+asio::awaitable<bool> Server::make_room(Connection& c, std::size_t needed) {
+  // Doubling, as Asio's dynamic buffers do, but never past the frame limit
+  // (nor one more copy for its last few bytes).
+  std::size_t capacity = std::max(2 * c.buffer.capacity(), needed);
+  if (capacity + capacity / 8 >= kFrameLimit) capacity = kFrameLimit;
+  const std::size_t extra = FairShare::charge_for(capacity) - std::min(c.charged, FairShare::charge_for(capacity));
+  while (!share_.take_bytes(c.peer.uid, extra)) {
+    if (c.closed || !c.socket.is_open() || Clock::now() >= c.deadline) co_return false;
+    co_await share_.wait_for_bytes(c.turn_timer, c.deadline);
+  }
+  c.charged += extra;
+  grow(c.buffer, capacity);
+  settle_charge(c);
+  co_return true;
+}
+
+// Only new bytes are searched, with memchr: a peer streaming junk costs the
+// I/O thread little more than the copy. Every read takes a turn first.
+asio::awaitable<std::size_t> Server::read_frame(Connection& c, std::string& last_words) {
+  constexpr std::size_t kChunk = 64 * 1024;
+  std::string& buffer = c.buffer;
+  for (;;) {
+    if (const void* nul = std::memchr(buffer.data() + c.searched, '\0', buffer.size() - c.searched)) {
+      c.searched = 0;  // the bytes after this frame are searched again with the next
+      co_return static_cast<std::size_t>(static_cast<const char*>(nul) - buffer.data()) + 1;
+    }
+    c.searched = buffer.size();
+    if (c.searched >= kFrameLimit) {
+      share_.offence(c.peer.uid);
+      log::throttled(log::Level::Warning, "protocol-violation", c.peer.uid,
+                     {{"uid", c.peer.uid}, {"pid", c.peer.pid}, {"why", "oversize"}});
+      last_words = protocol::encode_error(
+          protocol::error::kProtocolViolation,
+          {{"reason", "message exceeds " + std::to_string(protocol::kMaxMessageBytes) + " bytes"}});
+      co_return 0;
+    }
+    // What the buffer has room for, at least 512 bytes and at most 64 KiB,
+    // so a small call keeps a small buffer.
+    const std::size_t want =
+        std::min({kChunk, kFrameLimit - c.searched, std::max<std::size_t>(512, buffer.capacity() - c.searched)});
+    if (buffer.capacity() < c.searched + want && !co_await make_room(c, c.searched + want)) co_return 0;
+    boost::system::error_code ec;
+    co_await c.socket.async_wait(local::socket::wait_read, asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) co_return 0;  // closed by the watchdog or at shutdown
+    co_await share_.turn(c.peer.uid, c.turn_timer);
+    c.turn_fresh = true;
+    buffer.resize(c.searched + want);
+    const std::size_t got = c.socket.read_some(asio::buffer(buffer.data() + c.searched, want), ec);
+    buffer.resize(c.searched + (ec ? 0 : got));
+    if (ec == asio::error::would_block || ec == asio::error::try_again) continue;
+    if (ec) co_return 0;  // EOF, reset, or closed while it waited for its turn
+  }
+}
+
 asio::awaitable<void> Server::serve(std::shared_ptr<Connection> c) {
   using Phase = Connection::Phase;
-  std::string buffer;
+  std::string& buffer = c->buffer;
   std::string last_words;  // a protocol violation or ShuttingDown errors: written, then the connection closes
   // A streamed call's intermediate replies, each under the write deadline.
   const Stream stream = [this, c](std::string frame) -> asio::awaitable<void> {
@@ -284,43 +307,41 @@ asio::awaitable<void> Server::serve(std::shared_ptr<Connection> c) {
     c->phase = Connection::Phase::Working;
   };
   try {
+    c->socket.non_blocking(true);  // reads happen only in a turn, and never wait there
     while (!stopping_) {
       c->phase = Phase::Reading;
       c->deadline = Clock::now() + config_.daemon.idle_timeout;
-      boost::system::error_code ec;
-      const std::size_t n = co_await read_frame(c->socket, buffer, ec);
-      if (ec) {
-        if (ec == asio::error::not_found) {
-          if (std::size_t left_out; violations_log_.admit(Clock::now(), left_out))
-            log::warning("protocol-violation", {{"uid", c->peer.uid}, {"pid", c->peer.pid}, {"why", "oversize"},
-                                                {"not_logged_before", left_out}});
-          last_words = protocol::encode_error(
-              protocol::error::kProtocolViolation,
-              {{"reason", "message exceeds " + std::to_string(protocol::kMaxMessageBytes) + " bytes"}});
-        }
-        break;  // EOF, reset, timeout (closed by the watchdog) or oversize
-      }
+      const std::size_t n = co_await read_frame(*c, last_words);
+      if (n == 0) break;  // EOF, reset, timeout (closed by the watchdog) or oversize
+      // A frame that was already buffered (pipelined) waits for a turn of its own.
+      if (!c->turn_fresh) co_await share_.turn(c->peer.uid, c->turn_timer);
+      c->turn_fresh = false;
+      if (stopping_) break;
       c->phase = Phase::Working;
       protocol::Call call;
       try {
         call = protocol::parse_call(std::string_view(buffer.data(), n - 1));
       } catch (const protocol::VarlinkError& e) {
-        if (std::size_t left_out; violations_log_.admit(Clock::now(), left_out))
-          log::warning("protocol-violation", {{"uid", c->peer.uid}, {"pid", c->peer.pid}, {"not_logged_before", left_out}});
+        share_.offence(c->peer.uid);
+        log::throttled(log::Level::Warning, "protocol-violation", c->peer.uid, {{"uid", c->peer.uid}, {"pid", c->peer.pid}});
         last_words = protocol::encode_error(e.name(), e.parameters());
         break;
       }
-      std::string reply = co_await service_.handle(call, c->peer, stream);
+      Service::Answer answer = co_await service_.handle(call, c->peer, stream);
+      if (answer.refused) share_.offence(c->peer.uid);
       // The frame may have carried a PIN: wipe it and the parsed copy.
       if (auto it = call.parameters.find("pin"); it != call.parameters.end() && it->is_string())
         protocol::wipe(it->get_ref<std::string&>());
       protocol::secure_zero(buffer.data(), n);
       buffer.erase(0, n);
-      if (buffer.capacity() > 64 * 1024 && buffer.size() < 4096) compact(buffer);
-      if (!reply.empty()) {
+      if (buffer.capacity() > 64 * 1024 && buffer.size() < 4096) {
+        compact(buffer);
+        settle_charge(*c);
+      }
+      if (!answer.frame.empty()) {
         c->phase = Phase::Writing;
         c->deadline = Clock::now() + config_.daemon.idle_timeout;
-        co_await asio::async_write(c->socket, asio::buffer(reply), asio::use_awaitable);
+        co_await asio::async_write(c->socket, asio::buffer(answer.frame), asio::use_awaitable);
       }
     }
     if (stopping_ && last_words.empty()) last_words = refuse_buffered(buffer);
@@ -328,6 +349,8 @@ asio::awaitable<void> Server::serve(std::shared_ptr<Connection> c) {
     log::debug("connection-error", {{"uid", c->peer.uid}, {"pid", c->peer.pid}, {"error", e.what()}});
   }
   protocol::secure_zero(buffer.data(), buffer.capacity());
+  std::string().swap(buffer);
+  settle_charge(*c);  // gives every charged byte back
   if (!last_words.empty() && c->socket.is_open()) {
     c->phase = Phase::Writing;
     c->deadline = Clock::now() + config_.daemon.idle_timeout;

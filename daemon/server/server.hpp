@@ -1,4 +1,5 @@
-// The Unix socket server: one coroutine per connection, limits enforced per peer.
+// The Unix socket server: one coroutine per connection, limits enforced per
+// peer, the I/O thread's time and the buffers' memory shared per uid (fair_share.hpp).
 #pragma once
 #include "daemon/asio.hpp"
 
@@ -9,6 +10,7 @@
 #include <vector>
 
 #include "daemon/server/access.hpp"
+#include "daemon/server/fair_share.hpp"
 #include "daemon/config.hpp"
 #include "daemon/server/service.hpp"
 
@@ -16,7 +18,7 @@ namespace firmad {
 
 class Server {
  public:
-  Server(boost::asio::io_context& io, const Config& config, Service& service);
+  Server(boost::asio::io_context& io, const Config& config, Service& service, FairShare& share);
 
   // Takes the sockets systemd passed (LISTEN_FDS), or else creates the
   // configured socket (its directory 0750 if missing, the socket with the
@@ -30,31 +32,26 @@ class Server {
 
  private:
   struct Connection;
-  // A peer can repeat some events at will (reconnecting at the limit,
-  // breaking the framing): at most kLinesPerSecond lines a second each, or
-  // journald's rate limit would drop other lines, audit lines among them.
-  class LogThrottle {
-   public:
-    static constexpr std::size_t kLinesPerSecond = 10;
-    // Whether to log now; `left_out` is then how many lines were not logged before this one.
-    bool admit(std::chrono::steady_clock::time_point now, std::size_t& left_out);
-
-   private:
-    std::chrono::steady_clock::time_point window_end_{};
-    std::size_t in_window_ = 0, left_out_ = 0;
-  };
   boost::asio::awaitable<void> listen(boost::asio::local::stream_protocol::acceptor& acceptor);
   boost::asio::awaitable<void> serve(std::shared_ptr<Connection> c);
+  // Reads until the buffer holds a whole frame; returns its length with the
+  // NUL, or 0 once the connection is to end (`last_words` then says why, if
+  // the peer is to be told).
+  boost::asio::awaitable<std::size_t> read_frame(Connection& c, std::string& last_words);
+  // Grows the connection's buffer for `want` more bytes, charging them to
+  // its uid; false if the connection ended while it waited for room.
+  boost::asio::awaitable<bool> make_room(Connection& c, std::size_t want);
+  void settle_charge(Connection& c);
   boost::asio::awaitable<void> watchdog(std::shared_ptr<Connection> c);
   void forget(const std::shared_ptr<Connection>& c);
 
   boost::asio::io_context& io_;
   const Config& config_;
   Service& service_;
+  FairShare& share_;
   std::vector<std::unique_ptr<boost::asio::local::stream_protocol::acceptor>> acceptors_;
   std::set<std::shared_ptr<Connection>> connections_;
   std::map<uid_t, std::size_t> per_uid_;
-  LogThrottle refusals_log_, violations_log_;
   bool stopping_ = false;
   bool created_socket_ = false;
 };

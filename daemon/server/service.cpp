@@ -21,8 +21,14 @@ using protocol::Params;
 using protocol::VarlinkError;
 
 Service::Service(const Config& config, std::vector<std::unique_ptr<TokenWorker>>& tokens, StateStore& state,
-                 BusinessCalendar calendar, renewal::Manager& renewals)
-    : config_(config), tokens_(tokens), state_(state), calendar_(std::move(calendar)), renewals_(renewals) {
+                 BusinessCalendar calendar, renewal::Manager& renewals, Audit& audit, SerialThread& disk)
+    : config_(config),
+      tokens_(tokens),
+      state_(state),
+      calendar_(std::move(calendar)),
+      renewals_(renewals),
+      audit_(audit),
+      disk_(disk) {
   const Json doc = state_.read();
   if (auto it = doc.find("requests"); it != doc.end() && it->is_object()) {
     for (const auto& [alias, r] : it->items())
@@ -99,7 +105,7 @@ Json Service::list_keys() const {
   return keys;
 }
 
-Json Service::status() const {
+Json Service::status(bool admin) const {
   Json tokens = Json::array();
   for (const auto& t : tokens_) {
     const auto snap = t->snapshot();
@@ -124,7 +130,9 @@ Json Service::status() const {
     }
     tokens.push_back(std::move(j));
   }
-  return {{"version", FIRMAD_VERSION}, {"tokens", std::move(tokens)}, {"keys", list_keys()}};
+  Json out = {{"version", FIRMAD_VERSION}, {"tokens", std::move(tokens)}, {"keys", list_keys()}};
+  if (admin && peers_report_) out["heldBack"] = peers_report_();
+  return out;
 }
 
 TokenWorker& Service::token_named(const std::string& name) const {
@@ -135,8 +143,8 @@ TokenWorker& Service::token_named(const std::string& name) const {
 
 void Service::require_admin(const char* method, const Peer& peer) const {
   if (allowed(config_.admins, peer)) return;
-  log::warning("access-denied", {{"method", method}, {"uid", peer.uid}, {"gid", peer.gid}, {"pid", peer.pid},
-                                 {"exe", peer.executable}});
+  log::throttled(log::Level::Warning, "access-denied", peer.uid,
+                 {{"method", method}, {"uid", peer.uid}, {"gid", peer.gid}, {"pid", peer.pid}, {"exe", peer.executable}});
   throw VarlinkError(perr::kAccessDenied, {{"method", method}});
 }
 
@@ -174,7 +182,8 @@ boost::asio::awaitable<Json> Service::logout(const Json& params, const Peer& pee
   co_return Json{{"loginState", std::string(protocol::wire_name(state))}};
 }
 
-boost::asio::awaitable<Json> Service::dispatch(const protocol::Call& call, const Peer& peer, const Stream& stream) {
+boost::asio::awaitable<Json> Service::dispatch(const protocol::Call& call, const Peer& peer, const Stream& stream,
+                                               AuditRecord& record) {
   const std::string_view iface = protocol::interface_of(call.method);
   const std::string_view method = std::string_view(call.method).substr(iface.size() + 1);
   if (iface == protocol::kServiceInterface) {
@@ -196,7 +205,7 @@ boost::asio::awaitable<Json> Service::dispatch(const protocol::Call& call, const
   } else if (iface == protocol::kSignerInterface) {
     if (method == "Status") {
       Params(call.parameters).finish();
-      co_return status();
+      co_return status(allowed(config_.admins, peer));
     }
     if (method == "ListKeys") {
       Params(call.parameters).finish();
@@ -209,12 +218,12 @@ boost::asio::awaitable<Json> Service::dispatch(const protocol::Call& call, const
       const KeyConfig* key = find_key(it->get<std::string>());
       if (!key) throw VarlinkError(perr::kKeyNotFound, {{"key", it->get<std::string>()}});
       TokenWorker& worker = token_named(key->token);
-      if (method == "Sign") co_return co_await sign(worker, *key, params, peer);
-      co_return co_await sign_cms(worker, *key, params, peer);
+      if (method == "Sign") co_return co_await sign(worker, *key, params, peer, record);
+      co_return co_await sign_cms(worker, *key, params, peer, record);
     }
     if (method == "Import") co_return co_await import_credential(call.parameters, peer);
     if (method == "Cancel") co_return co_await cancel(call.parameters, peer);
-    if (method == "TrackRequest") co_return track_request(call.parameters, peer);
+    if (method == "TrackRequest") co_return co_await track_request(call.parameters, peer);
     if (method == "Renew" || method == "Fetch") co_return co_await renew(call, peer, stream);
     if (method == "Login") co_return co_await login(call.parameters, peer);
     if (method == "Logout") co_return co_await logout(call.parameters, peer);
@@ -224,17 +233,54 @@ boost::asio::awaitable<Json> Service::dispatch(const protocol::Call& call, const
   throw VarlinkError(perr::kMethodNotFound, {{"method", call.method}});
 }
 
-boost::asio::awaitable<std::string> Service::handle(const protocol::Call& call, const Peer& peer, const Stream& stream) {
-  std::string out;
+boost::asio::awaitable<void> Service::update_state(std::function<void(Json&)> change) {
+  auto job = [this, change = std::move(change)] { state_.update(change); };
+  co_await run_on<void>(disk_, std::move(job));
+}
+
+namespace {
+
+// The calls that leave a record: every io.firmad.Signer call but the two
+// that only read what any peer may read.
+bool audited(std::string_view iface, std::string_view method) {
+  return iface == protocol::kSignerInterface && method != "Status" && method != "ListKeys";
+}
+
+// "io.firmad.Signer.AccessDenied" -> "AccessDenied".
+std::string short_name(const std::string& error) { return error.substr(error.rfind('.') + 1); }
+
+}  // namespace
+
+boost::asio::awaitable<Service::Answer> Service::handle(const protocol::Call& call, const Peer& peer, const Stream& stream) {
+  const std::string_view iface = protocol::interface_of(call.method);
+  const std::string_view method = std::string_view(call.method).substr(std::min(call.method.size(), iface.size() + 1));
+  AuditRecord record;
+  Audit::Slot slot;
+  Answer out;
   try {
-    Json reply = co_await dispatch(call, peer, stream);
-    if (!call.oneway) out = protocol::encode_reply(reply);
+    if (audited(iface, method)) {
+      slot = co_await audit_.reserve();
+      record.event = method == "Sign" || method == "SignCms" ? "sign" : "call";
+      record.method = method;
+      record.uid = peer.uid, record.gid = peer.gid, record.pid = peer.pid, record.executable = peer.executable;
+      for (const char* name : {"key", "token"}) {
+        auto it = call.parameters.find(name);
+        if (it != call.parameters.end() && it->is_string()) record.add(name, it->get<std::string>());
+      }
+    }
+    Json reply = co_await dispatch(call, peer, stream, record);
+    record.result = "ok";
+    if (!call.oneway) out.frame = protocol::encode_reply(reply);
   } catch (const VarlinkError& e) {
-    if (!call.oneway) out = protocol::encode_error(e.name(), e.parameters());
+    record.result = short_name(e.name());
+    out.refused = e.name() == perr::kAccessDenied;
+    if (!call.oneway) out.frame = protocol::encode_error(e.name(), e.parameters());
   } catch (const std::exception& e) {
     log::error("request-failed", {{"method", call.method}, {"error", e.what()}});
-    if (!call.oneway) out = protocol::encode_error(perr::kInternalError, {{"reason", e.what()}});
+    record.result = "InternalError";
+    if (!call.oneway) out.frame = protocol::encode_error(perr::kInternalError, {{"reason", e.what()}});
   }
+  slot.commit(std::move(record));
   co_return out;
 }
 

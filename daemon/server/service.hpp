@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "daemon/audit.hpp"
+#include "daemon/serial_thread.hpp"
 #include "daemon/server/access.hpp"
 #include "daemon/mx/business_days.hpp"
 #include "daemon/config.hpp"
@@ -27,21 +29,36 @@ using Stream = std::function<boost::asio::awaitable<void>(std::string frame)>;
 class Service {
  public:
   // tokens: one worker per [tokens.<name>], in configuration order; state:
-  // where imports, cancellations and tracked requests are kept.
+  // where imports, cancellations and tracked requests are kept (written on
+  // `disk`, never on the I/O thread); audit: where every call but Status,
+  // ListKeys and the org.varlink.service ones leaves its record.
   Service(const Config& config, std::vector<std::unique_ptr<TokenWorker>>& tokens, StateStore& state,
-          BusinessCalendar calendar, renewal::Manager& renewals);
+          BusinessCalendar calendar, renewal::Manager& renewals, Audit& audit, SerialThread& disk);
 
   // Answers one call: returns the encoded (last) reply or error (with its
   // NUL), or an empty string for a oneway call; a call with "more" may write
-  // replies before it through `stream`. Never throws.
-  boost::asio::awaitable<std::string> handle(const protocol::Call& call, const Peer& peer, const Stream& stream);
+  // replies before it through `stream`. Never throws. An audited call first
+  // takes its place in the audit queue (or is refused AuditUnavailable), and
+  // its record is queued with the outcome.
+  struct Answer {
+    std::string frame;
+    bool refused = false;  // AccessDenied: the server counts it against the peer's uid
+  };
+  boost::asio::awaitable<Answer> handle(const protocol::Call& call, const Peer& peer, const Stream& stream);
 
-  // The Status reply's parameters, from cached state only.
-  protocol::Json status() const;
+  // Administrators' Status also shows the uids the server holds back (FairShare::peers_json).
+  void set_peers_report(std::function<protocol::Json()> report) { peers_report_ = std::move(report); }
+
+  // The Status reply's parameters, from cached state only; `admin` adds
+  // what only administrators see.
+  protocol::Json status(bool admin = false) const;
   protocol::Json list_keys() const;
 
  private:
-  boost::asio::awaitable<protocol::Json> dispatch(const protocol::Call& call, const Peer& peer, const Stream& stream);
+  boost::asio::awaitable<protocol::Json> dispatch(const protocol::Call& call, const Peer& peer, const Stream& stream,
+                                                  AuditRecord& record);
+  // Applies `change` to state.json on the disk thread; throws StateError.
+  boost::asio::awaitable<void> update_state(std::function<void(protocol::Json&)> change);
   // Renew and Fetch (server/renewal_service.cpp).
   boost::asio::awaitable<protocol::Json> renew(const protocol::Call& call, const Peer& peer, const Stream& stream);
   boost::asio::awaitable<protocol::Json> login(const protocol::Json& params, const Peer& peer);
@@ -49,7 +66,7 @@ class Service {
   // Credential lifecycle (server/lifecycle.cpp).
   boost::asio::awaitable<protocol::Json> import_credential(const protocol::Json& params, const Peer& peer);
   boost::asio::awaitable<protocol::Json> cancel(const protocol::Json& params, const Peer& peer);
-  protocol::Json track_request(const protocol::Json& params, const Peer& peer);
+  boost::asio::awaitable<protocol::Json> track_request(const protocol::Json& params, const Peer& peer);
   // The tracked request of a key as Status shows it, or null.
   protocol::Json request_json(const std::string& alias, const Date& today) const;
 
@@ -63,6 +80,9 @@ class Service {
   StateStore& state_;
   BusinessCalendar calendar_;
   renewal::Manager& renewals_;
+  Audit& audit_;
+  SerialThread& disk_;
+  std::function<protocol::Json()> peers_report_;
   std::deque<KeyConfig> imported_;                 // keys imported since start (stable addresses)
   std::map<std::string, std::string> requests_;    // alias -> submitted "YYYY-MM-DD"
 };

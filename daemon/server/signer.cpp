@@ -36,8 +36,9 @@ void check_digest(const pkcs11::Bytes& digest, pkcs11::Hash hash) {
 const KeyState& usable_key(const TokenSnapshot& snap, const TokenWorker& token, const KeyConfig& key, const Peer& peer,
                            const char* method) {
   if (!allowed(key.allow, peer)) {
-    log::warning("access-denied", {{"method", method}, {"key", key.alias}, {"uid", peer.uid}, {"gid", peer.gid},
-                                   {"pid", peer.pid}, {"exe", peer.executable}});
+    log::throttled(log::Level::Warning, "access-denied", peer.uid,
+                   {{"method", method}, {"key", key.alias}, {"uid", peer.uid}, {"gid", peer.gid}, {"pid", peer.pid},
+                    {"exe", peer.executable}});
     throw VarlinkError(perr::kAccessDenied, {{"method", method}, {"key", key.alias}});
   }
   return firmad::usable_key(snap, token, key.alias);
@@ -49,15 +50,10 @@ void require_scheme(const KeyState& k, pkcs11::Scheme s) {
     throw VarlinkError(perr::kMechanismNotSupported, {{"key", k.config.alias}, {"scheme", pkcs11::to_string(s)}});
 }
 
-void audit(const char* method, const KeyConfig& key, const Peer& peer, const char* scheme,
-           const pkcs11::Bytes& digest, const char* result) {
-  log::info("sign", {{"method", method}, {"key", key.alias}, {"scheme", scheme}, {"uid", peer.uid}, {"gid", peer.gid},
-                     {"pid", peer.pid}, {"exe", peer.executable}, {"digest", protocol::hex_encode(digest)}, {"result", result}});
-}
-
 }  // namespace
 
-boost::asio::awaitable<Json> sign(TokenWorker& token, const KeyConfig& key, const Json& params, const Peer& peer) {
+boost::asio::awaitable<Json> sign(TokenWorker& token, const KeyConfig& key, const Json& params, const Peer& peer,
+                                  AuditRecord& record) {
   Params p(params);
   p.required_string("key");
   auto digest = p.optional_base64("digest");
@@ -109,20 +105,15 @@ boost::asio::awaitable<Json> sign(TokenWorker& token, const KeyConfig& key, cons
 
   const std::string alias = key.alias;
   const char* scheme = pkcs11::to_string(req.scheme);
-  const pkcs11::Bytes audited = req.scheme == pkcs11::Scheme::EdDsa ? pkcs11::Bytes{} : req.input;
-  pkcs11::Bytes signature;
-  try {
-    auto job = [&token, alias, req = std::move(req)](WorkContext& ctx) { return sign_on_signing_thread(ctx, token, alias, req); };
-    signature = co_await run_on<pkcs11::Bytes>(token, Lane::Signing, std::move(job));
-  } catch (const VarlinkError& e) {
-    audit("Sign", key, peer, scheme, audited, e.name().c_str());
-    throw;
-  }
-  audit("Sign", key, peer, scheme, audited, "ok");
+  record.add("scheme", scheme);
+  if (req.scheme != pkcs11::Scheme::EdDsa) record.add("digest", protocol::hex_encode(req.input));
+  auto job = [&token, alias, req = std::move(req)](WorkContext& ctx) { return sign_on_signing_thread(ctx, token, alias, req); };
+  const pkcs11::Bytes signature = co_await run_on<pkcs11::Bytes>(token, Lane::Signing, std::move(job));
   co_return Json{{"signature", protocol::base64_encode(signature)}, {"scheme", scheme}};
 }
 
-boost::asio::awaitable<Json> sign_cms(TokenWorker& token, const KeyConfig& key, const Json& params, const Peer& peer) {
+boost::asio::awaitable<Json> sign_cms(TokenWorker& token, const KeyConfig& key, const Json& params, const Peer& peer,
+                                      AuditRecord& record) {
   Params p(params);
   p.required_string("key");
   auto content = p.optional_base64("content");
@@ -147,28 +138,22 @@ boost::asio::awaitable<Json> sign_cms(TokenWorker& token, const KeyConfig& key, 
   else throw VarlinkError(perr::kMechanismNotSupported, {{"key", key.alias}, {"scheme", "cms-eddsa"}});
   require_scheme(k, req.scheme);
   in.certificate = k.info->certificate;
-  const pkcs11::Bytes audited = digest.value_or(pkcs11::Bytes{});
+  record.add("scheme", pkcs11::to_string(req.scheme));
+  if (digest) record.add("digest", protocol::hex_encode(*digest));
   in.digest = std::move(digest);
 
   const std::string alias = key.alias;
   auto shared_content = std::make_shared<pkcs11::Bytes>(content ? std::move(*content) : pkcs11::Bytes{});
   const bool attached = content.has_value();
-  pkcs11::Bytes cms;
-  try {
-    auto job = [&token, alias, req, in = std::move(in), shared_content, attached](WorkContext& ctx) mutable {
-      if (attached) in.content = std::span<const std::uint8_t>(*shared_content);
-      return build_cms(in, [&](const pkcs11::Bytes& d) {
-        pkcs11::SignRequest r = req;
-        r.input = d;
-        return sign_on_signing_thread(ctx, token, alias, r);
-      });
-    };
-    cms = co_await run_on<pkcs11::Bytes>(token, Lane::Signing, std::move(job));
-  } catch (const VarlinkError& e) {
-    audit("SignCms", key, peer, pkcs11::to_string(req.scheme), audited, e.name().c_str());
-    throw;
-  }
-  audit("SignCms", key, peer, pkcs11::to_string(req.scheme), audited, "ok");
+  auto job = [&token, alias, req, in = std::move(in), shared_content, attached](WorkContext& ctx) mutable {
+    if (attached) in.content = std::span<const std::uint8_t>(*shared_content);
+    return build_cms(in, [&](const pkcs11::Bytes& d) {
+      pkcs11::SignRequest r = req;
+      r.input = d;
+      return sign_on_signing_thread(ctx, token, alias, r);
+    });
+  };
+  const pkcs11::Bytes cms = co_await run_on<pkcs11::Bytes>(token, Lane::Signing, std::move(job));
   co_return Json{{"cms", protocol::base64_encode(cms)}};
 }
 

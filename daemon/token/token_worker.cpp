@@ -1,6 +1,8 @@
 // Per-token threads: the signing queue, discovery and refresh, sessions, and the cached state.
 #include "daemon/token/token_worker.hpp"
 
+#include <pthread.h>
+
 #include "daemon/busy_poll.hpp"
 #include "daemon/log.hpp"
 #include "daemon/token/pin_source.hpp"
@@ -81,8 +83,16 @@ TokenWorker::~TokenWorker() { stop(); }
 void TokenWorker::start() {
   module_ = pkcs11::Module::shared(config_.module);
   sessions_.resize(config_.sessions);
-  control_thread_ = std::thread([this] { control_loop(); });
-  for (std::size_t i = 0; i < config_.sessions; ++i) sign_threads_.emplace_back([this, i] { sign_loop(i); });
+  // Named for ps, top and firmad-load's CPU figures (at most 15 characters).
+  control_thread_ = std::thread([this] {
+    ::pthread_setname_np(::pthread_self(), "firmad-control");
+    control_loop();
+  });
+  for (std::size_t i = 0; i < config_.sessions; ++i)
+    sign_threads_.emplace_back([this, i] {
+      ::pthread_setname_np(::pthread_self(), ("firmad-sign-" + std::to_string(i % 100)).c_str());
+      sign_loop(i);
+    });
 }
 
 void TokenWorker::stop() noexcept {
@@ -309,9 +319,9 @@ void TokenWorker::refresh() {
                                  {"final_try", info.pin.final_try ? "yes" : "no"}, {"locked", info.pin.locked ? "yes" : "no"}});
   } catch (const pkcs11::Error& e) {
     if (e.fault() == pkcs11::Fault::TokenAbsent || e.fault() == pkcs11::Fault::SessionLost) lose_token(e.what());
-    else log::warning("token-refresh-failed", {{"token", config_.name}, {"error", e.what()}});
+    else log::throttled(log::Level::Warning, "token-refresh-failed", log::kNoUid, {{"token", config_.name}, {"error", e.what()}});
   } catch (const std::exception& e) {
-    log::warning("token-refresh-failed", {{"token", config_.name}, {"error", e.what()}});
+    log::throttled(log::Level::Warning, "token-refresh-failed", log::kNoUid, {{"token", config_.name}, {"error", e.what()}});
   }
 }
 
@@ -401,12 +411,12 @@ pkcs11::Session* TokenWorker::reopen_session(std::size_t index, pkcs11::SlotId s
       std::lock_guard lock(mutex_);
       sessions_[index] = std::move(fresh);
     }
-    log::notice("session-reopened", {{"token", config_.name}, {"session", index}, {"why", why},
+    log::throttled(log::Level::Notice, "session-reopened", log::kNoUid, {{"token", config_.name}, {"session", index}, {"why", why},
                                      {"logged_in", logged_in ? "yes" : "no"}});
     if (expect_login && !logged_in) check_token();  // the token forgot its login: reset or replaced
     return opened;
   } catch (const std::exception& e) {
-    log::warning("session-reopen-failed", {{"token", config_.name}, {"session", index}, {"error", e.what()}});
+    log::throttled(log::Level::Warning, "session-reopen-failed", log::kNoUid, {{"token", config_.name}, {"session", index}, {"error", e.what()}});
     check_token();  // perhaps the token is gone
     return nullptr;
   }

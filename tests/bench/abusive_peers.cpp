@@ -413,6 +413,15 @@ EventCount count_events(const std::string& log, const std::string& name) {
     if (const std::size_t f = log.find(left_out, at); f < eol)
       n.left_out += std::strtol(log.c_str() + f + left_out.size(), nullptr, 10);
   }
+  // A flood that stopped: the writer reported what no later line carried.
+  const std::string summary = "event=log-throttled", of = " of=" + name;
+  for (std::size_t at = 0; (at = log.find(summary, at)) != std::string::npos; at += summary.size()) {
+    const std::size_t eol = std::min(log.find('\n', at), log.size());
+    const std::size_t o = log.find(of, at);
+    if (o >= eol || (o + of.size() < log.size() && log[o + of.size()] != ' ' && log[o + of.size()] != '\n')) continue;
+    if (const std::size_t f = log.find(left_out, at); f < eol)
+      n.left_out += std::strtol(log.c_str() + f + left_out.size(), nullptr, 10);
+  }
   return n;
 }
 

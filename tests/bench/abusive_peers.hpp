@@ -108,7 +108,8 @@ long socket_fds(pid_t pid);
 // The soft "Max open files" of the process, from /proc/PID/limits, or -1 (unlimited: LONG_MAX).
 long open_file_limit(pid_t pid);
 // How often `event=NAME` happened by the log: its lines, and the lines a
-// throttle left out (their `not_logged_before=N` fields summed).
+// throttle left out (their `not_logged_before=N` fields summed, with those
+// of the `event=log-throttled of=NAME` lines that report a flood's end).
 struct EventCount {
   long lines = 0, left_out = 0;
 };

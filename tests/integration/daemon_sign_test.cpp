@@ -239,14 +239,18 @@ TEST_F(SignThroughDaemon, EverySignatureLeavesAnAuditLine) {
     for (auto b : d) h += "0123456789abcdef"[b >> 4], h += "0123456789abcdef"[b & 15];
     return h;
   }();
-  ASSERT_TRUE(daemon_->wait_for_log("digest=" + digest_hex)) << daemon_->log();
-  const std::string log = daemon_->log();
-  const auto at = log.rfind("\n", log.find("digest=" + digest_hex)) + 1;
-  const std::string line = log.substr(at, log.find('\n', at) - at);
-  for (const std::string& part : std::vector<std::string>{"event=sign ", "method=Sign", "key=firma-ec", "scheme=ecdsa", "uid=0", "gid=0", "pid=",
+  // The record is in the audit file (daemon.audit_file), written by its own thread.
+  std::string audit;
+  ASSERT_TRUE(eventually([&] { return (audit = read_file(rig_->audit_log())).find("digest=" + digest_hex) != std::string::npos; }))
+      << audit << daemon_->log();
+  const auto at = audit.rfind("\n", audit.find("digest=" + digest_hex)) + 1;
+  const std::string line = audit.substr(at, audit.find('\n', at) - at);
+  for (const std::string& part : std::vector<std::string>{"time=", " event=sign ", "method=Sign", "key=firma-ec", "scheme=ecdsa", "uid=0", "gid=0", "pid=",
                                  "exe=" + firmactl_binary().string(), "result=ok"})
     EXPECT_NE(line.find(part), std::string::npos) << part << " not in: " << line;
-  EXPECT_EQ(log.find(TokenRig::kPin), std::string::npos) << "no PIN in the log";
+  EXPECT_EQ(audit.find(TokenRig::kPin), std::string::npos) << "no PIN in the audit trail";
+  EXPECT_EQ(daemon_->log().find(TokenRig::kPin), std::string::npos) << "no PIN in the log";
+  EXPECT_EQ(daemon_->log().find("digest=" + digest_hex), std::string::npos) << "signatures go to the audit trail, not the journal";
 }
 
 TEST_F(SignThroughDaemon, VarlinkServiceInterfaceWorks) {

@@ -76,6 +76,7 @@ cat > "$dir/firmad.toml" <<TOML
 [daemon]
 socket = "$dir/run/firmad.sock"
 state_directory = "$dir/state"
+audit_file = "$dir/audit.log"
 log_level = "${FIRMAD_LOG_LEVEL:-info}"
 
 [access]

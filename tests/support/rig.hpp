@@ -55,6 +55,8 @@ class TokenRig {
   fs::path pin_file() const { return dir() / "pin"; }
   fs::path socket() const { return dir() / "run" / "firmad.sock"; }
   fs::path config() const { return dir() / "firmad.toml"; }
+  // The audit trail firmad.toml names (daemon.audit_file).
+  fs::path audit_log() const { return dir() / "audit.log"; }
   // The default configuration with `replace` applied (each key a line
   // prefix, e.g. "sessions =", replaced by the value) and `extra` appended.
   fs::path write_config(const std::map<std::string, std::string>& replace, const std::string& extra = "",
