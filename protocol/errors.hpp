@@ -40,6 +40,7 @@ inline constexpr const char* kQueueFull = "io.firmad.Signer.QueueFull";
 inline constexpr const char* kShuttingDown = "io.firmad.Signer.ShuttingDown";
 inline constexpr const char* kTokenError = "io.firmad.Signer.TokenError";
 inline constexpr const char* kAuditUnavailable = "io.firmad.Signer.AuditUnavailable";
+inline constexpr const char* kBuffersFull = "io.firmad.Signer.BuffersFull";
 inline constexpr const char* kInternalError = "io.firmad.Signer.InternalError";
 }  // namespace error
 

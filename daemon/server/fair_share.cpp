@@ -34,16 +34,30 @@ void FairShare::decay(Account& a, Clock::time_point now) const {
 
 asio::awaitable<void> FairShare::turn(uid_t uid, asio::steady_timer& timer) {
   boost::system::error_code ec;
-  if (const auto held = account(uid).held_until; held > Clock::now()) {
-    timer.expires_at(held);  // the uid's penalty: all its connections wait it out
+  // The uid's penalty: all its connections wait it out (another of them may
+  // take the next unit and push it further).
+  for (auto held = account(uid).held_until; held > Clock::now(); held = account(uid).held_until) {
+    timer.expires_at(held);
     co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
   }
+  const auto now = Clock::now();
   Account& a = account(uid);
+  decay(a, now);
+  // Past its free strikes, a uid's units are spaced by its delay, whatever
+  // number of connections it has.
+  if (a.strikes > kFreeStrikes) a.held_until = now + delay(a.strikes);
   timer.expires_at(Clock::time_point::max());
   if (a.waiting.empty()) ring_.push_back(uid);
   a.waiting.push_back(&timer);
   schedule_round();
   co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));  // round() cancels it: our turn
+}
+
+FairShare::Clock::duration FairShare::delay(double strikes) {
+  if (strikes <= kFreeStrikes) return Clock::duration::zero();
+  return std::min<Clock::duration>(
+      kMaxDelay, std::chrono::duration_cast<Clock::duration>(
+                     std::chrono::duration<double, std::milli>(kDelayPerStrike.count() * (strikes - kFreeStrikes))));
 }
 
 void FairShare::schedule_round() {
@@ -75,20 +89,16 @@ void FairShare::offence(uid_t uid) {
   Account& a = account(uid);
   decay(a, now);
   a.strikes += 1;
-  if (a.strikes > kFreeStrikes) {
-    const auto delay = std::min<Clock::duration>(
-        kMaxDelay, std::chrono::duration_cast<Clock::duration>(
-                       std::chrono::duration<double, std::milli>(kDelayPerStrike.count() * (a.strikes - kFreeStrikes))));
-    a.held_until = std::max(a.held_until, now + delay);
-  }
+  if (a.strikes > kFreeStrikes) a.held_until = std::max(a.held_until, now + delay(a.strikes));
 }
 
-bool FairShare::take_bytes(uid_t uid, std::size_t bytes) {
+FairShare::Room FairShare::take_bytes(uid_t uid, std::size_t bytes) {
   Account& a = account(uid);
-  if (buffered_ + bytes > buffered_limit_ || a.buffered + bytes > buffered_per_uid_limit_) return false;
+  if (a.buffered + bytes > buffered_per_uid_limit_) return Room::UidFull;
+  if (buffered_ + bytes > buffered_limit_) return Room::DaemonFull;
   buffered_ += bytes;
   a.buffered += bytes;
-  return true;
+  return Room::Taken;
 }
 
 void FairShare::force_bytes(uid_t uid, std::size_t bytes) {
@@ -102,15 +112,6 @@ void FairShare::give_bytes(uid_t uid, std::size_t bytes) {
   bytes = std::min({bytes, a.buffered, buffered_});
   a.buffered -= bytes;
   buffered_ -= bytes;
-  for (auto* t : byte_waiters_) t->cancel();  // each checks again for its own need
-}
-
-asio::awaitable<void> FairShare::wait_for_bytes(asio::steady_timer& timer, Clock::time_point deadline) {
-  timer.expires_at(deadline);
-  byte_waiters_.push_back(&timer);
-  boost::system::error_code ec;
-  co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-  std::erase(byte_waiters_, &timer);
 }
 
 protocol::Json FairShare::peers_json() const {

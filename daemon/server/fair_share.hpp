@@ -8,16 +8,19 @@
 // between two rounds: a uid with eight busy connections costs a one-call
 // peer at most one unit of waiting per step, not eight.
 //
-// A uid that breaks the framing or is refused (AccessDenied) earns strikes,
-// which fade with a half-life of kHalfLife; past kFreeStrikes each further
-// strike holds all of that uid's turns back for kDelayPerStrike times the
-// excess (at most kMaxDelay). Its new connections and calls wait; other
+// A uid that breaks the framing, is refused (AccessDenied), passes a buffer
+// ceiling or reconnects at its connection limit earns strikes, which fade
+// with a half-life of kHalfLife. Past kFreeStrikes, the uid gets one unit
+// per delay, kDelayPerStrike times the strikes over (at most kMaxDelay),
+// across all its connections: its new connections and calls wait; other
 // uids do not.
 //
 // Request bytes buffered beyond each connection's first kFreeBytes are
-// charged to their uid and to the whole daemon; a read that would pass a
-// ceiling waits until bytes are given back (or its deadline ends the
-// connection). doc/architecture.md, "Fair share", tells the whole design.
+// charged to their uid and to the whole daemon; a connection whose next read
+// would pass a ceiling is answered BuffersFull and closed (waiting instead
+// would let connections that each hold part of the room wait on one
+// another). Calls under 16 KiB never meet it. doc/architecture.md, "Fair
+// share", tells the whole design.
 #pragma once
 #include "daemon/asio.hpp"
 
@@ -38,7 +41,7 @@ class FairShare {
   using Clock = std::chrono::steady_clock;
   static constexpr double kFreeStrikes = 16;
   static constexpr std::chrono::seconds kHalfLife{2};
-  static constexpr std::chrono::milliseconds kDelayPerStrike{1};
+  static constexpr std::chrono::milliseconds kDelayPerStrike{4};
   static constexpr std::chrono::milliseconds kMaxDelay{1000};
   static constexpr std::size_t kFreeBytes = 16 * 1024;
 
@@ -50,19 +53,19 @@ class FairShare {
   // The uid broke the framing, was refused, or kept reconnecting at its limit.
   void offence(uid_t uid);
 
-  // Charges `bytes` more to the uid: false (nothing charged) if that would
-  // pass the uid's or the daemon's ceiling.
-  bool take_bytes(uid_t uid, std::size_t bytes);
+  // Charges `bytes` more to the uid. Nothing is charged if that would pass
+  // a ceiling: then returns the ceiling's scope, "uid" or "daemon".
+  enum class Room { Taken, UidFull, DaemonFull };
+  Room take_bytes(uid_t uid, std::size_t bytes);
   // Charges without a check (a rounding of an allocation; never above a few bytes).
   void force_bytes(uid_t uid, std::size_t bytes);
   void give_bytes(uid_t uid, std::size_t bytes);
-  // Waits until some bytes were given back, or until `deadline`.
-  asio::awaitable<void> wait_for_bytes(asio::steady_timer& timer, Clock::time_point deadline);
   // What a buffer of this capacity costs.
   static std::size_t charge_for(std::size_t capacity) { return capacity > kFreeBytes ? capacity - kFreeBytes : 0; }
 
   std::size_t buffered() const { return buffered_; }
   std::size_t buffered_limit() const { return buffered_limit_; }
+  std::size_t buffered_per_uid_limit() const { return buffered_per_uid_limit_; }
   // For administrators' Status: uids with strikes, a penalty or buffered bytes.
   protocol::Json peers_json() const;
 
@@ -75,6 +78,7 @@ class FairShare {
   };
   Account& account(uid_t uid);
   void decay(Account& a, Clock::time_point now) const;
+  static Clock::duration delay(double strikes);
   void schedule_round();
   void round();
   void forget_idle_accounts();
@@ -85,7 +89,6 @@ class FairShare {
   std::map<uid_t, Account> accounts_;
   std::deque<uid_t> ring_;  // uids with a connection waiting for a turn, in serving order
   bool round_scheduled_ = false;
-  std::vector<asio::steady_timer*> byte_waiters_;
 };
 
 }  // namespace firmad

@@ -241,20 +241,31 @@ void Server::settle_charge(Connection& c) {
   c.charged = now;
 }
 
-asio::awaitable<bool> Server::make_room(Connection& c, std::size_t needed) {
+bool Server::make_room(Connection& c, std::size_t needed, std::string& last_words) {
   // Doubling, as Asio's dynamic buffers do, but never past the frame limit
   // (nor one more copy for its last few bytes).
   std::size_t capacity = std::max(2 * c.buffer.capacity(), needed);
   if (capacity + capacity / 8 >= kFrameLimit) capacity = kFrameLimit;
   const std::size_t extra = FairShare::charge_for(capacity) - std::min(c.charged, FairShare::charge_for(capacity));
-  while (!share_.take_bytes(c.peer.uid, extra)) {
-    if (c.closed || !c.socket.is_open() || Clock::now() >= c.deadline) co_return false;
-    co_await share_.wait_for_bytes(c.turn_timer, c.deadline);
+  if (const auto room = share_.take_bytes(c.peer.uid, extra); room != FairShare::Room::Taken) {
+    const bool uid_full = room == FairShare::Room::UidFull;
+    // A strike either way: the first 16 are free, so a client that sends one
+    // large call while others fill the daemon pays nothing, and uids that
+    // keep filling it are held back.
+    share_.offence(c.peer.uid);
+    log::throttled(log::Level::Warning, "buffers-full", c.peer.uid,
+                   {{"uid", c.peer.uid}, {"pid", c.peer.pid}, {"scope", uid_full ? "uid" : "daemon"},
+                    {"buffered", share_.buffered()}});
+    last_words = protocol::encode_error(
+        protocol::error::kBuffersFull,
+        {{"scope", uid_full ? "uid" : "daemon"},
+         {"limit", uid_full ? share_.buffered_per_uid_limit() : share_.buffered_limit()}});
+    return false;
   }
   c.charged += extra;
   grow(c.buffer, capacity);
   settle_charge(c);
-  co_return true;
+  return true;
 }
 
 // Only new bytes are searched, with memchr: a peer streaming junk costs the
@@ -281,7 +292,7 @@ asio::awaitable<std::size_t> Server::read_frame(Connection& c, std::string& last
     // so a small call keeps a small buffer.
     const std::size_t want =
         std::min({kChunk, kFrameLimit - c.searched, std::max<std::size_t>(512, buffer.capacity() - c.searched)});
-    if (buffer.capacity() < c.searched + want && !co_await make_room(c, c.searched + want)) co_return 0;
+    if (buffer.capacity() < c.searched + want && !make_room(c, c.searched + want, last_words)) co_return 0;
     boost::system::error_code ec;
     co_await c.socket.async_wait(local::socket::wait_read, asio::redirect_error(asio::use_awaitable, ec));
     if (ec) co_return 0;  // closed by the watchdog or at shutdown

@@ -38,9 +38,9 @@ class Server {
   // NUL, or 0 once the connection is to end (`last_words` then says why, if
   // the peer is to be told).
   boost::asio::awaitable<std::size_t> read_frame(Connection& c, std::string& last_words);
-  // Grows the connection's buffer for `want` more bytes, charging them to
-  // its uid; false if the connection ended while it waited for room.
-  boost::asio::awaitable<bool> make_room(Connection& c, std::size_t want);
+  // Grows the connection's buffer to hold `needed` bytes, charging them to
+  // its uid; past a ceiling, sets `last_words` (BuffersFull) and returns false.
+  bool make_room(Connection& c, std::size_t needed, std::string& last_words);
   void settle_charge(Connection& c);
   boost::asio::awaitable<void> watchdog(std::shared_ptr<Connection> c);
   void forget(const std::shared_ptr<Connection>& c);

@@ -57,8 +57,24 @@ const char* name(Kind kind) {
     case Kind::Oversize: return "oversize";
     case Kind::Endless: return "endless";
     case Kind::OverLimit: return "over_limit";
+    case Kind::Deny: return "deny";
+    case Kind::Violate: return "violate";
   }
   return "?";
+}
+
+Kind kind_named(const std::string& text) {
+  for (Kind k : kAllKinds)
+    if (text == name(k)) return k;
+  throw std::invalid_argument("no peer kind named " + text);
+}
+
+void AbusivePeers::set_deny_key(const std::string& alias) {
+  // 32 calls a batch: a digest of SHA-256 length, so only the access check refuses it.
+  const std::string call = R"({"method":"io.firmad.Signer.Sign","parameters":{"key":")" + alias +
+                           R"(","digest":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}})" + '\0';
+  deny_frames_.clear();
+  for (int i = 0; i < 32; ++i) deny_frames_ += call;
 }
 
 struct AbusivePeers::Peer {
@@ -73,7 +89,7 @@ struct AbusivePeers::Peer {
   bool write_closed = false;                // sent all, or the daemon stopped reading
   bool polling_out = false;
   std::string in;
-  bool violation = false;
+  bool violation = false, buffers_full = false;
   long long bytes_sent = 0;
   bool dead = false;
 };
@@ -135,6 +151,8 @@ std::unique_ptr<AbusivePeers::Peer> AbusivePeers::connect_peer(Kind kind) {
     case Kind::HalfClosed: p->out = kHalfFrame; break;
     case Kind::Oversize: p->stream_left = kOversizeBytes; break;
     case Kind::Endless: p->stream_left = LLONG_MAX; break;
+    case Kind::Deny: p->out = deny_frames_; break;
+    case Kind::Violate: p->out = std::string("not json") + '\0'; break;
     case Kind::Slow:
     case Kind::Silent:
     case Kind::OverLimit: break;
@@ -178,6 +196,9 @@ void AbusivePeers::drive_writes(Peer& p) {
     if (p.out_off < p.out.size()) {
       data = p.out.data() + p.out_off;
       len = p.out.size() - p.out_off;
+    } else if (p.kind == Kind::Deny && !p.out.empty()) {
+      p.out_off = 0;  // the next batch of the same calls
+      continue;
     } else if (p.stream_left > 0) {
       data = kStreamChunk.data();
       len = static_cast<std::size_t>(std::min<long long>(p.stream_left, kStreamChunk.size()));
@@ -220,9 +241,15 @@ void AbusivePeers::read_all(Peer& p) {
           p.violation = true;
           continue;
         }
+        if (frame.find("BuffersFull") != std::string_view::npos) {
+          p.buffers_full = true;
+          continue;
+        }
         std::lock_guard lock(mu_);  // counted at once: callers wait for replies
         if (frame.find("\"error\"") == std::string_view::npos)
           ++tallies_[p.kind].replies;
+        else if (frame.find("AccessDenied") != std::string_view::npos)
+          ++tallies_[p.kind].access_denied;
         else
           ++tallies_[p.kind].other_errors;
       }
@@ -245,6 +272,8 @@ void AbusivePeers::end(Peer& p, bool closed_by_daemon) {
       ++t.hung_up;
     else if (p.violation)
       ++t.protocol_violation;
+    else if (p.buffers_full)
+      ++t.buffers_full;
     else if (elapsed >= 0.8 * std::chrono::duration<double>(idle_timeout_).count())
       ++t.closed_after_idle_timeout;
     else
@@ -310,7 +339,9 @@ void AbusivePeers::run() {
     // Ended peers leave after the batch (a later event may name them);
     // repeating kinds connect again.
     for (Peer* p : dead_) {
-      if (repeat_ && (p->kind == Kind::Oversize || p->kind == Kind::Endless)) reconnect.push_back(p->kind);
+      if (repeat_ && (p->kind == Kind::Oversize || p->kind == Kind::Endless || p->kind == Kind::Deny ||
+                      p->kind == Kind::Violate))
+        reconnect.push_back(p->kind);
       if (p->kind == Kind::Slow) std::erase(slow_, p);
       peers_.erase(p);
     }
@@ -345,7 +376,7 @@ bool AbusivePeers::wait_ended(Kind kind, long count, std::chrono::milliseconds l
     {
       std::lock_guard lock(mu_);
       const Tally& t = tallies_[kind];
-      const long ended = t.protocol_violation + t.closed_after_idle_timeout + t.closed_early + t.hung_up;
+      const long ended = t.protocol_violation + t.buffers_full + t.closed_after_idle_timeout + t.closed_early + t.hung_up;
       if (t.connections >= count && ended == t.connections) return true;
     }
     if (Clock::now() >= deadline) return false;

@@ -25,19 +25,25 @@ enum class Kind {
   Oversize,    // one message of 2 MiB + 64 KiB without a NUL, then reads the answer
   Endless,     // sends without end and without a NUL until the daemon closes
   OverLimit,   // silent, opened once the daemon is at max_connections
+  Deny,        // pipelines Sign calls for a key it may not use (set_deny_key), without end
+  Violate,     // sends one frame that is not JSON, reads the ProtocolViolation
 };
-inline constexpr std::array kAllKinds = {Kind::Held, Kind::Silent,   Kind::Slow,    Kind::HalfOpen,
-                                         Kind::HalfClosed, Kind::Oversize, Kind::Endless, Kind::OverLimit};
+inline constexpr std::array kAllKinds = {Kind::Held,     Kind::Silent,  Kind::Slow,      Kind::HalfOpen, Kind::HalfClosed,
+                                         Kind::Oversize, Kind::Endless, Kind::OverLimit, Kind::Deny,     Kind::Violate};
+// The kind named by name(), or throws std::invalid_argument.
+Kind kind_named(const std::string& name);
 const char* name(Kind kind);
 
 // How the connections of one kind went, as the peers saw it. Each connection
-// that connected ends in exactly one of protocol_violation,
+// that connected ends in exactly one of protocol_violation, buffers_full,
 // closed_after_idle_timeout, closed_early, hung_up.
 struct Tally {
   long connections = 0;                // made (repeating kinds reconnect after each ending)
   long replies = 0;                    // non-error reply frames received
-  long other_errors = 0;               // error frames other than ProtocolViolation
+  long other_errors = 0;               // error frames other than ProtocolViolation and AccessDenied
+  long access_denied = 0;              // AccessDenied error frames
   long protocol_violation = 0;         // answered ProtocolViolation, then closed
+  long buffers_full = 0;               // answered BuffersFull (a buffered-bytes ceiling), then closed
   long closed_after_idle_timeout = 0;  // closed without a word once idle_timeout had passed
   long closed_early = 0;               // closed without a word before idle_timeout (refused, or our EOF)
   long hung_up = 0;                    // closed by the peer itself (hang_up, stop) while open
@@ -61,8 +67,10 @@ class AbusivePeers {
 
   // Connects `count` peers of `kind` and hands them to the thread.
   void add(Kind kind, int count);
-  // While on, Oversize and Endless peers connect again after each ending.
+  // While on, Oversize, Endless, Deny and Violate peers connect again after each ending.
   void set_repeat(bool on) { repeat_ = on; }
+  // The key Deny peers ask to sign with. Call before adding them.
+  void set_deny_key(const std::string& alias);
   // Waits until every connection has ended (or `limit`); true if all have.
   bool wait_all_ended(std::chrono::milliseconds limit);
   // Waits until the peers of `kind` made at least `count` connections and all have ended.
@@ -85,6 +93,7 @@ class AbusivePeers {
   std::unique_ptr<Peer> connect_peer(Kind kind);
 
   std::filesystem::path socket_;
+  std::string deny_frames_;  // Deny: a batch of pipelined Sign calls, sent again and again
   std::chrono::milliseconds idle_timeout_, slow_interval_;
   int epoll_fd_ = -1, wake_fd_ = -1;
   std::atomic<bool> stop_{false}, repeat_{false};

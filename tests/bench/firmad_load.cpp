@@ -1,11 +1,16 @@
-// firmad-load: a well-behaved client's signing throughput alone and then while 1,000
-// connections and abusive peers press on the same firmad, with firmad's memory,
-// connections and the way each abusive connection ended, all in one run.
+// firmad-load: a well-behaved client's signing throughput alone, then under each
+// kind of abuse from another uid (firmad-peer run by setpriv): its ratio to
+// alone, p50/p99, firmad's CPU by thread, VmHWM and log and audit lines a
+// second, all measured in one run against one firmad.
 #include <CLI/CLI.hpp>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/rsa.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
+#include <dirent.h>
+
+#include <future>
 
 #include <algorithm>
 #include <atomic>
@@ -123,135 +128,231 @@ double load_average() {
   return one;
 }
 
-// CPU used by firmad and by this program over a stretch of wall time, in cores.
-class CpuShare {
- public:
-  explicit CpuShare(pid_t pid) : pid_(pid), wall_(Clock::now()), daemon_(cpu_seconds(pid)), self_(cpu_seconds(::getpid())) {}
-  std::pair<double, double> cores() const {
-    const double wall = std::chrono::duration<double>(Clock::now() - wall_).count();
-    return {(cpu_seconds(pid_) - daemon_) / wall, (cpu_seconds(::getpid()) - self_) / wall};
-  }
-
- private:
-  pid_t pid_;
-  Clock::time_point wall_;
-  double daemon_, self_;
-};
-
 Json to_json(const Figures& f) {
   return {{"sig_per_sec", round1(f.ops_per_sec)}, {"p50_us", round1(f.p50_us)}, {"p99_us", round1(f.p99_us)},
           {"signatures", f.ops}, {"verified", f.verified}, {"failures", f.failures}};
 }
 
-Json to_json(const load::Tally& t) {
-  return {{"connections", t.connections},
-          {"replies", t.replies},
-          {"ended_protocol_violation", t.protocol_violation},
-          {"ended_idle_timeout", t.closed_after_idle_timeout},
-          {"ended_at_once", t.closed_early},
-          {"hung_up", t.hung_up},
-          {"connect_failed", t.connect_failed},
-          {"other_errors", t.other_errors},
-          {"first_close_s", std::round(t.first_close_s * 100) / 100},
-          {"last_close_s", std::round(t.last_close_s * 100) / 100},
-          {"bytes_sent", t.bytes_sent}};
+// CPU seconds by thread name (the I/O thread is the main one: "io").
+std::map<std::string, double> cpu_by_thread(pid_t pid) {
+  std::map<std::string, double> out;
+  const std::string dir = "/proc/" + std::to_string(pid) + "/task";
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    std::ifstream in(entry.path() / "stat");
+    std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const auto open = stat.find('('), close = stat.rfind(')');
+    if (open == std::string::npos || close == std::string::npos) continue;
+    std::string name = stat.substr(open + 1, close - open - 1);
+    if (entry.path().filename() == std::to_string(pid)) name = "io";
+    else if (name.rfind("firmad-sign-", 0) == 0) name = "firmad-sign";  // all signing threads together
+    std::istringstream fields(stat.substr(close + 2));
+    std::string skip;
+    for (int i = 3; i < 14; ++i) fields >> skip;
+    double utime = 0, stime = 0;
+    fields >> utime >> stime;
+    out[name] += (utime + stime) / static_cast<double>(::sysconf(_SC_CLK_TCK));
+  }
+  return out;
 }
 
-// firmad's memory and connections, sampled while the abuse runs.
-class Sampler {
- public:
-  Sampler(pid_t pid, long listeners) : pid_(pid), listeners_(listeners), thread_([this] { run(); }) {}
-  ~Sampler() {
-    stop_ = true;
-    thread_.join();
-  }
-  long max_rss() const { return max_rss_; }
-  long max_held() const { return max_held_; }
+long count_lines(const std::string& text) { return static_cast<long>(std::count(text.begin(), text.end(), '\n')); }
 
- private:
-  void run() {
-    while (!stop_) {
-      max_rss_ = std::max(max_rss_.load(), load::proc_status_kib(pid_, "VmRSS"));
-      max_held_ = std::max(max_held_.load(), load::socket_fds(pid_) - listeners_);
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));  // sampling period
-    }
-  }
-  pid_t pid_;
-  long listeners_;
-  std::atomic<bool> stop_{false};
-  std::atomic<long> max_rss_{0}, max_held_{0};
-  std::thread thread_;
+// One condition: the abusers (firmad-peer processes as another uid) and what they do.
+struct Condition {
+  std::string name, what;
+  std::vector<std::string> peers;  // firmad-peer arguments, one process each
 };
 
 struct Plan {
   double seconds = 3.0;
-  int held = 1000, max_connections = 1100, silent = 20, slow = 20, half_open = 20, half_closed = 20, oversize = 4,
-      endless = 4, over_limit = 100, slow_interval_ms = 100, daemon_nofile = 1024;
-  std::vector<std::string> keys = {"p256", "rsa2048"};
+  std::vector<std::string> keys = {"p256"};
+  uid_t attacker = 65534;
+  int streamers = 8, silent = 1000, slow = 50, flooders = 8, max_connections = 1100;
 };
 
-int run(int argc, char** argv);
+// firmad-peer as `uid`, in the background; its output when it ends.
+std::future<test::CommandResult> peers_as(uid_t uid, const std::string& socket, const std::string& args) {
+  const std::string cmd = "setpriv --reuid=" + std::to_string(uid) + " --regid=65534 --clear-groups -- " +
+                          test::quote(FIRMAD_PEER) + " --socket " + test::quote(socket) + " " + args;
+  return std::async(std::launch::async, [cmd] { return test::run(cmd, 120); });
+}
 
-void print(const Json& out, bool json) {
-  if (json) {
-    std::cout << out.dump(2) << "\n";
-    return;
-  }
-  const auto& d = out["daemon"];
-  const auto& c = out["connections"];
-  const auto& r = out["rss_kib"];
-  const auto& e = out["daemon_log_events"];
-  std::cout << std::fixed << std::setprecision(1);
-  std::cout << "firmad-load: SoftHSM token, " << out["cpus"].get<int>() << " CPU(s), "
-            << out["seconds_per_measurement"].get<double>() << " s per key and phase, load average at start "
-            << out["load_average_at_start"].get<double>() << "\n"
-            << "firmad: max_connections " << d["max_connections"] << " (per uid " << d["max_connections_per_peer"]
-            << "), idle_timeout_ms " << d["idle_timeout_ms"] << ", open files: started with "
-            << d["open_file_limit_given"] << ", running with " << d["open_file_limit_running"] << "\n\n";
-  std::cout << "good client, one connection " << std::setw(14) << "sig/s" << std::setw(10) << "p50 us" << std::setw(10)
-            << "p99 us" << std::setw(10) << "failed" << std::setw(10) << "verified" << "\n";
-  for (const auto& [key, g] : out["good_client"].items()) {
-    for (const char* phase : {"alone", "under_abuse"}) {
-      const auto& f = g[phase];
-      std::cout << "  " << std::left << std::setw(8) << key << std::setw(18) << (std::string(phase) == "alone" ? "alone" : "under abuse")
-                << std::right << std::setw(14) << f["sig_per_sec"].get<double>() << std::setw(10) << f["p50_us"].get<double>()
-                << std::setw(10) << f["p99_us"].get<double>() << std::setw(10) << f["failures"].get<long>()
-                << std::setw(10) << f["verified"].get<long>() << "\n";
+class Bench {
+ public:
+  Bench(const Plan& plan, bool quiet) : plan_(plan), quiet_(quiet) {}
+
+  // Starts firmad on the rig's token: `limits` are [daemon] lines.
+  void start(test::TokenRig& rig, const std::string& limits) {
+    daemon_.reset();
+    const auto cfg = rig.write_config({{"log_level", "log_level = \"info\"\nsocket_group = \"nogroup\"\n" + limits}});
+    daemon_ = std::make_unique<test::Daemon>(cfg, rig.socket());
+    socket_ = rig.socket().string();
+    audit_ = rig.audit_log();
+    if (!test::eventually([&] { return firma::Client(socket_).status()["tokens"][0]["loggedIn"].get<bool>(); }))
+      throw std::runtime_error("firmad did not log in: " + daemon_->log());
+    // Other uids reach the socket through the (private) test directory.
+    ::chmod(rig.dir().c_str(), 0711);
+    ::chmod((rig.dir() / "run").c_str(), 0711);
+    good_.clear();
+    for (const auto& k : plan_.keys) {
+      const bool p256 = k == "p256";
+      good_.push_back({k, p256 ? "firma-ec" : "empresa", read_public_key(rig.public_key_pem(p256 ? "02" : "01")),
+                       std::make_unique<firma::Client>(socket_)});
     }
-    std::cout << "  " << std::left << std::setw(26) << (key + " ratio") << std::right << std::setw(14)
-              << std::setprecision(3) << g["ratio"].get<double>() << std::setprecision(1) << "\n";
+    for (auto& g : good_) sign_for(g, socket_, 0.3);  // warm-up, unmeasured
   }
-  const auto& cpu = out["cpu_cores_used"];
-  std::cout << std::setprecision(2) << "CPU used, in cores: firmad " << cpu["firmad_alone"].get<double>() << " alone, "
-            << cpu["firmad_under_abuse"].get<double>() << " under abuse; this program (good client, peers) "
-            << cpu["firmad_load_alone"].get<double>() << " and " << cpu["firmad_load_under_abuse"].get<double>()
-            << std::setprecision(1) << "\n";
-  std::cout << "\nconnections: " << c["held_served_getinfo"] << " held (each served a GetInfo); the daemon held "
-            << c["held_at_limit"] << " when at the limit, at most " << c["held_max"] << ", after the run "
-            << c["held_after"] << "; abuse phase " << c["abuse_phase_s"].get<double>() << " s; the streaming peers sent "
-            << c["streamed_mb"].get<double>() << " MB in " << c["streams_s"].get<double>() << " s\n\n";
-  std::cout << std::left << std::setw(14) << "peers" << std::right << std::setw(8) << "conns" << std::setw(10) << "replies"
-            << std::setw(12) << "Protocol-" << std::setw(10) << "idle" << std::setw(10) << "at once" << std::setw(8)
-            << "hung up" << "   closed after (s)\n"
-            << std::setw(44) << "Violation" << std::setw(10) << "timeout" << "\n";
-  for (const auto& [kind, t] : out["peers"].items()) {
-    std::cout << std::left << std::setw(14) << kind << std::right << std::setw(8) << t["connections"].get<long>()
-              << std::setw(10) << t["replies"].get<long>() << std::setw(12) << t["ended_protocol_violation"].get<long>()
-              << std::setw(10) << t["ended_idle_timeout"].get<long>() << std::setw(10) << t["ended_at_once"].get<long>()
-              << std::setw(8) << t["hung_up"].get<long>() << "   " << std::setprecision(2)
-              << t["first_close_s"].get<double>() << " - " << t["last_close_s"].get<double>() << std::setprecision(1)
-              << (t["connect_failed"].get<long>() ? "  connect failed " + std::to_string(t["connect_failed"].get<long>()) : "")
-              << "\n";
+
+  // Measures the good clients while the condition's peers press on.
+  Json measure(const Condition& c, const Json* alone) {
+    if (!quiet_) std::cerr << "firmad-load: " << c.name << " (" << c.what << ")\n";
+    const pid_t pid = daemon_->pid();
+    std::vector<std::future<test::CommandResult>> peers;
+    const double peer_seconds = plan_.seconds * good_.size() + 1.5;
+    for (const auto& args : c.peers)
+      peers.push_back(peers_as(plan_.attacker, socket_, args + " --seconds " + std::to_string(peer_seconds)));
+    if (!peers.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(700));  // the peers connect and press on
+    {
+      std::ofstream reset("/proc/" + std::to_string(pid) + "/clear_refs");
+      reset << "5";  // VmHWM from here
+    }
+    const auto cpu_before = cpu_by_thread(pid);
+    const long log_before = count_lines(daemon_->log()), audit_before = count_lines(test::read_file(audit_));
+    const auto t0 = Clock::now();
+    Json out = {{"what", c.what}};
+    for (auto& g : good_) {
+      const Figures f = sign_for(g, socket_, plan_.seconds);
+      Json j = to_json(f);
+      if (alone) {
+        const Json& a = (*alone)["signer"][g.name];
+        j["ratio"] = a["sig_per_sec"].get<double>() > 0 ? std::round(f.ops_per_sec / a["sig_per_sec"].get<double>() * 1000) / 1000 : 0;
+        j["p99_ratio"] = a["p99_us"].get<double>() > 0 ? std::round(f.p99_us / a["p99_us"].get<double>() * 100) / 100 : 0;
+      }
+      out["signer"][g.name] = j;
+    }
+    const double wall = std::chrono::duration<double>(Clock::now() - t0).count();
+    const auto cpu_after = cpu_by_thread(pid);
+    Json cpu = Json::object();
+    for (const auto& [name, s] : cpu_after) {
+      const auto b = cpu_before.find(name);
+      cpu[name] = std::round((s - (b == cpu_before.end() ? 0 : b->second)) * 100) / 100;
+    }
+    out["firmad_cpu_s"] = cpu;
+    out["wall_s"] = std::round(wall * 100) / 100;
+    out["vmhwm_kib"] = load::proc_status_kib(pid, "VmHWM");
+    out["log_lines_per_s"] = std::round((count_lines(daemon_->log()) - log_before) / wall * 10) / 10;
+    out["audit_lines_per_s"] = std::round((count_lines(test::read_file(audit_)) - audit_before) / wall * 10) / 10;
+    Json tallies = Json::array();
+    for (auto& p : peers) {
+      const auto r = p.get();
+      try {
+        tallies.push_back(Json::parse(r.out.substr(r.out.rfind('{'))));
+      } catch (const std::exception&) {
+        throw std::runtime_error("firmad-peer failed: " + r.out);
+      }
+    }
+    if (!peers.empty()) out["peers"] = tallies;
+    if (!daemon_->running()) throw std::runtime_error("firmad died under " + c.name + ": " + daemon_->log());
+    return out;
   }
-  std::cout << "\nfirmad log lines (and events a throttle left out):";
-  for (const auto& [name, n] : e.items()) std::cout << " " << name << " " << n["lines"] << " (+" << n["not_logged"] << ")";
-  std::cout << "\n"
-            << "firmad VmRSS (KiB): start " << r["start"] << ", before abuse " << r["before"] << ", max during "
-            << r["during_max"] << ", after " << r["after"] << "; VmHWM before " << r["hwm_before"] << ", after "
-            << r["hwm_after"] << "\n"
-            << "firmad after the run: " << (out["daemon_running_after"].get<bool>() ? "running" : "NOT RUNNING")
-            << ", status " << (out["status_after"].get<bool>() ? "answered" : "NOT ANSWERED")
-            << ", exit status on SIGTERM " << out["exit_status"] << "\n";
+
+  int stop() { return daemon_ ? daemon_->terminate() : 0; }
+
+ private:
+  const Plan& plan_;
+  bool quiet_;
+  std::unique_ptr<test::Daemon> daemon_;
+  std::string socket_;
+  std::filesystem::path audit_;
+  std::vector<GoodClient> good_;
+};
+
+void print(const Json& out) {
+  std::cout << std::fixed << std::setprecision(2);
+  std::cout << "firmad-load: SoftHSM token, " << out["cpus"].get<int>() << " CPU(s), " << out["seconds_per_measurement"]
+            << " s per key and condition, load average at start " << out["load_average_at_start"]
+            << "; abusers run as uid " << out["attacker_uid"] << ", the signer as uid 0\n\n";
+  std::cout << std::left << std::setw(10) << "condition" << std::setw(8) << "key" << std::right << std::setw(10) << "sig/s"
+            << std::setw(8) << "ratio" << std::setw(10) << "p50 us" << std::setw(10) << "p99 us" << std::setw(8) << "p99 x"
+            << std::setw(10) << "VmHWM MiB" << std::setw(10) << "log/s" << std::setw(10) << "audit/s" << "   firmad CPU s by thread\n";
+  for (const auto& [name, c] : out["conditions"].items()) {
+    for (const auto& [key, f] : c["signer"].items()) {
+      std::cout << std::left << std::setw(10) << name << std::setw(8) << key << std::right << std::setprecision(0)
+                << std::setw(10) << f["sig_per_sec"].get<double>() << std::setprecision(2) << std::setw(8)
+                << f.value("ratio", 1.0) << std::setprecision(0) << std::setw(10) << f["p50_us"].get<double>()
+                << std::setw(10) << f["p99_us"].get<double>() << std::setprecision(2) << std::setw(8)
+                << f.value("p99_ratio", 1.0) << std::setprecision(1) << std::setw(10)
+                << c["vmhwm_kib"].get<long>() / 1024.0 << std::setw(10) << c["log_lines_per_s"].get<double>()
+                << std::setw(10) << c["audit_lines_per_s"].get<double>() << "   ";
+      for (const auto& [t, s] : c["firmad_cpu_s"].items()) std::cout << t << " " << std::setprecision(2) << s.get<double>() << "  ";
+      std::cout << "\n";
+    }
+  }
+  std::cout << "\n";
+  for (const auto& [name, c] : out["conditions"].items()) std::cout << std::left << std::setw(10) << name << c["what"].get<std::string>() << "\n";
+  std::cout << "\nratio: the signer's sig/s against alone, in the same run; p99 x: its p99 against alone.\n";
+}
+
+int run(int argc, char** argv) {
+  CLI::App app{"firmad-load: a signer's rate alone and under abuse from another uid, condition by condition"};
+  Plan plan;
+  bool json = false;
+  app.add_option("--seconds", plan.seconds, "Signing time per key and condition")->check(CLI::Range(0.5, 20.0))->capture_default_str();
+  app.add_option("--keys", plan.keys, "Keys the signer uses: p256, rsa2048")->check(CLI::IsMember({"p256", "rsa2048"}))->capture_default_str();
+  app.add_option("--attacker-uid", plan.attacker, "The uid the abusers run as")->capture_default_str();
+  app.add_option("--streamers", plan.streamers, "junk: connections streaming without a NUL")->capture_default_str();
+  app.add_option("--silent", plan.silent, "idle: connections that say nothing")->capture_default_str();
+  app.add_option("--slow", plan.slow, "idle: connections sending a byte every 100 ms")->capture_default_str();
+  app.add_option("--flooders", plan.flooders, "deny: connections pipelining refused Sign calls")->capture_default_str();
+  app.add_flag("--json", json, "Print only one JSON object on stdout (progress goes to stderr)");
+  CLI11_PARSE(app, argc, argv);
+  load::raise_open_file_limit();
+
+  const std::string n = std::to_string(plan.streamers), f = std::to_string(plan.flooders);
+  const std::vector<Condition> conditions = {
+      {"junk", n + " connections streaming junk without a NUL at full speed, reconnecting when cut",
+       {"--kind endless --count " + n}},
+      {"idle", std::to_string(plan.silent) + " silent connections and " + std::to_string(plan.slow) + " slowloris",
+       {"--kind silent --once --count " + std::to_string(plan.silent), "--kind slow --once --count " + std::to_string(plan.slow)}},
+      {"deny", f + " connections pipelining Sign for a key their uid may not use", {"--kind deny --key firma-ec --count " + f}},
+  };
+  const double load_at_start = load_average();
+  test::TokenRig rig;
+  Bench bench(plan, json);
+  const std::string max = std::to_string(plan.max_connections);
+  bench.start(rig, "max_connections = " + max + "\nmax_connections_per_peer = " + max + "\nidle_timeout_ms = 60000");
+  Json out = {{"cpus", std::thread::hardware_concurrency()},
+              {"seconds_per_measurement", plan.seconds},
+              {"load_average_at_start", load_at_start},
+              {"attacker_uid", plan.attacker}};
+  Json alone = bench.measure({"alone", "the signer alone, one connection, one Sign at a time", {}}, nullptr);
+  out["conditions"]["alone"] = alone;
+  for (const auto& c : conditions) out["conditions"][c.name] = bench.measure(c, &alone);
+  const int exit_status = bench.stop();
+
+  // Memory: the default limits (128 connections, 16 a uid), seven uids with
+  // every connection they may open streaming junk.
+  bench.start(rig, "");
+  Json alone_default = bench.measure({"alone", "", {}}, nullptr);
+  Condition memory{"memory", "the default limits, 7 uids x 16 connections streaming junk (112 of 128)", {}};
+  std::vector<std::future<test::CommandResult>> more;
+  const double peer_seconds = plan.seconds * plan.keys.size() + 1.5;
+  for (int u = 1; u < 7; ++u)  // the seventh uid is the condition's own
+    more.push_back(peers_as(plan.attacker - u, rig.socket().string(),
+                            "--kind endless --count 16 --seconds " + std::to_string(peer_seconds)));
+  memory.peers = {"--kind endless --count 16"};
+  out["conditions"]["memory"] = bench.measure(memory, &alone_default);
+  for (auto& m : more) m.get();
+  const int exit_status_default = bench.stop();
+  out["exit_status"] = {exit_status, exit_status_default};
+
+  if (json) std::cout << out.dump(2) << "\n";
+  else print(out);
+  if (exit_status != 0 || exit_status_default != 0) {
+    std::cerr << "firmad-load: firmad did not stop cleanly\n";
+    return 1;
+  }
+  return 0;
 }
 
 }  // namespace
@@ -264,204 +365,3 @@ int main(int argc, char** argv) {
     return 1;
   }
 }
-
-namespace {
-
-int run(int argc, char** argv) {
-  CLI::App app{"firmad-load: a good client's signing rate alone and under 1,000 connections and abusive peers"};
-  Plan plan;
-  bool json = false;
-  app.add_option("--seconds", plan.seconds, "Signing time per key and phase")->check(CLI::Range(0.5, 10.0))->capture_default_str();
-  app.add_option("--keys", plan.keys, "Keys the good client signs with: p256, rsa2048")->check(CLI::IsMember({"p256", "rsa2048"}))->capture_default_str();
-  app.add_option("--connections", plan.held, "Connections held open (each served one GetInfo)")->check(CLI::Range(0, 20000))->capture_default_str();
-  app.add_option("--max-connections", plan.max_connections, "firmad's max_connections and max_connections_per_peer")->check(CLI::Range(1, 65536))->capture_default_str();
-  app.add_option("--silent", plan.silent, "Peers that connect and send nothing")->check(CLI::Range(0, 1000))->capture_default_str();
-  app.add_option("--slow", plan.slow, "Peers sending one byte per --slow-interval-ms, never a NUL")->check(CLI::Range(0, 1000))->capture_default_str();
-  app.add_option("--slow-interval-ms", plan.slow_interval_ms, "Milliseconds between a slow peer's bytes")->check(CLI::Range(1, 10000))->capture_default_str();
-  app.add_option("--half-open", plan.half_open, "Peers sending half a frame, then nothing")->check(CLI::Range(0, 1000))->capture_default_str();
-  app.add_option("--half-closed", plan.half_closed, "Peers sending half a frame, then shutdown(SHUT_WR)")->check(CLI::Range(0, 1000))->capture_default_str();
-  app.add_option("--oversize", plan.oversize, "Peers sending 2 MiB + 64 KiB without a NUL, again after each ending")->check(CLI::Range(0, 1000))->capture_default_str();
-  app.add_option("--endless", plan.endless, "Peers streaming without end, again after each ending")->check(CLI::Range(0, 1000))->capture_default_str();
-  app.add_option("--over-limit", plan.over_limit, "Silent peers opened once the others are in")->check(CLI::Range(0, 1000))->capture_default_str();
-  app.add_option("--daemon-nofile", plan.daemon_nofile, "Soft RLIMIT_NOFILE firmad is started with (0: this process's)")->capture_default_str();
-  app.add_flag("--json", json, "Print the figures as one JSON object");
-  CLI11_PARSE(app, argc, argv);
-
-  const long peers_total = plan.held + plan.silent + plan.slow + plan.half_open + plan.half_closed + plan.oversize +
-                           plan.endless + plan.over_limit;
-  const long own_limit = load::raise_open_file_limit();
-  if (own_limit < peers_total + 64)
-    throw std::runtime_error("open-file limit " + std::to_string(own_limit) + " is too low for " +
-                             std::to_string(peers_total) + " peers; raise the hard limit (ulimit -Hn)");
-  // The held connections must outlive both measurements under abuse; the
-  // silent, slow and half-open peers are cut by the same timeout after them.
-  const auto idle_timeout = std::chrono::milliseconds(
-      static_cast<long>(plan.seconds * 1000 * plan.keys.size()) + 3000);
-
-  test::TokenRig rig;
-  const auto cfg = rig.write_config(
-      {{"log_level", "log_level = \"info\"\nmax_connections = " + std::to_string(plan.max_connections) +
-                         "\nmax_connections_per_peer = " + std::to_string(plan.max_connections) +
-                         "\nidle_timeout_ms = " + std::to_string(idle_timeout.count())}});
-  // firmad starts with the soft limit systemd and login shells give (1024)
-  // unless told otherwise; it must raise it itself to hold these connections.
-  rlimit mine{};
-  ::getrlimit(RLIMIT_NOFILE, &mine);
-  rlimit for_daemon = mine;
-  if (plan.daemon_nofile > 0 && static_cast<rlim_t>(plan.daemon_nofile) < mine.rlim_cur)
-    for_daemon.rlim_cur = plan.daemon_nofile;
-  ::setrlimit(RLIMIT_NOFILE, &for_daemon);
-  std::unique_ptr<test::Daemon> daemon;
-  try {
-    daemon = std::make_unique<test::Daemon>(cfg, rig.socket());
-  } catch (...) {
-    ::setrlimit(RLIMIT_NOFILE, &mine);
-    throw;
-  }
-  ::setrlimit(RLIMIT_NOFILE, &mine);
-  const pid_t pid = daemon->pid();
-  const long daemon_limit = load::open_file_limit(pid);
-  const std::string socket = rig.socket().string();
-  if (!test::eventually([&] { return firma::Client(socket).status()["tokens"][0]["loggedIn"].get<bool>(); }))
-    throw std::runtime_error("firmad did not log in: " + daemon->log());
-  // The listening socket(s): what remains when no client is connected.
-  long listeners = 0;
-  test::eventually([&] { return (listeners = load::socket_fds(pid)) <= 1; }, std::chrono::seconds(2));
-
-  std::vector<GoodClient> good;
-  for (const auto& k : plan.keys) {
-    const bool p256 = k == "p256";
-    good.push_back({k, p256 ? "firma-ec" : "empresa", read_public_key(rig.public_key_pem(p256 ? "02" : "01")),
-                    std::make_unique<firma::Client>(socket)});
-  }
-
-  // Phase 1: the good client alone, after a short unmeasured warm-up (first
-  // signatures pay for cold caches and lazily loaded code).
-  const long rss_start = load::proc_status_kib(pid, "VmRSS");
-  for (auto& g : good) sign_for(g, socket, 0.5);
-  std::map<std::string, Figures> alone, pressed;
-  const double load_at_start = load_average();
-  const CpuShare alone_cpu(pid);
-  for (auto& g : good) alone[g.name] = sign_for(g, socket, plan.seconds);
-  const auto [daemon_cores_alone, self_cores_alone] = alone_cpu.cores();
-  const long rss_before = load::proc_status_kib(pid, "VmRSS"), hwm_before = load::proc_status_kib(pid, "VmHWM");
-
-  // Phase 2: the same while the peers press on.
-  long held_at_limit = 0, held_served = 0, max_held = 0, max_rss = 0;
-  std::map<Kind, load::Tally> tallies;
-  bool all_ended = false;
-  double abuse_seconds = 0, daemon_cores_pressed = 0, self_cores_pressed = 0, stream_seconds = 0;
-  {
-    const auto t0 = Clock::now();
-    load::AbusivePeers peers(rig.socket(), idle_timeout, std::chrono::milliseconds(plan.slow_interval_ms));
-    Sampler sampler(pid, listeners);
-    peers.add(Kind::Held, plan.held);
-    test::eventually([&] { return peers.tallies()[Kind::Held].replies >= plan.held; }, std::chrono::seconds(5));
-    held_served = peers.tallies()[Kind::Held].replies;
-    peers.add(Kind::Silent, plan.silent);
-    peers.add(Kind::Slow, plan.slow);
-    peers.add(Kind::HalfOpen, plan.half_open);
-    peers.add(Kind::HalfClosed, plan.half_closed);
-    // Once the daemon has taken in the peers that stay, more than it may
-    // hold: those beyond max_connections are refused at once.
-    const long staying = std::min<long>(plan.max_connections, plan.held + plan.silent + plan.slow + plan.half_open +
-                                                                  static_cast<long>(good.size()));
-    test::eventually([&] { return load::socket_fds(pid) - listeners >= staying; }, std::chrono::seconds(3));
-    peers.add(Kind::OverLimit, plan.over_limit);
-    const long to_refuse = std::max<long>(0, staying + plan.over_limit - plan.max_connections);
-    test::eventually([&] { return peers.tallies()[Kind::OverLimit].closed_early >= to_refuse; }, std::chrono::seconds(2));
-    held_at_limit = load::socket_fds(pid) - listeners;
-    // Those it took in hang up, making room for the streams, which then
-    // start again as soon as the daemon cuts them.
-    peers.hang_up(Kind::OverLimit);
-    peers.set_repeat(true);
-    const auto streams_start = Clock::now();
-    peers.add(Kind::Oversize, plan.oversize);
-    peers.add(Kind::Endless, plan.endless);
-    const CpuShare pressed_cpu(pid);
-    for (auto& g : good) pressed[g.name] = sign_for(g, socket, plan.seconds);
-    std::tie(daemon_cores_pressed, self_cores_pressed) = pressed_cpu.cores();
-    peers.set_repeat(false);
-    stream_seconds = std::chrono::duration<double>(Clock::now() - streams_start).count();
-    good.clear();  // the good clients hang up; every other connection must end by the daemon's doing
-    all_ended = peers.wait_all_ended(std::chrono::duration_cast<std::chrono::milliseconds>(
-        idle_timeout + std::chrono::seconds(5) - (Clock::now() - t0)));
-    abuse_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
-    max_held = sampler.max_held();
-    max_rss = sampler.max_rss();
-    peers.stop();
-    tallies = peers.tallies();
-  }
-  long held_after = -1;
-  test::eventually([&] { return (held_after = load::socket_fds(pid) - listeners) == 0; }, std::chrono::seconds(3));
-  const long rss_after = load::proc_status_kib(pid, "VmRSS"), hwm_after = load::proc_status_kib(pid, "VmHWM");
-  bool answers = false;
-  try {
-    answers = firma::Client(socket).status()["tokens"][0]["loggedIn"].get<bool>();
-  } catch (const std::exception&) {
-  }
-  const bool running = daemon->running();
-  const std::string log = daemon->log();
-  const int exit_status = daemon->terminate();
-
-  Json events = Json::object();
-  for (const char* e : {"connection-timeout", "protocol-violation", "connection-refused", "accept-failed"}) {
-    const auto n = load::count_events(log, e);
-    events[e] = {{"lines", n.lines}, {"not_logged", n.left_out}};
-  }
-  Json good_json = Json::object();
-  for (const auto& [name, a] : alone) {
-    const Figures& p = pressed[name];
-    good_json[name] = {{"alone", to_json(a)},
-                       {"under_abuse", to_json(p)},
-                       {"ratio", a.ops_per_sec > 0 ? std::round(p.ops_per_sec / a.ops_per_sec * 1000) / 1000 : 0}};
-  }
-  Json peers_json = Json::object();
-  for (const auto& [kind, t] : tallies) peers_json[load::name(kind)] = to_json(t);
-  Json out = {
-      {"seconds_per_measurement", plan.seconds},
-      {"cpus", std::thread::hardware_concurrency()},
-      {"load_average_at_start", load_at_start},
-      {"cpu_cores_used",
-       {{"firmad_alone", std::round(daemon_cores_alone * 100) / 100},
-        {"firmad_under_abuse", std::round(daemon_cores_pressed * 100) / 100},
-        {"firmad_load_alone", std::round(self_cores_alone * 100) / 100},
-        {"firmad_load_under_abuse", std::round(self_cores_pressed * 100) / 100}}},
-      {"daemon",
-       {{"max_connections", plan.max_connections},
-        {"max_connections_per_peer", plan.max_connections},
-        {"idle_timeout_ms", idle_timeout.count()},
-        {"open_file_limit_given", plan.daemon_nofile > 0 ? plan.daemon_nofile : static_cast<long>(mine.rlim_cur)},
-        {"open_file_limit_running", daemon_limit}}},
-      {"good_client", good_json},
-      {"connections",
-       {{"held_served_getinfo", held_served},
-        {"held_at_limit", held_at_limit},
-        {"held_max", max_held},
-        {"held_after", held_after},
-        {"all_abusive_ended", all_ended},
-        {"streams_s", round1(stream_seconds)},
-        {"streamed_mb", std::round((tallies[Kind::Oversize].bytes_sent + tallies[Kind::Endless].bytes_sent) / 1e5) / 10},
-        {"abuse_phase_s", round1(abuse_seconds)}}},
-      {"peers", peers_json},
-      {"daemon_log_events", events},
-      {"rss_kib",
-       {{"start", rss_start},
-        {"before", rss_before},
-        {"during_max", max_rss},
-        {"after", rss_after},
-        {"hwm_before", hwm_before},
-        {"hwm_after", hwm_after}}},
-      {"daemon_running_after", running},
-      {"status_after", answers},
-      {"exit_status", exit_status}};
-  print(out, json);
-  // The figures are reported, not judged; a firmad that did not come through is.
-  if (!running || !answers || exit_status != 0) {
-    std::cerr << "firmad-load: firmad did not come through the run; its log:\n" << log;
-    return 1;
-  }
-  return 0;
-}
-
-}  // namespace

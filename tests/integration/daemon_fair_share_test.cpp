@@ -1,0 +1,306 @@
+// Fair share and the audit trail under abuse from other uids (issue 12): the
+// abusers are firmad-peer processes run by setpriv as uids other than the
+// test's; firmad and the well-behaved client run as root.
+#include <gtest/gtest.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <fstream>
+#include <future>
+#include <sstream>
+#include <set>
+#include <thread>
+
+#include "daemon_fixture.hpp"
+#include "tests/bench/abusive_peers.hpp"
+
+namespace firmad::test {
+namespace {
+
+constexpr uid_t kAbuser = 65534;  // nobody
+constexpr uid_t kOther = 65533;   // a uid that behaves
+constexpr gid_t kSocketGroup = 65534;  // nogroup: the socket's group, every peer's primary group
+
+class FairShareSuite : public DaemonSuite {
+ protected:
+  void SetUp() override {}
+  static void SetUpTestSuite() {}
+  void TearDown() override {
+    daemon_.reset();
+    rig_.reset();
+  }
+
+  // A daemon whose socket other uids in nogroup reach; `daemon` adds [daemon] settings.
+  void start_open(const std::string& daemon = "") {
+    start({{"log_level", "log_level = \"info\"\nsocket_group = \"nogroup\"\n" + daemon}});
+    // The test's directory is private; its socket directory is firmad's (0750 root).
+    ASSERT_EQ(::chmod(rig_->dir().c_str(), 0711), 0);
+    ASSERT_EQ(::chmod((rig_->dir() / "run").c_str(), 0711), 0);
+  }
+
+  // firmad-peer as `uid` (primary group nogroup, no others); its tally.
+  static firma::Json peers_as(uid_t uid, const std::string& args) {
+    const auto r = run(setpriv(uid) + " " + args, 60);
+    EXPECT_EQ(r.exit_code, 0) << r.out;
+    try {
+      return firma::Json::parse(r.out.substr(r.out.rfind('{')));
+    } catch (const std::exception&) {
+      ADD_FAILURE() << "firmad-peer said: " << r.out;
+      return firma::Json::object();
+    }
+  }
+  static std::string setpriv(uid_t uid) {
+    return "setpriv --reuid=" + std::to_string(uid) + " --regid=" + std::to_string(kSocketGroup) +
+           " --clear-groups -- " + quote(FIRMAD_PEER) + " --socket " + quote(rig_->socket().string());
+  }
+
+  // Lines of the audit trail holding every one of `parts`.
+  static long audit_lines(const std::vector<std::string>& parts) {
+    const std::string audit = read_file(rig_->audit_log());
+    long n = 0;
+    for (std::size_t at = 0, eol; at < audit.size(); at = eol + 1) {
+      eol = audit.find('\n', at);
+      if (eol == std::string::npos) break;
+      const std::string_view line(audit.data() + at, eol - at);
+      bool all = true;
+      for (const auto& p : parts) all = all && line.find(p) != std::string_view::npos;
+      n += all;
+    }
+    return n;
+  }
+
+  // The admin's Status entry for a uid the server holds back, or null.
+  static firma::Json held_back(uid_t uid) {
+    const firma::Json status = client().status();
+    for (const auto& p : status["heldBack"])
+      if (p["uid"] == uid) return p;
+    return nullptr;
+  }
+};
+
+TEST_F(FairShareSuite, RefusedFloodIsAuditedInFullLoggedInBoundedLinesAndPaidForByItsUid) {
+  start_open();
+  const auto started = std::chrono::steady_clock::now();
+  const firma::Json t = peers_as(kAbuser, "--kind deny --count 4 --seconds 3 --key firma-ec");
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  const long answered = t.value("access_denied", 0L);
+  ASSERT_GT(answered, 20) << t.dump();
+  EXPECT_EQ(t.value("other_errors", -1L), 0) << t.dump();
+
+  // The server held the flooding uid back: its strikes are in Status.
+  const firma::Json held = held_back(kAbuser);
+  ASSERT_FALSE(held.is_null()) << client().status().dump();
+  EXPECT_GT(held["strikes"].get<double>(), 16);
+  EXPECT_TRUE(held_back(0).is_null()) << "the well-behaved root client has no strikes";
+
+  // Every refused call has its record; the log tells the same number in few lines.
+  const std::vector<std::string> refused = {" event=sign ", "uid=65534", "result=AccessDenied", "key=firma-ec"};
+  long audited = 0;
+  load::EventCount logged;
+  EXPECT_TRUE(eventually(
+      [&] {
+        audited = audit_lines(refused);
+        logged = load::count_events(daemon_->log(), "access-denied");
+        return audited >= answered && logged.lines + logged.left_out == audited;
+      },
+      std::chrono::seconds(10)))
+      << audited << " audited, " << answered << " answered, log: " << logged.lines << " lines + " << logged.left_out
+      << " left out\n"
+      << daemon_->log();
+  EXPECT_GT(logged.left_out, 0) << "the flood went past the limit";
+  // At most kThrottledPerSecond lines a second, plus the one that reports a flood's end.
+  EXPECT_LE(logged.lines, static_cast<long>(5 * (seconds + 3))) << daemon_->log();
+  expect_daemon_still_signs();
+}
+
+TEST_F(FairShareSuite, UidBreakingTheFramingIsHeldBackWhileAnotherUidIsNot) {
+  start_open();
+  const firma::Json bad = peers_as(kAbuser, "--kind violate --count 4 --seconds 2");
+  EXPECT_GT(bad.value("protocol_violation", 0L), 16) << bad.dump();
+  const firma::Json held = held_back(kAbuser);
+  ASSERT_FALSE(held.is_null()) << client().status().dump();
+  EXPECT_GT(held["strikes"].get<double>(), 16) << held.dump();
+
+  // Another uid, at the same moment, is served as before and earns nothing.
+  const firma::Json good = peers_as(kOther, "--kind held --count 8 --seconds 0.5 --once");
+  EXPECT_EQ(good.value("replies", 0L), 8) << good.dump();
+  EXPECT_TRUE(held_back(kOther).is_null()) << client().status().dump();
+  // The abuser's reconnections were slowed: 4 connections, each answered at
+  // once, could have made thousands in 2 s.
+  EXPECT_LT(bad.value("connections", 0L), 1000) << bad.dump();
+  const auto violations = load::count_events(daemon_->log(), "protocol-violation");
+  // One event per violating frame firmad read: each one the peer was told
+  // of, and perhaps those of the connections it hung up at the end.
+  EXPECT_TRUE(eventually([&] {
+    const auto v = load::count_events(daemon_->log(), "protocol-violation");
+    return v.lines + v.left_out >= bad.value("protocol_violation", 0L) &&
+           v.lines + v.left_out <= bad.value("connections", 0L);
+  })) << violations.lines << " + " << violations.left_out << " vs " << bad.dump();
+  expect_daemon_still_signs();
+}
+
+TEST_F(FairShareSuite, EverySignatureOfABurstOfTenThousandHasItsAuditRecord) {
+  start_open();
+  constexpr int kThreads = 4, kEach = 2500;
+  std::atomic<int> signed_ok{0}, failed{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t)
+    threads.emplace_back([&, t] {
+      auto c = client();
+      for (int i = 0; i < kEach; ++i) {
+        firma::Bytes digest(32, 0);
+        digest[0] = static_cast<std::uint8_t>(t);
+        digest[1] = static_cast<std::uint8_t>(i >> 8), digest[2] = static_cast<std::uint8_t>(i);
+        try {
+          c.sign_digest("firma-ec", digest);
+          ++signed_ok;
+        } catch (const std::exception&) {
+          ++failed;
+        }
+      }
+    });
+  for (auto& th : threads) th.join();
+  ASSERT_EQ(signed_ok.load(), kThreads * kEach) << failed.load() << " failed";
+  // Every record is written by the time firmad stops; each digest once.
+  EXPECT_EQ(daemon_->terminate(), 0);
+  const std::string audit = read_file(rig_->audit_log());
+  std::set<std::string> digests;
+  long lines = 0;
+  for (std::size_t at = 0; (at = audit.find(" event=sign ", at)) != std::string::npos; ++at) {
+    const std::size_t eol = audit.find('\n', at);
+    const std::string line = audit.substr(at, eol - at);
+    if (line.find("result=ok") == std::string::npos || line.find("uid=0 ") == std::string::npos) continue;
+    ++lines;
+    const std::size_t d = line.find("digest=");
+    if (d != std::string::npos) digests.insert(line.substr(d + 7, 64));
+  }
+  EXPECT_EQ(lines, kThreads * kEach);
+  EXPECT_EQ(digests.size(), static_cast<std::size_t>(kThreads * kEach));
+}
+
+TEST_F(FairShareSuite, StalledAuditFileMakesSignaturesWaitThenFailWhileStatusAnswers) {
+  rig_ = std::make_unique<TokenRig>();
+  const fs::path fifo = rig_->dir() / "audit.fifo";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  // A reader that reads nothing yet: firmad's writes stop once the pipe is full.
+  const int reader = ::open(fifo.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  ASSERT_GE(reader, 0);
+  daemon_ = std::make_unique<Daemon>(
+      rig_->write_config({{"audit_file", "audit_file = \"" + fifo.string() + "\"\naudit_queue = 16\naudit_wait_ms = 3000"}}),
+      rig_->socket());
+  ASSERT_TRUE(daemon_->wait_for_log("event=token-login")) << daemon_->log();
+
+  auto c = client();
+  const firma::Bytes digest(32, 7);
+  long before_stall = 0;
+  std::string failure;
+  for (int i = 0; i < 5000 && failure.empty(); ++i) {
+    try {
+      c.sign_digest("firma-ec", digest);
+      ++before_stall;
+    } catch (const firma::Error& e) {
+      failure = e.name();
+    }
+  }
+  EXPECT_EQ(failure, "io.firmad.Signer.AuditUnavailable") << before_stall << " signed";
+  ASSERT_GT(before_stall, 16);
+
+  // While a signature waits for the audit trail, Status answers.
+  auto waiting = std::async(std::launch::async, [&] {
+    try {
+      client().sign_digest("firma-ec", digest);
+      return std::string("signed");
+    } catch (const firma::Error& e) {
+      return e.name();
+    }
+  });
+  EXPECT_TRUE(eventually([&] { return load::count_events(daemon_->log(), "audit-stalled").lines > 0; }));
+  const firma::Json status = client().status();
+  EXPECT_TRUE(status["tokens"][0]["loggedIn"].get<bool>());
+  EXPECT_EQ(waiting.wait_for(std::chrono::milliseconds(0)), std::future_status::timeout)
+      << "Status answered while the signature still waits";
+  EXPECT_EQ(waiting.get(), "io.firmad.Signer.AuditUnavailable");
+
+  // The file drains: every signature that was made has its record, and signing works again.
+  std::string records;
+  std::atomic<bool> stop{false};
+  std::thread drain([&] {
+    char buf[65536];
+    while (!stop) {
+      const ssize_t n = ::read(reader, buf, sizeof buf);
+      if (n > 0) records.append(buf, static_cast<std::size_t>(n));
+      else std::this_thread::sleep_for(std::chrono::milliseconds(5));  // polling a non-blocking pipe
+    }
+  });
+  bool signs_again = eventually([&] {
+    try {
+      client().sign_digest("firma-ec", digest);
+      return true;
+    } catch (const std::exception&) {
+      return false;
+    }
+  }, std::chrono::seconds(10));
+  EXPECT_TRUE(signs_again);
+  EXPECT_EQ(daemon_->terminate(), 0);  // writes what is queued, into the pipe we drain
+  stop = true;
+  drain.join();
+  ::close(reader);
+  long ok = 0;
+  for (std::size_t at = 0; (at = records.find("result=ok", at)) != std::string::npos; ++at) ++ok;
+  EXPECT_EQ(ok, before_stall + 1) << "one record per signature made, none for those refused";
+}
+
+TEST_F(FairShareSuite, BufferedBytesStayUnderTheCeilingWithEveryConnectionStreamingJunk) {
+  // The default limits: 128 connections, 16 a uid, 24 MiB buffered, 8 MiB a
+  // uid. Seven uids take 112 connections; the rest are for this test's client.
+  start_open();
+  const pid_t pid = daemon_->pid();
+  {
+    std::ofstream reset("/proc/" + std::to_string(pid) + "/clear_refs");
+    reset << "5";  // VmHWM starts again from VmRSS
+  }
+  std::string all;
+  for (int u = 0; u < 7; ++u)
+    all += setpriv(kAbuser - u) + " --kind endless --count 16 --seconds 4 & ";
+  std::atomic<bool> done{false};
+  std::atomic<long> max_buffered{0}, samples{0};
+  std::thread sampler([&] {
+    while (!done) {
+      try {
+        long sum = 0;
+        const firma::Json status = client().status();
+        for (const auto& p : status["heldBack"]) sum += p["bufferedBytes"].get<long>();
+        max_buffered = std::max(max_buffered.load(), sum);
+        ++samples;
+      } catch (const std::exception&) {
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));  // sampling period
+    }
+  });
+  const auto r = run(all + "wait", 60);
+  done = true;
+  sampler.join();
+  long violations = 0, streamed = 0;
+  std::istringstream lines(r.out);
+  for (std::string line; std::getline(lines, line);) {
+    if (line.empty() || line[0] != '{') continue;
+    const auto j = firma::Json::parse(line);
+    violations += j.value("protocol_violation", 0L) + j.value("buffers_full", 0L);
+    EXPECT_EQ(j.value("other_errors", -1L), 0) << line;
+    streamed += j.value("bytes_sent", 0L);
+  }
+  EXPECT_GT(violations, 8) << r.out;
+  const long hwm = load::proc_status_kib(pid, "VmHWM");
+  EXPECT_LE(hwm, 64 * 1024) << "KiB; streamed " << streamed << " bytes";
+  EXPECT_GT(samples.load(), 10);
+  EXPECT_LE(max_buffered.load(), 24L << 20);
+  EXPECT_GT(max_buffered.load(), 8L << 20) << "the streams pressed on the ceiling";
+  std::cout << "[          ] VmHWM " << hwm << " KiB, buffered at most " << max_buffered.load() << " bytes, "
+            << violations << " oversize messages refused, " << streamed / 1000000 << " MB streamed\n";
+  expect_daemon_still_signs();
+}
+
+}  // namespace
+}  // namespace firmad::test
