@@ -122,6 +122,8 @@ TOML
   kill $ca_pid 2>/dev/null || true
   trap - EXIT
   tail -n 4 "$dir/firmad.log"
+  step "The audit trail ($dir/audit.log): one record per signature and per administrative call"
+  cut -c1-200 "$dir/audit.log"
   step "Demo complete: files are in $dir"
 }
 
@@ -199,8 +201,8 @@ case "${1:-}" in
   demo) demo ;;
   test) run_tests ;;
   sanitize) shift; sanitize "$@" ;;
-  bench) shift; build; "$build_dir/tests/bench/firmad-bench" "$@" ;;
-  load) shift; build; "$build_dir/tests/bench/firmad-load" "$@" ;;
+  bench) shift; build >&2; "$build_dir/tests/bench/firmad-bench" "$@" ;;
+  load) shift; build >&2; "$build_dir/tests/bench/firmad-load" "$@" ;;
   build) build ;;
   *) echo "usage: $0 demo|test|sanitize|bench|load|build" >&2; exit 2 ;;
 esac
