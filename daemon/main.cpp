@@ -154,7 +154,8 @@ std::vector<std::unique_ptr<firmad::TokenWorker>> make_workers(const firmad::Con
 int main(int argc, char** argv) {
   CLI::App app{"firmad: signs for local programs with keys kept on PKCS#11 tokens"};
   app.footer("Exit codes: 0 stopped cleanly (or --check-config: valid); 1 could not start or run; 2 configuration invalid.\n"
-             "Signals: SIGTERM/SIGINT finish in-flight requests, log out of the tokens and exit 0.");
+             "Signals: SIGTERM/SIGINT finish in-flight requests, log out of the tokens and exit 0;\n"
+             "SIGHUP opens the audit file again (after logrotate).");
   std::string config_path = firmad::kDefaultConfigPath;
   bool check_only = false;
   app.add_option("-c,--config", config_path, "Configuration file")->capture_default_str();

@@ -184,8 +184,9 @@ asio::awaitable<void> Server::watchdog(std::shared_ptr<Connection> c) {
     const auto now = Clock::now();
     const bool waiting_on_peer = c->phase != Connection::Phase::Working;
     if (waiting_on_peer && c->deadline <= now) {
-      log::info("connection-timeout", {{"uid", c->peer.uid}, {"pid", c->peer.pid},
-                                       {"while", c->phase == Connection::Phase::Reading ? "reading" : "writing"}});
+      log::throttled(log::Level::Info, "connection-timeout", c->peer.uid,
+                     {{"uid", c->peer.uid}, {"pid", c->peer.pid},
+                      {"while", c->phase == Connection::Phase::Reading ? "reading" : "writing"}});
       boost::system::error_code ec;
       c->socket.close(ec);  // the reader sees it and ends the connection
       co_return;

@@ -3,6 +3,7 @@
 // test's; firmad and the well-behaved client run as root.
 #include <gtest/gtest.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -300,6 +301,51 @@ TEST_F(FairShareSuite, BufferedBytesStayUnderTheCeilingWithEveryConnectionStream
   std::cout << "[          ] VmHWM " << hwm << " KiB, buffered at most " << max_buffered.load() << " bytes, "
             << violations << " oversize messages refused, " << streamed / 1000000 << " MB streamed\n";
   expect_daemon_still_signs();
+}
+
+// The audit trail's file: moved by logrotate, then reopened; unwritable at start.
+using AuditTrail = FairShareSuite;
+
+TEST_F(AuditTrail, FileMovedByLogrotateIsReopenedAndNoRecordIsLost) {
+  start_open();
+  auto c = client();
+  auto sign = [&](int i) {
+    firma::Bytes digest(32, 0x11);
+    digest[0] = static_cast<std::uint8_t>(i);
+    c.sign_digest("firma-ec", digest);
+  };
+  for (int i = 0; i < 50; ++i) sign(i);
+  const fs::path moved = rig_->audit_log().string() + ".1";
+  fs::rename(rig_->audit_log(), moved);  // what logrotate does first
+  for (int i = 50; i < 100; ++i) sign(i);  // into the moved file until firmad notices
+  ASSERT_EQ(::kill(daemon_->pid(), SIGHUP), 0);  // logrotate's postrotate
+  EXPECT_TRUE(eventually([&] { return fs::exists(rig_->audit_log()); })) << daemon_->log();
+  EXPECT_TRUE(daemon_->wait_for_log("event=audit-reopened")) << daemon_->log();
+  for (int i = 100; i < 150; ++i) sign(i);
+  EXPECT_EQ(daemon_->terminate(), 0);
+  auto ok = [](const std::string& text) {
+    long n = 0;
+    for (std::size_t at = 0; (at = text.find("result=ok", at)) != std::string::npos; ++at) ++n;
+    return n;
+  };
+  const long before = ok(read_file(moved)), after = ok(read_file(rig_->audit_log()));
+  EXPECT_EQ(before + after, 150) << before << " in the moved file, " << after << " in the new one";
+  EXPECT_GE(before, 50);
+  EXPECT_GE(after, 50);
+}
+
+TEST_F(AuditTrail, UnwritableAuditFileStopsTheStartNamingThePath) {
+  rig_ = std::make_unique<TokenRig>();
+  const std::string where = "/proc/firmad-no-such-dir/audit.log";
+  try {
+    daemon_ = std::make_unique<Daemon>(
+        rig_->write_config({{"audit_file", "audit_file = \"" + where + "\""}}), rig_->socket());
+    ADD_FAILURE() << "firmad started without its audit trail";
+  } catch (const std::exception& e) {
+    const std::string said = e.what();
+    EXPECT_NE(said.find("audit"), std::string::npos) << said;
+    EXPECT_NE(said.find("/proc/firmad-no-such-dir"), std::string::npos) << said;
+  }
 }
 
 }  // namespace
