@@ -185,6 +185,7 @@ sanitize() {
     'SecretMemory\.IsLockedWhileHeldAndUnlockedAfter'
     # Resident-memory bounds: shadow memory, redzones and the free quarantine add tens of MiB.
     'UnderLoad\.ThousandConnectionsAndAbusivePeersLeaveSigningIntactAndMemoryBounded'
+    'FairShareSuite\.BufferedBytesStayUnderTheCeilingWithEveryConnectionStreamingJunk'
     # Kill-at-every-write sweeps: hundreds of firmad restarts under strace. Their
     # subject is what a kill leaves on disk, which the plain build checks;
     # instrumented, each shard would outlast its time limit. (The random-kill
