@@ -141,6 +141,12 @@ void Audit::Slot::release() {
   if (audit_) std::exchange(audit_, nullptr)->give_back(1);
 }
 
+void Audit::record(AuditRecord record) {
+  ::clock_gettime(CLOCK_REALTIME, &record.at);
+  ++taken_;  // given back when written, like a reserved place
+  push(std::move(record));
+}
+
 void Audit::push(AuditRecord record) {
   std::lock_guard lock(mu_);
   queue_.push_back(std::move(record));
@@ -161,6 +167,22 @@ bool Audit::write_batch(std::string_view& rest) {
   return true;
 }
 
+void Audit::maybe_reopen(Clock::time_point& checked, bool force) {
+  if (path_ == "-") return;
+  if (!reopen_.exchange(false) && !force && Clock::now() - checked < std::chrono::seconds(1)) return;
+  checked = Clock::now();
+  struct stat on_disk{}, open_one{};
+  if (::stat(path_.c_str(), &on_disk) == 0 && ::fstat(fd_, &open_one) == 0 && on_disk.st_ino == open_one.st_ino &&
+      on_disk.st_dev == open_one.st_dev)
+    return;
+  try {
+    open_file();
+    log::notice("audit-reopened", {{"file", path_}});
+  } catch (const std::exception& e) {
+    log::throttled(log::Level::Error, "audit-reopen-failed", log::kNoUid, {{"error", e.what()}});
+  }
+}
+
 void Audit::run() {
   ::pthread_setname_np(::pthread_self(), "firmad-audit");
   std::vector<AuditRecord> batch;
@@ -174,36 +196,31 @@ void Audit::run() {
       batch.swap(queue_);
       last = stopping_ && batch.empty();
     }
-    // logrotate moved the file (or SIGHUP asked): open the path again.
-    if (path_ != "-" && (reopen_.exchange(false) || Clock::now() - checked >= std::chrono::seconds(1))) {
-      checked = Clock::now();
-      struct stat on_disk{}, open_one{};
-      if (::stat(path_.c_str(), &on_disk) != 0 || ::fstat(fd_, &open_one) != 0 || on_disk.st_ino != open_one.st_ino ||
-          on_disk.st_dev != open_one.st_dev) {
-        try {
-          open_file();
-          log::notice("audit-reopened", {{"file", path_}});
-        } catch (const std::exception& e) {
-          log::throttled(log::Level::Error, "audit-reopen-failed", log::kNoUid, {{"error", e.what()}});
-        }
-      }
-    }
+    maybe_reopen(checked, false);  // logrotate moved the file, or SIGHUP asked
     if (last) return;
     if (batch.empty()) continue;
     text.clear();
     for (const auto& r : batch) format(text, r);
-    // A record is never dropped: a failing file is tried again each second
-    // while the queue fills and new calls wait (then fail AuditUnavailable).
+    // A record is never dropped while firmad runs: a failing file is tried
+    // again each second (opened again if it was replaced: a FIFO whose
+    // reader came back, a file put back at its path) while the queue fills
+    // and new calls wait, then fail AuditUnavailable.
     std::string_view rest(text);
-    while (!write_batch(rest)) {
-      std::unique_lock lock(mu_);
-      if (stopping_) {
+    bool written = true;
+    for (bool stopping = false; !write_batch(rest);) {
+      if (stopping) {  // one last try after the stop was asked: then say what is lost
         log::error("audit-records-lost", {{"count", batch.size()}, {"file", path_}, {"why", "stopping with the file failing"}});
+        written = false;
         break;
       }
-      wake_.wait_for(lock, std::chrono::seconds(1), [this] { return stopping_; });
+      {
+        std::unique_lock lock(mu_);
+        wake_.wait_for(lock, std::chrono::seconds(1), [this] { return stopping_; });
+        stopping = stopping_;
+      }
+      maybe_reopen(checked, true);
     }
-    written_ += batch.size();
+    if (written) written_ += batch.size();
     give_back(batch.size());
     batch.clear();
   }

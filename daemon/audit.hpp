@@ -29,7 +29,7 @@
 namespace firmad {
 
 struct AuditRecord {
-  std::string event;   // "sign", "refused", "admin"
+  std::string event;   // "sign" (Sign, SignCms, a renewal's signatures) or "call"
   std::string method;  // the Varlink method, without its interface
   uid_t uid = 0;
   gid_t gid = 0;
@@ -78,8 +78,16 @@ class Audit {
   // On the I/O thread: a place for one record, at once if there is room;
   // otherwise waits up to audit_wait, then throws VarlinkError AuditUnavailable.
   asio::awaitable<Slot> reserve();
+  // For the renewal thread's own signatures (a CSR, an acceptance, a
+  // self-test), made without a client: queues the record at once, past the
+  // queue's size if need be (they are few), so it is never lost. Any thread.
+  void record(AuditRecord record);
   // Opens the file again at its path (after logrotate moved it). Any thread.
   void reopen() { reopen_ = true; }
+  // On the I/O thread: records waiting for the file, and calls waiting for a place.
+  std::size_t queued() const { return taken_.load(); }
+  std::size_t waiting() const { return waiters_.size(); }
+  const std::string& file() const { return path_; }
   // Records written so far.
   std::uint64_t written() const { return written_.load(); }
 
@@ -89,6 +97,9 @@ class Audit {
   void push(AuditRecord record);
   void run();
   void open_file();
+  // Opens the file again if asked (SIGHUP), or if `checked` is a second old
+  // and the path names another file (logrotate moved it).
+  void maybe_reopen(std::chrono::steady_clock::time_point& checked, bool force);
   // Writes what is left of a batch; on an error keeps the unwritten rest in `rest`.
   bool write_batch(std::string_view& rest);
   void wake_waiters();

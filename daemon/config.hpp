@@ -119,8 +119,8 @@ struct DaemonConfig {
   std::chrono::microseconds busy_poll{50};
   log::Level log_level = log::Level::Info;
   // Request bytes buffered beyond each connection's first 16 KiB, in all
-  // and per uid: a peer streaming junk waits for room rather than take
-  // memory (doc/architecture.md, "Fair share").
+  // and per uid: a read past a ceiling is answered BuffersFull and the
+  // connection closed (doc/architecture.md, "Fair share").
   std::size_t max_buffered_bytes = 24u << 20;
   std::size_t max_buffered_bytes_per_peer = 8u << 20;
   // The audit trail (daemon/audit.hpp): an append-only file ("-": stderr),

@@ -127,12 +127,12 @@ class Throttle {
     unsigned uid;
     std::size_t left_out;
   };
-  std::vector<Due> due() {
+  std::vector<Due> due(bool all = false) {
     const auto now = Clock::now();
     std::vector<Due> out;
     std::lock_guard lock(mu_);
     for (auto& [key, w] : windows_)
-      if (w.left_out > 0 && now >= w.end) out.push_back({w.event, w.uid, std::exchange(w.left_out, 0)});
+      if (w.left_out > 0 && (all || now >= w.end)) out.push_back({w.event, w.uid, std::exchange(w.left_out, 0)});
     return out;
   }
 
@@ -161,8 +161,8 @@ Throttle throttle;
 // The writer thread's queue. Lines are whole strings, written in batches.
 class Writer {
  public:
-  // False when no writer runs: the caller then writes itself.
-  bool queue(std::string line) {
+  // False when no writer runs (the line is left to the caller to write).
+  bool queue(std::string& line) {
     std::lock_guard lock(mu_);
     if (!running_) return false;
     if (queued_bytes_ + line.size() > kQueueBytes) {
@@ -215,7 +215,7 @@ class Writer {
         const Field count("count", dropped);
         out += format(Level::Warning, "log-lines-dropped", {}, &count);
       }
-      for (const auto& d : throttle.due()) {
+      for (const auto& d : throttle.due(last)) {  // at the end, every count still open
         const Field count("not_logged_before", d.left_out);
         if (d.uid == kNoUid) out += format(Level::Warning, "log-throttled", {{"of", d.event}}, &count);
         else out += format(Level::Warning, "log-throttled", {{"of", d.event}, {"uid", d.uid}}, &count);
@@ -236,7 +236,7 @@ class Writer {
 Writer writer;
 
 void emit(std::string line) {
-  if (!writer.queue(std::move(line))) write_all(STDERR_FILENO, line);
+  if (!writer.queue(line)) write_all(STDERR_FILENO, line);
 }
 
 

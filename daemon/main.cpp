@@ -205,6 +205,7 @@ int main(int argc, char** argv) {
     firmad::Audit audit(cfg.daemon, io);  // throws naming the file if it cannot be opened
     firmad::SerialThread disk("firmad-disk");
     firmad::renewal::Manager renewals(cfg, workers, state);
+    renewals.set_audit(&audit);
     firmad::Service service(cfg, workers, state, calendar_of(cfg), renewals, audit, disk);
     firmad::FairShare share(io, cfg.daemon.max_buffered_bytes, cfg.daemon.max_buffered_bytes_per_peer);
     service.set_peers_report([&share] { return share.peers_json(); });

@@ -5,6 +5,7 @@
 // What a step does to the token is in token_steps.cpp, what it does outside
 // it in install_steps.cpp.
 #include <openssl/x509.h>
+#include <unistd.h>
 
 #include "daemon/log.hpp"
 #include "daemon/mx/identity.hpp"
@@ -214,6 +215,18 @@ void Manager::make_key(Record& r, Target& t) {
   persist(t.key.alias, r, "new " + r.key_type + " key generated on the token; it never leaves it");
 }
 
+void Manager::audit_signature(const std::string& alias, const char* what, const Bytes& id) {
+  if (!audit_) return;
+  AuditRecord rec;
+  rec.event = "sign";
+  rec.method = what;
+  rec.add("key", alias);
+  rec.add("keyId", hex(id));
+  rec.uid = ::getuid(), rec.gid = ::getgid(), rec.pid = ::getpid(), rec.executable = "firmad (renewal)";
+  rec.result = "ok";
+  audit_->record(std::move(rec));
+}
+
 void Manager::build_request(Record& r, Target& t) {
   require_token(*t.worker);
   const Bytes subject = t.config.subject.empty() ? certificate_subject(r.old_certificate) : parse_subject(t.config.subject);
@@ -221,10 +234,12 @@ void Manager::build_request(Record& r, Target& t) {
     auto key = token_backed_key(*t.worker, r.new_id, r.spki);
     r.csr = build_csr(r.spki, subject, key.get());
   }
+  audit_signature(t.key.alias, "renewal-csr", r.new_id);
   if (t.config.provider == RenewalProvider::Idse) {
     // Signed with the current key, expired or not: the one such signature.
     auto current = token_backed_key(*t.worker, r.old_id, r.old_spki);
     r.acceptance = sign_acceptance(t.config.acceptance_text, r.old_certificate, current.get());
+    audit_signature(t.key.alias, "renewal-acceptance", r.old_id);
   }
   r.step = Step::RequestBuilt;
   persist(t.key.alias, r,
@@ -431,10 +446,13 @@ void Manager::retire(Record& r, Target& t) {
   // Check before retiring anything: a crash may have torn the new pair (a
   // token rewrites an object in place). Then the old pair, if whole, is
   // served again and the renewal waits for an administrator.
-  if (auto why = damaged_pair(*t.worker, r.new_id, cert)) {
+  const std::string& alias_ = t.key.alias;
+  auto self_test = [this, &alias_](const Bytes& id) { return [this, &alias_, id] { audit_signature(alias_, "renewal-self-test", id); }; };
+  if (auto why = damaged_pair(*t.worker, r.new_id, cert, self_test(r.new_id))) {
     require_token(*t.worker);  // a token that went away is not a damaged pair
     r.failure = Failure::VerificationFailed;
-    if (!r.new_key || r.old_certificate.empty() || damaged_pair(*t.worker, r.old_id, r.old_certificate)) {
+    if (!r.new_key || r.old_certificate.empty() ||
+        damaged_pair(*t.worker, r.old_id, r.old_certificate, self_test(r.old_id))) {
       r.reason = printable("the installed key pair is damaged (" + *why + ") and no whole previous pair is left");
       return;
     }

@@ -20,6 +20,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "daemon/audit.hpp"
 #include "daemon/config.hpp"
 #include "daemon/renewal/provider.hpp"
 #include "daemon/renewal/record.hpp"
@@ -34,6 +35,9 @@ class Manager {
   // live. Records found in `state` resume once start() is called.
   Manager(const Config& config, std::vector<std::unique_ptr<TokenWorker>>& tokens, StateStore& state);
   Manager(const Manager&) = delete;  // owns a thread
+  // Where the renewal's own signatures (CSR, acceptance, self-test) are
+  // audited. Set before start().
+  void set_audit(Audit* audit) { audit_ = audit; }
   Manager& operator=(const Manager&) = delete;
   ~Manager();
 
@@ -122,6 +126,9 @@ class Manager {
   const Config& config_;
   std::vector<std::unique_ptr<TokenWorker>>& tokens_;
   StateStore& state_;
+  Audit* audit_ = nullptr;
+  // Audits a signature the renewal made with the key `id_hex` of `alias`.
+  void audit_signature(const std::string& alias, const char* what, const Bytes& id);
 
   mutable std::mutex mutex_;
   std::condition_variable wake_;

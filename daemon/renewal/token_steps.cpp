@@ -111,7 +111,8 @@ void rescan_keys(TokenWorker& token) {
   write_on_token(token, [](const pkcs11::Session&) {});  // write_objects rescans afterwards
 }
 
-std::optional<std::string> damaged_pair(TokenWorker& token, const Bytes& id, const Bytes& certificate) {
+std::optional<std::string> damaged_pair(TokenWorker& token, const Bytes& id, const Bytes& certificate,
+                                        const std::function<void()>& signed_once) {
   std::optional<std::string> why;
   std::optional<pkcs11::KeyInfo> key;
   auto inspect = [&](const pkcs11::Session& session) {
@@ -158,6 +159,7 @@ std::optional<std::string> damaged_pair(TokenWorker& token, const Bytes& id, con
       throw;
     return "the token cannot sign with the key with CKA_ID " + hex(id) + " (" + e.what() + ")";
   }
+  if (signed_once) signed_once();
   if (!verifies_with(certificate, req.input, signature))
     return "a signature of the key with CKA_ID " + hex(id) + " does not verify with the certificate";
   return std::nullopt;

@@ -5,6 +5,7 @@
 // throws what the token or the worker threw (protocol::VarlinkError
 // TokenAbsent / NotLoggedIn, pkcs11::Error, std::runtime_error).
 #pragma once
+#include <functional>
 #include <optional>
 #include <string>
 
@@ -45,8 +46,10 @@ void rescan_keys(TokenWorker& token);
 // it can: its private key, public key and `certificate` objects are on the
 // token, the public key is the certificate's, and a signature the token makes
 // with it verifies with the certificate. Throws what the token threw when it
-// could not be asked (absent, not logged in).
-std::optional<std::string> damaged_pair(TokenWorker& token, const Bytes& id, const Bytes& certificate);
+// could not be asked (absent, not logged in). `signed_once` is called once
+// the token made that signature (the caller audits it).
+std::optional<std::string> damaged_pair(TokenWorker& token, const Bytes& id, const Bytes& certificate,
+                                        const std::function<void()>& signed_once = {});
 
 // The last step on the token: the old certificates of `old_id` other than
 // `certificate` are removed, then an abandoned key (`cleanup_id`). No key

@@ -93,7 +93,7 @@ boost::asio::awaitable<Json> Service::track_request(const Json& params, const Pe
   if (!state_error.empty()) throw VarlinkError(perr::kInternalError, {{"reason", state_error}});
   if (clear) requests_.erase(alias);
   else requests_[alias] = submitted->iso();
-  log::notice("request-tracked", {{"key", alias}, {"submitted", clear ? "cleared" : submitted->iso()},
+  log::throttled(log::Level::Notice, "request-tracked", peer.uid, {{"key", alias}, {"submitted", clear ? "cleared" : submitted->iso()},
                                   {"uid", peer.uid}, {"pid", peer.pid}});
   co_return Json{{"request", request_json(alias, local_today())}};
 }

@@ -45,7 +45,7 @@ asio::awaitable<Json> Service::renew(const protocol::Call& call, const Peer& pee
   }
   p.finish();
   require_admin(fetch ? "Fetch" : "Renew", peer);
-  log::notice(fetch ? "admin-fetch" : abandon ? "admin-abandon" : "admin-renew",
+  log::throttled(log::Level::Notice, fetch ? "admin-fetch" : abandon ? "admin-abandon" : "admin-renew", peer.uid,
               {{"key", alias}, {"uid", peer.uid}, {"pid", peer.pid}, {"exe", peer.executable}, {"serial", serial},
                {"npie", npie}});
 

@@ -31,7 +31,7 @@ struct Server::Connection {
   local::socket socket;
   Peer peer;
   asio::steady_timer timer;       // the watchdog's
-  asio::steady_timer turn_timer;  // waits for a turn or for buffer room
+  asio::steady_timer turn_timer;  // waits for a turn (FairShare::turn)
   std::string buffer;             // bytes read, not yet answered
   std::size_t searched = 0;       // of them, how many hold no NUL
   std::size_t charged = 0;        // of the buffer's capacity, bytes charged to the uid (FairShare)
@@ -166,7 +166,9 @@ asio::awaitable<void> Server::listen(local::acceptor& acceptor) {
     const std::size_t uid_connections = of_uid == per_uid_.end() ? 0 : of_uid->second;
     if (connections_.size() >= config_.daemon.max_connections ||
         uid_connections >= config_.daemon.max_connections_per_peer) {
-      share_.offence(peer.uid);  // reconnecting at the limit is a uid's own doing
+      // Reconnecting at its own limit is a uid's doing; the daemon's limit
+      // may have been filled by others.
+      if (uid_connections >= config_.daemon.max_connections_per_peer) share_.offence(peer.uid);
       log::throttled(log::Level::Warning, "connection-refused", peer.uid,
                      {{"uid", peer.uid}, {"pid", peer.pid}, {"connections", connections_.size()}, {"of_uid", uid_connections}});
       continue;  // the socket closes as it goes out of scope
@@ -290,9 +292,11 @@ asio::awaitable<std::size_t> Server::read_frame(Connection& c, std::string& last
       co_return 0;
     }
     // What the buffer has room for, at least 512 bytes and at most 64 KiB,
-    // so a small call keeps a small buffer.
-    const std::size_t want =
+    // so a small call keeps a small buffer; and not past the free 16 KiB in
+    // one step, so a call under 16 KiB is never charged for buffer room.
+    std::size_t want =
         std::min({kChunk, kFrameLimit - c.searched, std::max<std::size_t>(512, buffer.capacity() - c.searched)});
+    if (c.searched < FairShare::kFreeBytes) want = std::min(want, FairShare::kFreeBytes - c.searched);
     if (buffer.capacity() < c.searched + want && !make_room(c, c.searched + want, last_words)) co_return 0;
     boost::system::error_code ec;
     co_await c.socket.async_wait(local::socket::wait_read, asio::redirect_error(asio::use_awaitable, ec));
@@ -325,7 +329,9 @@ asio::awaitable<void> Server::serve(std::shared_ptr<Connection> c) {
       c->deadline = Clock::now() + config_.daemon.idle_timeout;
       const std::size_t n = co_await read_frame(*c, last_words);
       if (n == 0) break;  // EOF, reset, timeout (closed by the watchdog) or oversize
-      // A frame that was already buffered (pipelined) waits for a turn of its own.
+      // A frame that was already buffered (pipelined) waits for a turn of its
+      // own, as a call received: shutdown answers it rather than cut it.
+      c->phase = Phase::Working;
       if (!c->turn_fresh) co_await share_.turn(c->peer.uid, c->turn_timer);
       c->turn_fresh = false;
       if (stopping_) break;

@@ -132,6 +132,9 @@ Json Service::status(bool admin) const {
   }
   Json out = {{"version", FIRMAD_VERSION}, {"tokens", std::move(tokens)}, {"keys", list_keys()}};
   if (admin && peers_report_) out["heldBack"] = peers_report_();
+  if (admin)
+    out["audit"] = {{"file", audit_.file()}, {"queued", audit_.queued()}, {"waiting", audit_.waiting()},
+                    {"written", audit_.written()}};
   return out;
 }
 
@@ -162,7 +165,7 @@ boost::asio::awaitable<Json> Service::login(const Json& params, const Peer& peer
   p.finish();
   require_admin("Login", peer);
   TokenWorker& worker = token_named(token);
-  log::notice("admin-login", {{"token", token}, {"uid", peer.uid}, {"pid", peer.pid}, {"force", force ? "yes" : "no"},
+  log::throttled(log::Level::Notice, "admin-login", peer.uid, {{"token", token}, {"uid", peer.uid}, {"pid", peer.pid}, {"force", force ? "yes" : "no"},
                               {"pin", pin ? "given" : "configured-source"}});
   auto shared_pin = std::make_shared<std::optional<protocol::Secret>>(std::move(pin));
   auto job = [&worker, shared_pin, force] { return worker.login(std::move(*shared_pin), force, false); };
@@ -176,7 +179,7 @@ boost::asio::awaitable<Json> Service::logout(const Json& params, const Peer& pee
   p.finish();
   require_admin("Logout", peer);
   TokenWorker& worker = token_named(token);
-  log::notice("admin-logout", {{"token", token}, {"uid", peer.uid}, {"pid", peer.pid}});
+  log::throttled(log::Level::Notice, "admin-logout", peer.uid, {{"token", token}, {"uid", peer.uid}, {"pid", peer.pid}});
   auto job = [&worker] { return worker.logout(); };
   const protocol::LoginState state = co_await run_on<protocol::LoginState>(worker, Lane::Control, std::move(job));
   co_return Json{{"loginState", std::string(protocol::wire_name(state))}};
@@ -259,7 +262,8 @@ boost::asio::awaitable<Service::Answer> Service::handle(const protocol::Call& ca
   Answer out;
   try {
     if (audited(iface, method)) {
-      slot = co_await audit_.reserve();
+      Audit::Slot reserved = co_await audit_.reserve();
+      slot = std::move(reserved);
       record.event = method == "Sign" || method == "SignCms" ? "sign" : "call";
       record.method = method;
       record.uid = peer.uid, record.gid = peer.gid, record.pid = peer.pid, record.executable = peer.executable;

@@ -348,11 +348,20 @@ int run(int argc, char** argv) {
 
   if (json) std::cout << out.dump(2) << "\n";
   else print(out);
+  // The figures are reported, not judged; a signature that failed or does
+  // not verify, or a firmad that did not stop cleanly, is.
+  int status = 0;
+  for (const auto& [name, c] : out["conditions"].items())
+    for (const auto& [key, f] : c["signer"].items())
+      if (f["failures"].get<long>() != 0 || f["verified"].get<long>() != f["signatures"].get<long>()) {
+        std::cerr << "firmad-load: under " << name << ", " << key << ": " << f.dump() << "\n";
+        status = 1;
+      }
   if (exit_status != 0 || exit_status_default != 0) {
     std::cerr << "firmad-load: firmad did not stop cleanly\n";
-    return 1;
+    status = 1;
   }
-  return 0;
+  return status;
 }
 
 }  // namespace

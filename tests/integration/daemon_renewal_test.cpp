@@ -39,6 +39,11 @@ TEST_F(Renewal, IdseRenewsWithANewKeyOnTheTokenAndStreamsEachStep) {
   auto attrs = run(std::string("pkcs11-tool --module ") + TokenRig::kModule + " --login --pin " + TokenRig::kPin +
                    " --list-objects --type privkey 2>/dev/null");
   EXPECT_NE(attrs.out.find("never extractable"), std::string::npos) << attrs.out;
+  // The renewal's own signatures are in the audit trail, the administrator's call too.
+  const std::string audit = read_file(rig.audit_log());
+  for (const char* what : {"method=renewal-csr key=empresa", "method=renewal-acceptance key=empresa",
+                           "method=renewal-self-test key=empresa", "event=call method=Renew key=empresa"})
+    EXPECT_NE(audit.find(what), std::string::npos) << what << " not in:\n" << audit;
 
   // After a restart firmad serves the new pair.
   start(table("empresa", "idse"));
