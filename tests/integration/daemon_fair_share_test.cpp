@@ -378,5 +378,73 @@ TEST_F(AuditTrail, UnwritableAuditFileStopsTheStartNamingThePath) {
   }
 }
 
+// The I/O thread (firmad's main thread) never waits on the disk: traced by
+// strace while it serves every kind of call that writes something.
+using IoThread = FairShareSuite;
+
+TEST_F(IoThread, NeverFsyncsNorWritesToAFile) {
+  rig_ = std::make_unique<TokenRig>();
+  const fs::path trace = rig_->dir() / "strace.out";
+  Daemon::Options o;
+  // Every call that writes to a file descriptor (sockets included, so the I/O
+  // thread's replies show up too).
+  o.launcher = {"/usr/bin/strace", "-f", "-qq", "-yy", "--seccomp-bpf", "-e",
+                "trace=write,writev,pwrite64,pwritev,sendmsg,sendto,fsync,fdatasync,sync_file_range", "-o",
+                trace.string()};
+  daemon_ = std::make_unique<Daemon>(rig_->config(), rig_->socket(), o);
+  ASSERT_TRUE(eventually([&] {
+    try {
+      return client().status()["tokens"][0]["loggedIn"].get<bool>();
+    } catch (const std::exception&) {
+      return false;
+    }
+  }, std::chrono::seconds(20))) << daemon_->log();
+  const pid_t io_thread = daemon_->daemon_pid();
+  ASSERT_GT(io_thread, 0);
+
+  auto c = client();
+  for (int i = 0; i < 20; ++i) c.sign_digest("firma-ec", firma::Bytes(32, static_cast<std::uint8_t>(i)));  // audit
+  c.call("io.firmad.Signer.TrackRequest", {{"key", "empresa"}, {"submitted", "2026-11-30"}});           // state.json
+  c.call("io.firmad.Signer.Cancel", {{"key", "firma-p384"}, {"reason", "io thread test"}});              // state.json
+  c.call("io.firmad.Signer.Logout", {{"token", "demo"}});                                               // log lines
+  ::kill(io_thread, SIGTERM);  // firmad, not strace
+  EXPECT_EQ(daemon_->terminate(), 0);
+
+  // The main thread is the I/O thread from the first call served (the first
+  // audit record written) to SIGTERM; before, it starts the tokens (SoftHSM
+  // writes its files then), after, it stops them.
+  const std::string all = read_file(trace);
+  const std::size_t serving = all.rfind('\n', all.find("audit.log>")), stopping = all.find("--- SIGTERM");
+  ASSERT_NE(serving, std::string::npos) << all;
+  ASSERT_NE(stopping, std::string::npos) << all;
+  const std::string text = all.substr(serving + 1, stopping - serving - 1);
+  long io_lines = 0, other_fsyncs = 0, other_audit_writes = 0;
+  const std::string mine = std::to_string(io_thread) + " ";
+  for (std::size_t at = 0, eol; at < text.size(); at = eol + 1) {
+    eol = text.find('\n', at);
+    if (eol == std::string::npos) eol = text.size();
+    const std::string line = text.substr(at, eol - at);
+    const bool fsync = line.find("fsync(") != std::string::npos || line.find("fdatasync(") != std::string::npos ||
+                       line.find("sync_file_range(") != std::string::npos;
+    if (line.rfind(mine, 0) != 0) {
+      other_fsyncs += fsync;
+      other_audit_writes += line.find("audit.log>") != std::string::npos;
+      continue;
+    }
+    ++io_lines;
+    EXPECT_FALSE(fsync) << "the I/O thread waits on the disk: " << line;
+    // -yy names each fd: a socket is "<UNIX:[...]>", an eventfd "<anon_inode:[eventfd]>";
+    // a file, the log on stderr among them, is "</path>".
+    const auto paren = line.find('(');
+    const auto fd_name = paren == std::string::npos ? std::string::npos : line.find('<', paren);
+    EXPECT_FALSE(fd_name != std::string::npos && fd_name + 1 < line.size() && line[fd_name + 1] == '/')
+        << "the I/O thread writes to a file: " << line;
+  }
+  // The trace saw the work done elsewhere: state.json synced, the audit file written.
+  EXPECT_GE(other_fsyncs, 4) << "TrackRequest and Cancel each sync state.json twice";
+  EXPECT_GT(other_audit_writes, 0);
+  EXPECT_GT(io_lines, 0) << "the I/O thread's replies were traced";
+}
+
 }  // namespace
 }  // namespace firmad::test
