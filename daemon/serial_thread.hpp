@@ -103,13 +103,7 @@ asio::awaitable<T> run_on(SerialThread& thread, Fn fn) {
       });
     });
   };
-  if constexpr (std::is_void_v<T>) {
-    co_await asio::async_initiate<decltype(asio::use_awaitable), void(std::exception_ptr, Value)>(
-        initiate, asio::use_awaitable, std::move(fn));
-  } else {
-    co_return co_await asio::async_initiate<decltype(asio::use_awaitable), void(std::exception_ptr, Value)>(
-        initiate, asio::use_awaitable, std::move(fn));
-  }
+  co_return co_await await_outcome<T, Value>(initiate, fn);
 }
 
 }  // namespace firmad

@@ -120,13 +120,7 @@ asio::awaitable<T> run_on(TokenWorker& worker, Lane lane, Fn fn) {
     dispatch<T>(worker, lane, std::move(fn), std::move(deliver));
   };
   using Value = typename JobOutcome<T>::Value;
-  if constexpr (std::is_void_v<T>) {
-    co_await asio::async_initiate<decltype(asio::use_awaitable), void(std::exception_ptr, Value)>(
-        initiate, asio::use_awaitable, std::move(fn));
-  } else {
-    co_return co_await asio::async_initiate<decltype(asio::use_awaitable), void(std::exception_ptr, Value)>(
-        initiate, asio::use_awaitable, std::move(fn));
-  }
+  co_return co_await await_outcome<T, Value>(initiate, fn);
 }
 
 // For a thread that may block (the renewal thread): runs fn on `lane` and
