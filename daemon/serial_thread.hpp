@@ -1,7 +1,7 @@
 // A thread of its own for work that waits on the disk (state.json writes:
 // a write and two fsyncs), so the I/O thread never does.
 #pragma once
-#include "daemon/asio.hpp"
+#include "daemon/await_outcome.hpp"
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/executor_work_guard.hpp>
 

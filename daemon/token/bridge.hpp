@@ -5,7 +5,7 @@
 // through the blocking run_blocking(). Both are dispatch() with a different
 // way of receiving the outcome; neither polls.
 #pragma once
-#include "daemon/asio.hpp"
+#include "daemon/await_outcome.hpp"
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/post.hpp>
