@@ -7,6 +7,7 @@
 #include <termios.h>
 #include <unistd.h>
 
+#include <climits>
 #include <cstdio>
 #include <ctime>
 #include <fstream>
@@ -61,20 +62,84 @@ std::string pem(const firma::Bytes& der, const char* label) {
   return out + "-----END " + label + "-----\n";
 }
 
+// Writes all of `data` to `fd`; false (errno set) on failure.
+bool write_all(int fd, const std::string& data) {
+  for (std::size_t done = 0; done < data.size();) {
+    const ssize_t n = ::write(fd, data.data() + done, data.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    done += static_cast<std::size_t>(n);
+  }
+  return true;
+}
+
+Failure write_failure(const std::string& path) { return Failure{kLocalIo, "cannot write " + path + ": " + std::strerror(errno)}; }
+
+// Replaces the regular file `path` (or creates it) atomically: a temporary
+// file in the same directory, written, synced and renamed over it, then the
+// directory synced. A reader sees the old signature or the new one, whole.
+void replace_file(const std::string& path, const std::string& data) {
+  const std::size_t slash = path.rfind('/');
+  const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+  std::string tmp = (slash == std::string::npos ? std::string() : path.substr(0, slash + 1)) + ".firmactl-XXXXXX";
+  const int fd = ::mkostemp(tmp.data(), O_CLOEXEC);
+  if (fd < 0) throw Failure{kLocalIo, "cannot write in " + dir + ": " + std::strerror(errno)};
+  // The new file gets the mode of the one it replaces, or 0666 less the umask.
+  struct stat old{};
+  mode_t mode;
+  if (::stat(path.c_str(), &old) == 0) {
+    mode = old.st_mode & 07777;
+  } else {
+    const mode_t mask = ::umask(0);
+    ::umask(mask);
+    mode = 0666 & ~mask;
+  }
+  const bool ok = ::fchmod(fd, mode) == 0 && write_all(fd, data) && ::fsync(fd) == 0;
+  const int saved = errno;
+  ::close(fd);
+  if (!ok || ::rename(tmp.c_str(), path.c_str()) != 0) {
+    const int err = ok ? errno : saved;
+    ::unlink(tmp.c_str());
+    errno = err;
+    throw write_failure(path);
+  }
+  if (const int d = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC); d >= 0) {
+    ::fsync(d);
+    ::close(d);
+  }
+}
+
+// Writes the result where -o says, into what the target is: "-" (or none) is
+// standard output; a regular file (or a new one) is replaced atomically; a
+// device, FIFO, socket or /dev/stdout is opened and written, never replaced.
+// A symbolic link to a regular file replaces the file it points to.
 void write_output(const std::string& path, const std::string& data) {
   if (path.empty() || path == "-") {
-    std::cout.write(data.data(), static_cast<std::streamsize>(data.size()));
     std::cout.flush();
+    if (!write_all(STDOUT_FILENO, data)) throw write_failure("standard output");
     return;
   }
-  // Write beside the target and rename: a reader never sees half a signature.
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    out.write(data.data(), static_cast<std::streamsize>(data.size()));
-    if (!out.flush()) throw Failure{kLocalIo, "cannot write " + tmp + ": " + std::strerror(errno)};
+  struct stat st{};
+  if (::stat(path.c_str(), &st) != 0) {
+    if (errno != ENOENT) throw write_failure(path);
+    struct stat link{};
+    if (::lstat(path.c_str(), &link) == 0) throw Failure{kLocalIo, "cannot write " + path + ": a symbolic link to nothing"};
+    return replace_file(path, data);
   }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) throw Failure{kLocalIo, "cannot write " + path + ": " + std::strerror(errno)};
+  if (S_ISDIR(st.st_mode)) throw Failure{kLocalIo, "cannot write " + path + ": it is a directory"};
+  if (S_ISREG(st.st_mode)) {
+    // /dev/stdout, /dev/fd/N, /proc/self/fd/N: the descriptor's file, as the shell opened it.
+    const bool descriptor = path.rfind("/dev/", 0) == 0 || path.rfind("/proc/", 0) == 0;
+    char resolved[PATH_MAX];
+    if (!descriptor && ::realpath(path.c_str(), resolved)) return replace_file(resolved, data);
+  }
+  const int fd = ::open(path.c_str(), O_WRONLY | O_NOCTTY | O_CLOEXEC | (S_ISREG(st.st_mode) ? O_TRUNC : 0));
+  if (fd < 0) throw write_failure(path);
+  const bool ok = write_all(fd, data);
+  const int saved = errno;
+  ::close(fd);
+  errno = saved;
+  if (!ok) throw write_failure(path);
 }
 
 // Reads a secret without echo from the terminal, or a line from stdin (or

@@ -1,5 +1,10 @@
 // Signing through a real firmad on a real token, verified by the openssl command.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+
+#include <cstring>
+#include <future>
 
 #include "daemon_fixture.hpp"
 #include "protocol/base64.hpp"
@@ -180,6 +185,78 @@ TEST_F(SignThroughDaemon, FirmactlSignsFilesInEveryFormat) {
   r = run("openssl cms -verify -binary -inform DER -in " + quote(file("ctl.p7s").string()) + " -content " +
           quote(file("ctl.txt").string()) + " -CAfile " + quote(rig_->ca().string()) + " -out /dev/null");
   EXPECT_EQ(r.exit_code, 0) << r.out;
+}
+
+// -o writes into what the target is: a device or FIFO is written, never
+// replaced (firmactl once renamed a regular file over /dev/null); a regular
+// file is replaced atomically, keeping its mode; a link keeps being a link.
+TEST_F(SignThroughDaemon, FirmactlWritesIntoWhatTheTargetIs) {
+  const std::string text = "salida de firmactl";
+  write_file(file("out.txt"), text);
+  const std::string sign = "sign empresa " + quote(file("out.txt").string()) + " -o ";
+  auto verifies = [&](const fs::path& sig) {
+    return run(verify_cmd("sha256", rig_->public_key_pem("01"), sig, file("out.txt"))).exit_code == 0;
+  };
+
+  // A character device: a node of its own (1,3 = null) first, so a failure
+  // here cannot break the machine's /dev/null; then /dev/null itself.
+  const fs::path null_node = file("null-node");
+  fs::remove(null_node);
+  ASSERT_EQ(::mknod(null_node.c_str(), S_IFCHR | 0666, ::makedev(1, 3)), 0) << std::strerror(errno);
+  for (const fs::path& device : {null_node, fs::path("/dev/null")}) {
+    auto r = ctl(sign + quote(device.string()));
+    ASSERT_EQ(r.exit_code, 0) << r.out;
+    struct stat st{};
+    ASSERT_EQ(::stat(device.c_str(), &st), 0);
+    ASSERT_TRUE(S_ISCHR(st.st_mode)) << device << " is no longer a character device";
+    EXPECT_EQ(st.st_rdev, ::makedev(1, 3));
+  }
+
+  // A FIFO: written through, read whole by the other end.
+  const fs::path fifo = file("out.fifo");
+  fs::remove(fifo);
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  auto reader = std::async(std::launch::async, [&] { return run("cat " + quote(fifo.string()) + " > " + quote(file("from-fifo.sig").string())); });
+  auto r = ctl(sign + quote(fifo.string()));
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  ASSERT_EQ(reader.get().exit_code, 0);
+  struct stat st{};
+  ASSERT_EQ(::lstat(fifo.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISFIFO(st.st_mode));
+  EXPECT_TRUE(verifies(file("from-fifo.sig")));
+
+  // /dev/stdout, redirected by the shell to a file.
+  r = run(quote(firmactl_binary().string()) + " --socket " + quote(rig_->socket().string()) + " " + sign +
+          "/dev/stdout > " + quote(file("stdout.sig").string()));
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_TRUE(verifies(file("stdout.sig")));
+  EXPECT_TRUE(fs::is_character_file("/dev/null"));
+
+  // A regular file: replaced whole, its mode kept, no temporary left behind.
+  write_file(file("kept.sig"), "old", 0640);
+  r = ctl(sign + quote(file("kept.sig").string()));
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_TRUE(verifies(file("kept.sig")));
+  EXPECT_EQ(fs::status(file("kept.sig")).permissions() & fs::perms::all, fs::perms(0640));
+  for (const auto& entry : fs::directory_iterator(rig_->dir()))
+    EXPECT_EQ(entry.path().filename().string().rfind(".firmactl-", 0), std::string::npos) << entry.path();
+
+  // A symbolic link to a regular file: the file gets the signature, the link stays.
+  fs::remove(file("link.sig"));
+  fs::create_symlink(file("kept.sig"), file("link.sig"));
+  write_file(file("kept.sig"), "old", 0640);
+  r = ctl(sign + quote(file("link.sig").string()));
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_TRUE(fs::is_symlink(file("link.sig")));
+  EXPECT_TRUE(verifies(file("kept.sig")));
+
+  // A directory is refused, and a directory that does not exist names the path.
+  r = ctl(sign + quote(rig_->dir().string()));
+  EXPECT_EQ(r.exit_code, 5) << r.out;
+  EXPECT_NE(r.out.find("it is a directory"), std::string::npos) << r.out;
+  r = ctl(sign + "/nonexistent/dir/x.sig");
+  EXPECT_EQ(r.exit_code, 5) << r.out;
+  EXPECT_NE(r.out.find("/nonexistent/dir"), std::string::npos) << r.out;
 }
 
 TEST_F(SignThroughDaemon, FirmactlExitCodesAndMessages) {
