@@ -2,7 +2,11 @@
 #include "client/firma.hpp"
 
 #include <openssl/evp.h>
+#include <grp.h>
+#include <poll.h>
+#include <pwd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -10,6 +14,7 @@
 
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
@@ -46,6 +51,45 @@ Bytes digest(const std::string& hash, std::span<const std::uint8_t> data) {
   return out;
 }
 
+namespace {
+
+std::string octal_mode(mode_t mode) {
+  char text[8];
+  std::snprintf(text, sizeof text, "%04o", static_cast<unsigned>(mode & 07777));
+  return text;
+}
+
+std::string group_name(gid_t gid) {
+  const group* g = ::getgrgid(gid);
+  return g ? g->gr_name : std::to_string(gid);
+}
+
+std::string user_name(uid_t uid) {
+  const passwd* p = ::getpwuid(uid);
+  return p ? p->pw_name : std::to_string(uid);
+}
+
+// Which permission connecting to `path` lacks: the first directory on the way
+// this process may not search, else the socket's write permission, named
+// with its mode, owner and group.
+std::string why_denied(const std::string& path) {
+  const std::string me = "uid " + std::to_string(::getuid()) + " (" + user_name(::getuid()) + ")";
+  for (std::size_t slash = path.find('/', 1); slash != std::string::npos; slash = path.find('/', slash + 1)) {
+    const std::string dir = path.substr(0, slash);
+    struct stat st{};
+    if (::access(dir.c_str(), X_OK) != 0 && ::stat(dir.c_str(), &st) == 0)
+      return "the directory " + dir + " (mode " + octal_mode(st.st_mode) + ", " + user_name(st.st_uid) + ":" +
+             group_name(st.st_gid) + ") may not be searched by " + me + "; it should be 0755";
+  }
+  struct stat st{};
+  if (::stat(path.c_str(), &st) != 0) return "cannot inspect the socket";
+  return "the socket (mode " + octal_mode(st.st_mode) + ", " + user_name(st.st_uid) + ":" + group_name(st.st_gid) +
+         ") may be used by members of group " + group_name(st.st_gid) + ", and " + me +
+         " is not one in this session (after being added to a group, log in again or use newgrp)";
+}
+
+}  // namespace
+
 Client::Client(const std::string& path) {
   if (const char* poll = std::getenv("FIRMA_BUSY_POLL_US")) busy_poll_ = std::chrono::microseconds(std::strtol(poll, nullptr, 10));
   sockaddr_un addr{};
@@ -59,7 +103,7 @@ Client::Client(const std::string& path) {
     ::close(fd_);
     fd_ = -1;
     std::string hint = err == ENOENT || err == ECONNREFUSED ? " (is firmad running?)"
-                       : err == EACCES                     ? " (is your user in the group that may use firmad?)"
+                       : err == EACCES                     ? ": " + why_denied(path)
                                                            : "";
     throw ConnectionError("cannot connect to firmad at " + path + ": " + std::strerror(err) + hint);
   }
@@ -110,7 +154,18 @@ std::string Client::receive_frame() {
         ::sched_yield();
         n = ::recv(fd_, chunk, sizeof chunk, MSG_DONTWAIT);
       }
-      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) n = ::recv(fd_, chunk, sizeof chunk, 0);
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        if (reply_timeout_.count() > 0) {
+          pollfd p{fd_, POLLIN, 0};
+          int ready;
+          do ready = ::poll(&p, 1, static_cast<int>(reply_timeout_.count()));
+          while (ready < 0 && errno == EINTR);
+          if (ready == 0)
+            throw ConnectionError("firmad did not answer within " + std::to_string(reply_timeout_.count()) +
+                                  " ms (is it failing to start, or stuck? under systemd: systemctl status firmad)");
+        }
+        n = ::recv(fd_, chunk, sizeof chunk, 0);
+      }
     }
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) throw ConnectionError(std::string("lost the connection to firmad: ") + std::strerror(errno));

@@ -88,6 +88,10 @@ class Client {
   std::string login(const std::string& token, const std::optional<std::string>& pin, bool force = false);
   std::string logout(const std::string& token);
 
+  // How long a call waits for each reply before it fails with ConnectionError
+  // ("firmad did not answer"); zero (the default) waits as long as it takes.
+  void set_reply_timeout(std::chrono::milliseconds timeout) { reply_timeout_ = timeout; }
+
  private:
   void send_all(const std::string& data);
   std::string receive_frame();
@@ -97,6 +101,7 @@ class Client {
   std::string buffer_;
   // How long a call polls for its reply before sleeping ($FIRMA_BUSY_POLL_US).
   std::chrono::microseconds busy_poll_{50};
+  std::chrono::milliseconds reply_timeout_{0};
 };
 
 }  // namespace firma

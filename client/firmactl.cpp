@@ -40,6 +40,11 @@ struct Failure {
 struct Options {
   std::string socket = firma::default_socket();
   bool json = false;
+  // Seconds to wait for each of firmad's replies (0: as long as it takes):
+  // longer than any call's own limit (a renewal's network steps take at most
+  // 60 s by default), short enough that a firmad failing to start under
+  // socket activation is reported instead of waited for.
+  unsigned timeout = 120;
 };
 
 firma::Bytes read_input(const std::string& path) {
@@ -390,6 +395,7 @@ int main(int argc, char** argv) {
   Options opt;
   app.add_option("--socket", opt.socket, "firmad's socket ($FIRMAD_SOCKET)")->capture_default_str();
   app.add_flag("--json", opt.json, "Print replies as JSON");
+  app.add_option("--timeout", opt.timeout, "Seconds to wait for each reply from firmad (0: no limit)")->capture_default_str();
 
   auto* status = app.add_subcommand("status", "Show tokens, keys and certificates");
   auto* keys = app.add_subcommand("keys", "List the configured keys");
@@ -473,6 +479,7 @@ int main(int argc, char** argv) {
 
   try {
     firma::Client client(opt.socket);
+    client.set_reply_timeout(std::chrono::seconds(opt.timeout));
     if (status->parsed()) {
       auto s = client.status();
       opt.json ? void(std::cout << s.dump(2) << "\n") : print_status(s);

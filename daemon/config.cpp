@@ -343,12 +343,13 @@ Config load_config(const std::string& path) {
   cfg.path = path;
   r.only(root, "", {"daemon", "access", "tokens", "keys", "calendar"});
   if (const toml::table* d = subtable(r, root, "daemon")) read_daemon(r, *d, cfg.daemon);
+  // admin_users is root unless set (admin_users = [] means no user by name),
+  // whatever else [access] holds.
+  cfg.admins.users = {0};
   if (const toml::table* a = subtable(r, root, "access")) {
     r.only(*a, "access", {"admin_users", "admin_groups"});
-    cfg.admins.users = r.users(*a, "access", "admin_users");
+    if (a->contains("admin_users")) cfg.admins.users = r.users(*a, "access", "admin_users");
     cfg.admins.groups = r.groups(*a, "access", "admin_groups");
-  } else {
-    cfg.admins.users = {0};
   }
   if (const toml::table* tokens = subtable(r, root, "tokens")) {
     for (const auto& [name, node] : *tokens) {

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 
@@ -87,7 +88,23 @@ void Server::open() {
   }
   const std::string& path = config_.daemon.socket;
   const std::filesystem::path dir = std::filesystem::path(path).parent_path();
-  if (::mkdir(dir.c_str(), 0750) != 0 && errno != EEXIST) fail("cannot create socket directory", dir);
+  // The directory is only a way to the socket: searchable by all (0755; the
+  // mode is set after mkdir, past firmad's umask). The socket's own group and
+  // mode decide who connects. An existing directory is the administrator's;
+  // one that would keep the socket's group out gets a warning.
+  if (::mkdir(dir.c_str(), 0755) == 0) {
+    if (::chmod(dir.c_str(), 0755) != 0) fail("cannot set the mode of", dir);
+  } else if (errno != EEXIST) {
+    fail("cannot create socket directory", dir);
+  } else if (struct stat d{}; ::stat(dir.c_str(), &d) == 0) {
+    const bool group_passes = config_.daemon.socket_group && d.st_gid == *config_.daemon.socket_group && (d.st_mode & S_IXGRP);
+    if (!(d.st_mode & S_IXOTH) && !group_passes) {
+      char mode[8];
+      std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(d.st_mode & 07777));
+      log::warning("socket-directory-closed", {{"directory", dir.string()}, {"mode", mode},
+                                                {"hint", "only its owner and group can reach the socket; make it 0755"}});
+    }
+  }
   struct stat st{};
   if (::lstat(path.c_str(), &st) == 0) {
     if (!S_ISSOCK(st.st_mode)) throw std::runtime_error(path + " exists and is not a socket; refusing to replace it");

@@ -53,10 +53,14 @@ TEST_F(Lifecycle, CheckConfigExplainsErrors) {
 
 TEST_F(Lifecycle, CreatesSocketDirectoryAndSocketWithTheirModes) {
   const fs::path sock = rig.dir() / "newdir" / "firmad.sock";
+  // Under the unit's UMask=0077 too, the directory is searchable by all: the
+  // socket's own mode and group decide who connects.
+  const mode_t umask = ::umask(0077);
   Daemon d(rig.write_config({{"socket", "socket = \"" + sock.string() + "\""}}), sock);
+  ::umask(umask);
   struct stat st{};
   ASSERT_EQ(::stat(sock.parent_path().c_str(), &st), 0);
-  EXPECT_EQ(st.st_mode & 07777, 0750u);
+  EXPECT_EQ(st.st_mode & 07777, 0755u);
   ASSERT_EQ(::stat(sock.c_str(), &st), 0);
   EXPECT_TRUE(S_ISSOCK(st.st_mode));
   EXPECT_EQ(st.st_mode & 07777, 0660u);

@@ -1,8 +1,11 @@
 // Signing through a real firmad on a real token, verified by the openssl command.
 #include <gtest/gtest.h>
 #include <sys/stat.h>
+#include <sys/socket.h>
 #include <sys/sysmacros.h>
+#include <sys/un.h>
 
+#include <chrono>
 #include <cstring>
 #include <future>
 
@@ -257,6 +260,53 @@ TEST_F(SignThroughDaemon, FirmactlWritesIntoWhatTheTargetIs) {
   r = ctl(sign + "/nonexistent/dir/x.sig");
   EXPECT_EQ(r.exit_code, 5) << r.out;
   EXPECT_NE(r.out.find("/nonexistent/dir"), std::string::npos) << r.out;
+}
+
+// A listening Unix socket that never answers, at `path` with `mode`.
+int silent_listener(const fs::path& path, mode_t mode) {
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
+  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 || ::listen(fd, 8) != 0 ||
+      ::chmod(path.c_str(), mode) != 0)
+    ADD_FAILURE() << "cannot listen on " << path << ": " << std::strerror(errno);
+  return fd;
+}
+
+// A user who may not connect is told which permission is missing and where;
+// a firmad that accepts but never answers (socket activation of a unit that
+// cannot start) ends in firmactl's timeout, not in a wait forever.
+TEST(Firmactl, NamesTheMissingPermissionAndNeverWaitsForever) {
+  char tmpl[] = "/tmp/firmactl-perm-XXXXXX";
+  ASSERT_NE(::mkdtemp(tmpl), nullptr);
+  const fs::path dir = tmpl;
+  ::chmod(dir.c_str(), 0711);
+  fs::create_directory(dir / "closed");
+  ::chmod((dir / "closed").c_str(), 0700);
+  const int closed = silent_listener(dir / "closed" / "s.sock", 0666);
+  const int gated = silent_listener(dir / "gated.sock", 0660);  // root:root
+  const int open = silent_listener(dir / "open.sock", 0666);
+  const std::string as_nobody = "setpriv --reuid=65534 --regid=65534 --clear-groups " + quote(firmactl_binary().string());
+
+  auto r = run(as_nobody + " --socket " + quote((dir / "closed" / "s.sock").string()) + " status");
+  EXPECT_EQ(r.exit_code, 3) << r.out;
+  EXPECT_NE(r.out.find("the directory " + (dir / "closed").string() + " (mode 0700, root:root) may not be searched by uid 65534 (nobody)"),
+            std::string::npos) << r.out;
+
+  r = run(as_nobody + " --socket " + quote((dir / "gated.sock").string()) + " status");
+  EXPECT_EQ(r.exit_code, 3) << r.out;
+  EXPECT_NE(r.out.find("the socket (mode 0660, root:root) may be used by members of group root, and uid 65534 (nobody) is not one"),
+            std::string::npos) << r.out;
+
+  const auto start = std::chrono::steady_clock::now();
+  r = run(as_nobody + " --timeout 1 --socket " + quote((dir / "open.sock").string()) + " status", 30);
+  EXPECT_EQ(r.exit_code, 3) << r.out;
+  EXPECT_NE(r.out.find("firmad did not answer within 1000 ms"), std::string::npos) << r.out;
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(20));  // not the run() limit
+
+  for (int fd : {closed, gated, open}) ::close(fd);
+  fs::remove_all(dir);
 }
 
 TEST_F(SignThroughDaemon, FirmactlExitCodesAndMessages) {

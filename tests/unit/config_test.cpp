@@ -166,6 +166,18 @@ uri = "pkcs11:id=%01"
   EXPECT_EQ(c.token("missing"), nullptr);
 }
 
+// The shipped example has an [access] table with admin_groups only: root
+// stays an administrator; admin_users = [] takes it away.
+TEST_F(ConfigTest, AdminUsersIsRootUnlessSetWhateverElseAccessHolds) {
+  Config c = load_config(write("[access]\nadmin_groups = [\"root\"]\n" + std::string(kToken)));
+  EXPECT_EQ(c.admins.users, (std::vector<uid_t>{0}));
+  EXPECT_EQ(c.admins.groups, (std::vector<gid_t>{0}));
+  c = load_config(write("[access]\nadmin_users = []\nadmin_groups = [\"root\"]\n" + std::string(kToken)));
+  EXPECT_TRUE(c.admins.users.empty());
+  c = load_config(write("[access]\n" + std::string(kToken)));
+  EXPECT_EQ(c.admins.users, (std::vector<uid_t>{0}));
+}
+
 TEST_F(ConfigTest, AMinimalFileGetsTheDocumentedDefaults) {
   const Config c = load_config(write(kToken));
   const DaemonConfig defaults;
