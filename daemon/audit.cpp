@@ -38,7 +38,7 @@ void format(std::string& out, const AuditRecord& r) {
   log::append_field(out, "uid", std::to_string(r.uid));
   log::append_field(out, "gid", std::to_string(r.gid));
   log::append_field(out, "pid", std::to_string(r.pid));
-  log::append_field(out, "exe", r.executable);
+  log::append_field(out, r.program.key, r.program.value);
   log::append_field(out, "result", r.result);
   out += '\n';
 }

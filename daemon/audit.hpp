@@ -10,6 +10,7 @@
 // GetInfo) never wait. doc/architecture.md tells why a file and not journald.
 #pragma once
 #include "daemon/asio.hpp"
+#include "daemon/log.hpp"
 
 #include <sys/types.h>
 
@@ -34,7 +35,7 @@ struct AuditRecord {
   uid_t uid = 0;
   gid_t gid = 0;
   pid_t pid = 0;
-  std::string executable;
+  log::Field program{"program", "unreadable"};  // Peer::program(): exe=, comm= or program=unreadable
   std::vector<std::pair<const char*, std::string>> fields;  // key, token, scheme, digest, ...
   std::string result;  // "ok", or the error's name
   timespec at{};       // set by commit()

@@ -222,7 +222,7 @@ void Manager::audit_signature(const std::string& alias, const char* what, const 
   rec.method = what;
   rec.add("key", alias);
   rec.add("keyId", hex(id));
-  rec.uid = ::getuid(), rec.gid = ::getgid(), rec.pid = ::getpid(), rec.executable = "firmad (renewal)";
+  rec.uid = ::getuid(), rec.gid = ::getgid(), rec.pid = ::getpid(), rec.program = {"program", "firmad-renewal"};
   rec.result = "ok";
   audit_->record(std::move(rec));
 }

@@ -1,6 +1,7 @@
 // SO_PEERCRED and SO_PEERGROUPS, and allow-list matching.
 #include "daemon/server/access.hpp"
 
+#include <fcntl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -27,11 +28,22 @@ Peer peer_of(int fd) {
     if (errno != ERANGE || glen / sizeof(gid_t) > 65536) break;
     groups.resize(glen / sizeof(gid_t));
   }
-  char exe[4096];
-  const std::string link = "/proc/" + std::to_string(cred.pid) + "/exe";
-  const ssize_t n = ::readlink(link.c_str(), exe, sizeof exe - 1);
-  p.executable = n > 0 ? std::string(exe, static_cast<std::size_t>(n)) : "?";
+  const std::string proc = "/proc/" + std::to_string(cred.pid);
+  char text[4096];
+  if (const ssize_t n = ::readlink((proc + "/exe").c_str(), text, sizeof text); n > 0 && n < static_cast<ssize_t>(sizeof text)) {
+    p.executable.assign(text, static_cast<std::size_t>(n));
+  } else if (const int fd = ::open((proc + "/comm").c_str(), O_RDONLY | O_CLOEXEC); fd >= 0) {
+    const ssize_t m = ::read(fd, text, 64);
+    ::close(fd);
+    if (m > 0) p.command.assign(text, static_cast<std::size_t>(text[m - 1] == '\n' ? m - 1 : m));
+  }
   return p;
+}
+
+log::Field Peer::program() const {
+  if (!executable.empty()) return {"exe", executable};
+  if (!command.empty()) return {"comm", command};
+  return {"program", "unreadable"};
 }
 
 bool allowed(const AccessList& list, const Peer& peer) {

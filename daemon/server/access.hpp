@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "daemon/config.hpp"
+#include "daemon/log.hpp"
 
 namespace firmad {
 
@@ -15,7 +16,14 @@ struct Peer {
   uid_t uid = 0;
   gid_t gid = 0;
   std::vector<gid_t> groups;  // supplementary groups at connect time
-  std::string executable;     // /proc/<pid>/exe at connect time, for the audit log
+  // What firmad could read of the program at connect time, for the audit
+  // trail and the log: /proc/<pid>/exe (readable by a root firmad, or for a
+  // peer of firmad's own uid), else /proc/<pid>/comm (its name, which the
+  // process itself can set: a hint, not proof), else neither.
+  std::string executable;
+  std::string command;
+  // The field naming the program: exe=PATH, comm=NAME or program=unreadable.
+  log::Field program() const;
 };
 
 // Returns the credentials of the process connected on a Unix socket fd.

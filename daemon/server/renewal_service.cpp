@@ -46,7 +46,7 @@ asio::awaitable<Json> Service::renew(const protocol::Call& call, const Peer& pee
   p.finish();
   require_admin(fetch ? "Fetch" : "Renew", peer);
   log::throttled(log::Level::Notice, fetch ? "admin-fetch" : abandon ? "admin-abandon" : "admin-renew", peer.uid,
-              {{"key", alias}, {"uid", peer.uid}, {"pid", peer.pid}, {"exe", peer.executable}, {"serial", serial},
+              {{"key", alias}, {"uid", peer.uid}, {"pid", peer.pid}, peer.program(), {"serial", serial},
                {"npie", npie}});
 
   auto ex = co_await asio::this_coro::executor;

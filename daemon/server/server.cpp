@@ -121,8 +121,12 @@ void Server::open() {
   ::umask(old);
   if (ec) throw std::runtime_error("cannot bind " + path + ": " + ec.message());
   created_socket_ = true;
-  if (config_.daemon.socket_group && ::chown(path.c_str(), -1, *config_.daemon.socket_group) != 0)
-    fail("cannot set the group of", path);
+  if (config_.daemon.socket_group && ::chown(path.c_str(), -1, *config_.daemon.socket_group) != 0) {
+    if (errno != EPERM) fail("cannot set the group of", path);
+    throw std::runtime_error("cannot give " + path + " to daemon.socket_group (gid " +
+                             std::to_string(*config_.daemon.socket_group) +
+                             "): firmad's user must be a member of that group (or let systemd make the socket: firmad.socket)");
+  }
   if (::chmod(path.c_str(), config_.daemon.socket_mode) != 0) fail("cannot set the mode of", path);
   acceptor->listen(asio::socket_base::max_listen_connections);
   acceptors_.push_back(std::move(acceptor));

@@ -147,7 +147,7 @@ TokenWorker& Service::token_named(const std::string& name) const {
 void Service::require_admin(const char* method, const Peer& peer) const {
   if (allowed(config_.admins, peer)) return;
   log::throttled(log::Level::Warning, "access-denied", peer.uid,
-                 {{"method", method}, {"uid", peer.uid}, {"gid", peer.gid}, {"pid", peer.pid}, {"exe", peer.executable}});
+                 {{"method", method}, {"uid", peer.uid}, {"gid", peer.gid}, {"pid", peer.pid}, peer.program()});
   throw VarlinkError(perr::kAccessDenied, {{"method", method}});
 }
 
@@ -266,7 +266,7 @@ boost::asio::awaitable<Service::Answer> Service::handle(const protocol::Call& ca
       slot = std::move(reserved);
       record.event = method == "Sign" || method == "SignCms" ? "sign" : "call";
       record.method = method;
-      record.uid = peer.uid, record.gid = peer.gid, record.pid = peer.pid, record.executable = peer.executable;
+      record.uid = peer.uid, record.gid = peer.gid, record.pid = peer.pid, record.program = peer.program();
       for (const char* name : {"key", "token"}) {
         auto it = call.parameters.find(name);
         if (it != call.parameters.end() && it->is_string()) record.add(name, it->get<std::string>());

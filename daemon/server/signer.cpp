@@ -38,7 +38,7 @@ const KeyState& usable_key(const TokenSnapshot& snap, const TokenWorker& token, 
   if (!allowed(key.allow, peer)) {
     log::throttled(log::Level::Warning, "access-denied", peer.uid,
                    {{"method", method}, {"key", key.alias}, {"uid", peer.uid}, {"gid", peer.gid}, {"pid", peer.pid},
-                    {"exe", peer.executable}});
+                    peer.program()});
     throw VarlinkError(perr::kAccessDenied, {{"method", method}, {"key", key.alias}});
   }
   return firmad::usable_key(snap, token, key.alias);

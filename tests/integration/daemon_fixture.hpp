@@ -14,9 +14,19 @@ class DaemonSuite : public ::testing::Test {
   static void SetUpTestSuite() { start(); }
   // A fresh token and a daemon on its configuration, changed as
   // TokenRig::write_config says.
+  // firmad runs as kDaemonUid, not root, as under the shipped unit; the
+  // socket's group is nogroup, the primary group of the other uids the tests
+  // run clients as (setpriv --regid=65534), and firmad is a member of it (a
+  // process may give a file only to a group of its own).
   static void start(const std::map<std::string, std::string>& replace = {}, const std::string& extra = "") {
     rig_ = std::make_unique<TokenRig>();
-    daemon_ = std::make_unique<Daemon>(rig_->write_config(replace, extra), rig_->socket());
+    rig_->hand_to(kDaemonUid);
+    auto changes = replace;
+    changes.emplace("socket =", "socket = \"" + rig_->socket().string() + "\"\nsocket_group = \"nogroup\"");
+    Daemon::Options options;
+    options.user = kDaemonUid;
+    options.groups = {65534};
+    daemon_ = std::make_unique<Daemon>(rig_->write_config(changes, extra), rig_->socket(), options);
     ASSERT_TRUE(daemon_->wait_for_log("event=token-login")) << daemon_->log();
   }
   static void TearDownTestSuite() {

@@ -372,9 +372,34 @@ TEST_F(SignThroughDaemon, EverySignatureLeavesAnAuditLine) {
       << audit << daemon_->log();
   const auto at = audit.rfind("\n", audit.find("digest=" + digest_hex)) + 1;
   const std::string line = audit.substr(at, audit.find('\n', at) - at);
+  // firmad runs as another uid (kDaemonUid): root's /proc/PID/exe is closed
+  // to it, so the record names the program by its comm, and says nothing else.
   for (const std::string& part : std::vector<std::string>{"time=", " event=sign ", "method=Sign", "key=firma-ec", "scheme=ecdsa", "uid=0", "gid=0", "pid=",
-                                 "exe=" + firmactl_binary().string(), "result=ok"})
+                                 " comm=firmactl ", "result=ok"})
     EXPECT_NE(line.find(part), std::string::npos) << part << " not in: " << line;
+  EXPECT_EQ(line.find("exe="), std::string::npos) << line;
+  EXPECT_EQ(line.find("?"), std::string::npos) << "no placeholder: " << line;
+
+  // A client of firmad's own uid and gid: the kernel lets firmad read its
+  // executable, so the record names it (a refusal is audited like a signature).
+  // Another uid: its comm.
+  auto as = [&](uid_t uid) {
+    return run("setpriv --reuid=" + std::to_string(uid) + " --regid=" + std::to_string(uid == kDaemonUid ? kDaemonUid : 65534) +
+               " --clear-groups " + quote(firmactl_binary().string()) +
+               " --socket " + quote(rig_->socket().string()) + " sign firma-ec -o /dev/null " + quote(file("out.txt").string()));
+  };
+  write_file(file("out.txt"), text, 0644);
+  for (const uid_t uid : {kDaemonUid, uid_t{65533}}) {
+    auto r = as(uid);
+    EXPECT_EQ(r.exit_code, 4) << r.out;  // AccessDenied: not in the key's allow_users
+    const std::string who = " uid=" + std::to_string(uid) + " gid=" + std::to_string(uid == kDaemonUid ? kDaemonUid : 65534) + " pid=";
+    ASSERT_TRUE(eventually([&] { return (audit = read_file(rig_->audit_log())).find(who) != std::string::npos; })) << audit;
+    const auto from = audit.rfind("\n", audit.find(who)) + 1;
+    const std::string record = audit.substr(from, audit.find('\n', from) - from);
+    EXPECT_NE(record.find(" result=AccessDenied"), std::string::npos) << record;
+    if (uid == kDaemonUid) EXPECT_NE(record.find(" exe=" + firmactl_binary().string() + " "), std::string::npos) << record;
+    else EXPECT_NE(record.find(" comm=firmactl "), std::string::npos) << record;
+  }
   EXPECT_EQ(audit.find(TokenRig::kPin), std::string::npos) << "no PIN in the audit trail";
   EXPECT_EQ(daemon_->log().find(TokenRig::kPin), std::string::npos) << "no PIN in the log";
   EXPECT_EQ(daemon_->log().find("digest=" + digest_hex), std::string::npos) << "signatures go to the audit trail, not the journal";

@@ -2,6 +2,7 @@
 #include "rig.hpp"
 
 #include <fcntl.h>
+#include <grp.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -137,6 +138,13 @@ fs::path TokenRig::write_config(const std::map<std::string, std::string>& replac
   return p;
 }
 
+void TokenRig::hand_to(uid_t uid) const {
+  for (const auto& entry : fs::recursive_directory_iterator(dir()))
+    if (::lchown(entry.path().c_str(), uid, uid) != 0) throw std::runtime_error("cannot chown " + entry.path().string());
+  if (::chown(dir().c_str(), uid, uid) != 0 || ::chmod(dir().c_str(), 0711) != 0)
+    throw std::runtime_error("cannot hand " + dir().string() + " over");
+}
+
 fs::path TokenRig::public_key_pem(const std::string& id_hex) const {
   const fs::path raw = dir() / ("pub-" + id_hex + ".out");
   const fs::path pem = dir() / ("pub-" + id_hex + ".pem");
@@ -160,6 +168,8 @@ Daemon::Daemon(fs::path config, fs::path socket, Options options)
     : config_(std::move(config)), socket_(std::move(socket)), log_(config_.string() + ".log") {
   const int log_fd = ::open(log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (log_fd < 0) throw std::runtime_error("cannot open daemon log");
+  if (options.user && ::chown(config_.c_str(), *options.user, *options.user) != 0)
+    throw std::runtime_error("cannot give " + config_.string() + " to uid " + std::to_string(*options.user));
   std::vector<std::string> args = options.launcher;
   traced_ = !options.launcher.empty();
   args.insert(args.end(), {firmad_binary().string(), "--config", config_.string()});
@@ -175,6 +185,10 @@ Daemon::Daemon(fs::path config, fs::path socket, Options options)
       ::setenv("LISTEN_PID", std::to_string(::getpid()).c_str(), 1);
     } else {
       ::unsetenv("LISTEN_FDS");
+    }
+    if (options.user) {
+      const uid_t id = *options.user;
+      if (::setgroups(options.groups.size(), options.groups.data()) != 0 || ::setresgid(id, id, id) != 0 || ::setresuid(id, id, id) != 0) ::_exit(126);
     }
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());

@@ -42,6 +42,10 @@ std::string read_file(const fs::path& p);
 void write_file(const fs::path& p, const std::string& data, unsigned mode = 0600);
 std::string quote(const std::string& s);
 
+// A uid (and gid) with no account that tests run firmad as, as the shipped
+// unit runs it as user firmad: a permission mistake then fails a test.
+constexpr uid_t kDaemonUid = 61234;
+
 // A fresh SoftHSM token made by tests/support/make-token.sh in its own
 // directory; SOFTHSM2_CONF points at it for this process and its children.
 // Keys: empresa (RSA-2048), firma-ec (P-256), firma-ed (Ed25519, no
@@ -63,6 +67,10 @@ class TokenRig {
                         const std::string& name = "custom.toml") const;
   // Reads a key's public key from the token with pkcs11-tool into a PEM file.
   fs::path public_key_pem(const std::string& id_hex) const;
+  // Gives the directory and everything in it (token, PIN file, state) to
+  // `uid` (gid the same), as a package gives /var/lib/firmad to user firmad;
+  // the directory stays searchable (0711) for clients of other uids.
+  void hand_to(uid_t uid) const;
   static constexpr const char* kPin = "123456";
   static constexpr const char* kModule = "/usr/lib/softhsm/libsofthsm2.so";
 
@@ -82,6 +90,10 @@ class Daemon {
     // A program firmad runs under (its argv, e.g. strace and its options);
     // firmad is then that program's child.
     std::vector<std::string> launcher;
+    // Run firmad as this uid (gid the same, no supplementary groups), as the
+    // shipped unit's User=firmad does; the configuration file is given to it.
+    std::optional<uid_t> user;
+    std::vector<gid_t> groups;  // its supplementary groups (with `user`)
   };
   Daemon(fs::path config, fs::path socket, Options options);
   Daemon(fs::path config, fs::path socket) : Daemon(std::move(config), std::move(socket), Options{}) {}
