@@ -3,6 +3,7 @@
 
 #include "daemon/asio.hpp"
 
+#include <algorithm>
 #include <ctime>
 
 #include "daemon/token/bridge.hpp"
@@ -95,21 +96,27 @@ Json Service::key_json(const KeyState& key, const std::string& token, std::time_
   return j;
 }
 
-Json Service::list_keys() const {
+Json Service::list_keys(const Peer& peer) const {
+  const bool admin = allowed(config_.admins, peer);
   const std::time_t now = std::time(nullptr);
   Json keys = Json::array();
   for (const auto& t : tokens_) {
     const auto snap = t->snapshot();
-    for (const auto& k : snap->keys) keys.push_back(key_json(k, t->config().name, now));
+    for (const auto& k : snap->keys)
+      if (admin || allowed(k.config.allow, peer)) keys.push_back(key_json(k, t->config().name, now));
   }
   return keys;
 }
 
-Json Service::status(bool admin) const {
+Json Service::status(const Peer& peer) const {
+  const bool admin = allowed(config_.admins, peer);
+  Json keys = list_keys(peer);
   Json tokens = Json::array();
   for (const auto& t : tokens_) {
     const auto snap = t->snapshot();
     const auto& cfg = t->config();
+    const bool holds_visible_key = std::any_of(keys.begin(), keys.end(), [&](const Json& k) { return k.at("token") == cfg.name; });
+    if (!admin && !holds_visible_key) continue;
     Json j = {{"name", cfg.name},
               {"present", snap->present},
               {"loggedIn", snap->logged_in},
@@ -130,7 +137,7 @@ Json Service::status(bool admin) const {
     }
     tokens.push_back(std::move(j));
   }
-  Json out = {{"version", FIRMAD_VERSION}, {"tokens", std::move(tokens)}, {"keys", list_keys()}};
+  Json out = {{"version", FIRMAD_VERSION}, {"tokens", std::move(tokens)}, {"keys", std::move(keys)}};
   if (admin && peers_report_) out["heldBack"] = peers_report_();
   if (admin)
     out["audit"] = {{"file", audit_.file()}, {"queued", audit_.queued()}, {"waiting", audit_.waiting()},
@@ -208,11 +215,11 @@ boost::asio::awaitable<Json> Service::dispatch(const protocol::Call& call, const
   } else if (iface == protocol::kSignerInterface) {
     if (method == "Status") {
       Params(call.parameters).finish();
-      co_return status(allowed(config_.admins, peer));
+      co_return status(peer);
     }
     if (method == "ListKeys") {
       Params(call.parameters).finish();
-      co_return Json{{"keys", list_keys()}};
+      co_return Json{{"keys", list_keys(peer)}};
     }
     if (method == "Sign" || method == "SignCms") {
       const Json& params = call.parameters;

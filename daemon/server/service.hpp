@@ -49,10 +49,12 @@ class Service {
   // Administrators' Status also shows the uids the server holds back (FairShare::peers_json).
   void set_peers_report(std::function<protocol::Json()> report) { peers_report_ = std::move(report); }
 
-  // The Status reply's parameters, from cached state only; `admin` adds
-  // what only administrators see.
-  protocol::Json status(bool admin = false) const;
-  protocol::Json list_keys() const;
+  // The Status and ListKeys replies, from cached state only. Administrators
+  // see every token and key, and the server's and audit's state; any other
+  // peer only the keys it may sign with and the tokens that hold them (a
+  // key's holder, RFC, CURP, NPIE and registro patronal are nobody else's).
+  protocol::Json status(const Peer& peer) const;
+  protocol::Json list_keys(const Peer& peer) const;
 
  private:
   boost::asio::awaitable<protocol::Json> dispatch(const protocol::Call& call, const Peer& peer, const Stream& stream,

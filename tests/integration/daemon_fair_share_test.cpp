@@ -38,9 +38,6 @@ class FairShareSuite : public DaemonSuite {
   // A daemon whose socket other uids in nogroup reach; `daemon` adds [daemon] settings.
   void start_open(const std::string& daemon = "") {
     start({{"log_level", "log_level = \"info\"\n" + daemon}});
-    // The test's directory is private; its socket directory is firmad's (0750 root).
-    ASSERT_EQ(::chmod(rig_->dir().c_str(), 0711), 0);
-    ASSERT_EQ(::chmod((rig_->dir() / "run").c_str(), 0711), 0);
   }
 
   // firmad-peer as `uid` (primary group nogroup, no others); its tally.

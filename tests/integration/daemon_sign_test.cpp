@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstring>
 #include <future>
+#include <set>
 
 #include "daemon_fixture.hpp"
 #include "protocol/base64.hpp"
@@ -307,6 +308,55 @@ TEST(Firmactl, NamesTheMissingPermissionAndNeverWaitsForever) {
 
   for (int fd : {closed, gated, open}) ::close(fd);
   fs::remove_all(dir);
+}
+
+// Status and ListKeys show a non-administrator only the keys it may sign
+// with and their tokens; an administrator sees everything.
+TEST(StatusPrivacy, NonAdminsSeeOnlyTheKeysTheyMayUse) {
+  TokenRig rig;
+  rig.hand_to(kDaemonUid);
+  const std::string config = rig.write_config(
+      {{"socket =", "socket = \"" + rig.socket().string() + "\"\nsocket_group = \"nogroup\""}},
+      "\n[keys.compartida]\ntoken = \"demo\"\nuri = \"pkcs11:object=firma-p384;id=%04\"\nallow_users = [0, 65532]\n");
+  Daemon::Options options;
+  options.user = kDaemonUid;
+  options.groups = {65534};
+  Daemon daemon(config, rig.socket(), options);
+  ASSERT_TRUE(daemon.wait_for_log("event=token-login")) << daemon.log();
+  auto as = [&](uid_t uid, const std::string& command) {
+    const auto r = run("setpriv --reuid=" + std::to_string(uid) + " --regid=65534 --clear-groups " +
+                       quote(firmactl_binary().string()) + " --json --socket " + quote(rig.socket().string()) + " " + command);
+    EXPECT_EQ(r.exit_code, 0) << r.out;
+    return firma::Json::parse(r.out);
+  };
+  auto aliases = [](const firma::Json& keys) {
+    std::set<std::string> out;
+    for (const auto& k : keys) out.insert(k.at("alias").get<std::string>());
+    return out;
+  };
+
+  // Root administers: every key and token, and the server's own state.
+  auto status = as(0, "status");
+  EXPECT_EQ(aliases(status["keys"]), (std::set<std::string>{"compartida", "empresa", "firma-ec", "firma-ed", "firma-p384"}));
+  EXPECT_EQ(status["tokens"].size(), 1u);
+  EXPECT_TRUE(status.contains("audit"));
+
+  // A uid on one key's allow list: that key and its token, nothing else.
+  status = as(65532, "status");
+  EXPECT_EQ(aliases(status["keys"]), (std::set<std::string>{"compartida"}));
+  ASSERT_EQ(status["tokens"].size(), 1u);
+  EXPECT_EQ(status["tokens"][0]["name"], "demo");
+  EXPECT_FALSE(status.contains("audit"));
+  EXPECT_FALSE(status.contains("heldBack"));
+  EXPECT_EQ(aliases(as(65532, "keys")), (std::set<std::string>{"compartida"}));
+  const std::string seen = status.dump();
+  EXPECT_EQ(seen.find("empresa"), std::string::npos) << seen;  // nor its holder, RFC, CURP...
+
+  // A uid on no allow list: nothing.
+  status = as(65531, "status");
+  EXPECT_TRUE(status["keys"].empty()) << status.dump();
+  EXPECT_TRUE(status["tokens"].empty()) << status.dump();
+  EXPECT_TRUE(as(65531, "keys").empty());
 }
 
 TEST_F(SignThroughDaemon, FirmactlExitCodesAndMessages) {
