@@ -106,20 +106,6 @@ Figures sign_for(GoodClient& g, const std::string& socket, double seconds) {
 
 double round1(double v) { return std::round(v * 10) / 10; }
 
-// CPU seconds (user + system) a process has used so far, or -1.
-double cpu_seconds(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  const auto paren = stat.rfind(')');  // the command name may hold spaces
-  if (paren == std::string::npos) return -1;
-  std::istringstream fields(stat.substr(paren + 2));
-  std::string skip;
-  for (int i = 3; i < 14; ++i) fields >> skip;  // state .. cmajflt
-  double utime = 0, stime = 0;
-  fields >> utime >> stime;
-  return (utime + stime) / static_cast<double>(::sysconf(_SC_CLK_TCK));
-}
-
 // The 1-minute load average: others' work on the same CPUs skews every figure.
 double load_average() {
   std::ifstream in("/proc/loadavg");

@@ -165,7 +165,9 @@ class RenewalCrash : public Renewal {
     // recorded and an administrator's 'renew' starts it (as one would).
     if (!eventually([&] { return state("empresa") == "retired"; }, std::chrono::seconds(3))) {
       const std::string s = state("empresa");
-      if (s.empty() || s == "none") ASSERT_EQ(ctl("renew empresa").exit_code, 0) << daemon->log();
+      if (s.empty() || s == "none") {
+        ASSERT_EQ(ctl("renew empresa").exit_code, 0) << daemon->log();
+      }
     }
     ASSERT_TRUE(eventually([&] { return state("empresa") == "retired"; }, std::chrono::seconds(30)))
         << state("empresa") << "\n" << key("empresa").dump() << "\n" << daemon->log();
