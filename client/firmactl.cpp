@@ -261,7 +261,10 @@ std::string explain(const firma::Error& e) {
   if (n == "ContentTooLarge") return "the content is too large to attach; use --detached";
   if (n == "CertificateMissing") return "key " + s("key") + " has no certificate on the token; CMS needs one";
   if (n == "QueueFull") return "token " + s("token") + " is busy; try again shortly";
-  if (n == "InvalidParameter") return "firmad refused the parameter '" + s("parameter") + "' for this request (see 'firmactl " + "sign --help' and the key's schemes in 'firmactl keys')";
+  if (n == "InvalidParameter")
+    return "firmad refused the parameter '" + s("parameter") +
+           "' for this request (see the command's --help; for sign, the key's schemes in 'firmactl keys'; an import "
+           "under a cancelled key's name keeps that key's allow lists, NPIE, registro patronal and role)";
   if (n == "CertificateExpired") return "the certificate of key " + s("key") + " expired on " + s("notAfter") + "; firmad does not sign with it (renew it)";
   if (n == "KeyCancelled") return "key " + s("key") + " was cancelled on " + s("at") + " and signs no more";
   if (n == "KeyExists") return "a key named " + s("key") + " already exists; choose another name";
@@ -303,6 +306,9 @@ void print_keys(const firma::Json& keys) {
     std::cout << "\n";
     if (k.contains("cancelled"))
       std::cout << "  CANCELLED " << k["cancelled"]["at"].get<std::string>() << ": " << k["cancelled"]["reason"].get<std::string>() << "\n";
+    for (const auto& h : k.value("history", firma::Json::array()))
+      std::cout << "  replaced " << h.value("replacedAt", "") << " a credential cancelled " << h.value("cancelledAt", "") << ": "
+                << h.value("reason", "") << "\n";
     if (k.contains("renewal")) {
       const auto& r = k["renewal"];
       std::cout << "  renewal " << r.value("state", "none");
@@ -544,8 +550,13 @@ int main(int argc, char** argv) {
       if (pfx.empty() == (key_file.empty() && cert_file.empty()))
         throw Failure{kUsage, "give either --pfx FILE or --key FILE --cert FILE"};
       if (pfx.empty() && (key_file.empty() || cert_file.empty())) throw Failure{kUsage, "--key and --cert go together"};
-      firma::Json params = {{"key", key}, {"token", token}, {"role", role},
-                            {"allowUsers", ids_of(allow_users, false)}, {"allowGroups", ids_of(allow_groups, true)}};
+      // Only what was given: a replacement under a cancelled alias keeps the
+      // key's allow lists, NPIE, registro patronal and role, and firmad
+      // refuses them there.
+      firma::Json params = {{"key", key}, {"token", token}};
+      if (import->count("--role")) params["role"] = role;
+      if (!allow_users.empty()) params["allowUsers"] = ids_of(allow_users, false);
+      if (!allow_groups.empty()) params["allowGroups"] = ids_of(allow_groups, true);
       if (!npie.empty()) params["npie"] = npie;
       if (!registro.empty()) params["registroPatronal"] = registro;
       if (!pfx.empty()) params["pfx"] = firmad::protocol::base64_encode(read_input(pfx));

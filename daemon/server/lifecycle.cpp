@@ -1,5 +1,7 @@
 // The credential's life: Import onto the token, Cancel, and the in-person request deadline.
 #include <ctime>
+#include <optional>
+#include <set>
 
 #include "daemon/token/bridge.hpp"
 #include "daemon/mx/credential.hpp"
@@ -166,16 +168,40 @@ boost::asio::awaitable<Json> Service::import_credential(const Json& params, cons
     throw protocol::invalid_parameter(pfx ? "privateKey" : "pfx");
   if (!pfx && !(private_key && certificate)) throw protocol::invalid_parameter(private_key ? "certificate" : "privateKey");
   require_admin("Import", peer);
-  if (find_key(key.alias)) throw VarlinkError(perr::kKeyExists, {{"key", key.alias}});
+  // An alias in use is refused, unless its key was cancelled: the holder then
+  // brings the replacement credential in under the same name (the cancelling
+  // instructions say so). The replacement keeps the key's configuration
+  // (token, allow lists, NPIE, registro patronal, role) and the cancellation
+  // stays in the key's history. An import under way holds its alias too.
+  const KeyConfig* existing = find_key(key.alias);
+  std::optional<Cancellation> replaced;
+  if (existing) {
+    if (existing->token == key.token) replaced = token_named(key.token).cancellation(key.alias);
+    if (!replaced) throw VarlinkError(perr::kKeyExists, {{"key", key.alias}});
+    for (const char* name : {"allowUsers", "allowGroups", "npie", "registroPatronal", "role"})
+      if (params.contains(name)) throw protocol::invalid_parameter(name);
+    const std::string alias = key.alias, token = key.token;
+    key = *existing;
+    key.alias = alias, key.token = token;
+  }
+  if (!importing_.insert(key.alias).second) throw VarlinkError(perr::kKeyExists, {{"key", key.alias}});
+  struct Release {
+    std::set<std::string>& set;
+    std::string alias;
+    ~Release() { set.erase(alias); }
+  } release{importing_, key.alias};
   TokenWorker& worker = token_named(key.token);
-  key.imported = true;
+  const bool configured = existing && !existing->imported;
+  const std::string configured_uri = existing ? (existing->configured_uri.empty() ? existing->uri : existing->configured_uri) : "";
+  if (!existing) key.imported = true;
 
   // Parsing (PBKDF2, thousands of rounds) and token writes stay off the I/O thread.
   auto files = std::make_shared<std::array<pkcs11::Bytes, 3>>();
   (*files)[0] = pfx.value_or(pkcs11::Bytes{});
   (*files)[1] = private_key.value_or(pkcs11::Bytes{});
   (*files)[2] = certificate.value_or(pkcs11::Bytes{});
-  auto job = [&worker, files, password, key]() -> KeyConfig {
+  const bool replace = replaced.has_value();
+  auto job = [&worker, files, password, key, replace]() -> KeyConfig {
     Credential credential;
     try {
       credential = (*files)[0].empty() ? parse_key_and_certificate((*files)[1], (*files)[2], password->view())
@@ -185,33 +211,57 @@ boost::asio::awaitable<Json> Service::import_credential(const Json& params, cons
     }
     password->clear();
     for (auto& f : *files) protocol::secure_zero(f.data(), f.size());
-    return worker.import_credential(credential, key);
+    return worker.import_credential(credential, key, replace);
   };
   KeyConfig stored = co_await run_on<KeyConfig>(worker, Lane::Control, std::move(job));
 
   std::string state_error;
   try {
-    std::function<void(Json&)> change = [stored](Json& doc) {
-      if (!doc["keys"].is_object()) doc["keys"] = Json::object();
-      doc["keys"][stored.alias] = {{"token", stored.token},     {"uri", stored.uri},
-                                   {"allowUsers", stored.allow.users}, {"allowGroups", stored.allow.groups},
-                                   {"npie", stored.npie},       {"registroPatronal", stored.registro_patronal},
-                                   {"role", stored.role}};
+    const std::time_t now = std::time(nullptr);
+    std::function<void(Json&)> change = [stored, replaced, configured, configured_uri, now](Json& doc) {
+      if (configured) {
+        // firmad.toml names the key: the new objects are recorded as a
+        // renewal's are, applying while firmad.toml names the cancelled ones.
+        if (!doc["keyUris"].is_object()) doc["keyUris"] = Json::object();
+        doc["keyUris"][stored.alias] = {{"uri", stored.uri}, {"configured", configured_uri}};
+      } else {
+        if (!doc["keys"].is_object()) doc["keys"] = Json::object();
+        doc["keys"][stored.alias] = {{"token", stored.token},     {"uri", stored.uri},
+                                     {"allowUsers", stored.allow.users}, {"allowGroups", stored.allow.groups},
+                                     {"npie", stored.npie},       {"registroPatronal", stored.registro_patronal},
+                                     {"role", stored.role}};
+      }
+      if (replaced) {
+        if (!doc["history"].is_object()) doc["history"] = Json::object();
+        if (!doc["history"][stored.alias].is_array()) doc["history"][stored.alias] = Json::array();
+        doc["history"][stored.alias].push_back({{"cancelledAt", iso8601(replaced->at)}, {"reason", replaced->reason},
+                                                {"replacedAt", iso8601(now)}});
+        if (doc["cancelled"].is_object()) doc["cancelled"].erase(stored.alias);
+        if (doc["requests"].is_object()) doc["requests"].erase(stored.alias);  // the request it tracked is served
+      }
     };
     co_await update_state(std::move(change));
   } catch (const StateError& e) {
     state_error = e.what();
   }
   if (!state_error.empty()) {
-    // Not recorded means not imported: take the objects off the token again.
+    // Not recorded means not imported: take the objects off the token again
+    // (a replacement's alias is cancelled again, as state.json still says).
     const std::string a = stored.alias;
+    if (replaced) worker.mark_cancelled(a, *replaced);
     auto undo = [&worker, a] { return worker.destroy_key_objects(a); };
     co_await run_on<int>(worker, Lane::Control, std::move(undo));
     throw VarlinkError(perr::kImportFailed, {{"reason", "state"}, {"detail", state_error}});
   }
-  imported_.push_back(stored);
-  log::notice("key-imported", {{"key", stored.alias}, {"token", stored.token}, {"uri", stored.uri},
-                               {"uid", peer.uid}, {"pid", peer.pid}});
+  if (replaced) {
+    history_[stored.alias].push_back({{"cancelledAt", iso8601(replaced->at)}, {"reason", replaced->reason},
+                                      {"replacedAt", iso8601(std::time(nullptr))}});
+    requests_.erase(stored.alias);
+  } else {
+    imported_.push_back(stored);
+  }
+  log::notice(replaced ? "key-replaced" : "key-imported", {{"key", stored.alias}, {"token", stored.token}, {"uri", stored.uri},
+                                                           {"uid", peer.uid}, {"pid", peer.pid}});
   const auto snap = worker.snapshot();
   const KeyState* state = snap->key(stored.alias);
   co_return Json{{"key", state ? key_json(*state, stored.token, std::time(nullptr)) : Json::object()}};

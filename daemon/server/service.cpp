@@ -35,6 +35,10 @@ Service::Service(const Config& config, std::vector<std::unique_ptr<TokenWorker>>
     for (const auto& [alias, r] : it->items())
       if (r.is_object() && r.contains("submitted") && r["submitted"].is_string()) requests_[alias] = r["submitted"];
   }
+  if (auto it = doc.find("history"); it != doc.end() && it->is_object()) {
+    for (const auto& [alias, h] : it->items())
+      if (h.is_array()) history_[alias] = h;
+  }
 }
 
 const KeyConfig* Service::find_key(const std::string& alias) const {
@@ -88,6 +92,7 @@ Json Service::key_json(const KeyState& key, const std::string& token, std::time_
   if (!key.config.npie.empty()) j["npie"] = key.config.npie;
   if (!key.config.registro_patronal.empty()) j["registroPatronal"] = key.config.registro_patronal;
   if (auto c = token_named(token).cancellation(key.config.alias)) j["cancelled"] = {{"at", iso8601(c->at)}, {"reason", c->reason}};
+  if (auto h = history_.find(key.config.alias); h != history_.end()) j["history"] = h->second;
   if (Json r = request_json(key.config.alias, local_today()); !r.is_null()) j["request"] = std::move(r);
   if (Json r = renewals_.status_json(key, now); !r.is_null()) {
     if (j.contains("certificate")) j["certificate"]["renewalState"] = r["state"];

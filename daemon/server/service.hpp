@@ -5,6 +5,7 @@
 #include <deque>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -87,6 +88,8 @@ class Service {
   std::function<protocol::Json()> peers_report_;
   std::deque<KeyConfig> imported_;                 // keys imported since start (stable addresses)
   std::map<std::string, std::string> requests_;    // alias -> submitted "YYYY-MM-DD"
+  std::map<std::string, protocol::Json> history_;  // alias -> earlier credentials' cancellations (state.json "history")
+  std::set<std::string> importing_;                // aliases of imports under way
 };
 
 }  // namespace firmad

@@ -49,7 +49,7 @@ int TokenWorker::destroy_key_objects(const std::string& alias) {
   return destroyed;
 }
 
-KeyConfig TokenWorker::import_credential(const Credential& credential, KeyConfig key) {
+KeyConfig TokenWorker::import_credential(const Credential& credential, KeyConfig key, bool replace) {
   const std::string& name = config_.name;
   if (!control_session_) throw VarlinkError(perr::kTokenAbsent, {{"token", name}});
   const auto snap = snapshot();
@@ -69,7 +69,15 @@ KeyConfig TokenWorker::import_credential(const Credential& credential, KeyConfig
     log::error("import-failed", {{"token", name}, {"key", key.alias}, {"error", e.what()}});
     throw VarlinkError(perr::kImportFailed, {{"reason", "token"}, {"detail", e.what()}});
   }
-  add_key(key);
+  if (!replace) {
+    add_key(key);
+    return key;
+  }
+  {
+    std::lock_guard lock(cancel_mutex_);
+    cancelled_.erase(key.alias);
+  }
+  set_key_uri(key.alias, key.uri);
   return key;
 }
 

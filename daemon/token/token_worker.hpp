@@ -137,8 +137,10 @@ class TokenWorker {
   int destroy_key_objects(const std::string& alias);
   // Control thread only. Writes the credential to the token under a new
   // CKA_ID and `key.alias` as label (nothing left behind on failure) and
-  // serves it; returns `key` with its URI set. Throws VarlinkError.
-  KeyConfig import_credential(const Credential& credential, KeyConfig key);
+  // serves it; returns `key` with its URI set. With `replace`, the alias is
+  // a cancelled key's: it is served from the new objects, keeping its
+  // configuration, and is no longer cancelled. Throws VarlinkError.
+  KeyConfig import_credential(const Credential& credential, KeyConfig key, bool replace = false);
   // Control thread only. Runs `write` with a read-write session on the
   // present, logged-in token, then rescans the keys. Throws VarlinkError
   // TokenAbsent or NotLoggedIn, or what `write` threw.

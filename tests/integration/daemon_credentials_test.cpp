@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <future>
 #include <thread>
 
 #include "daemon_fixture.hpp"
@@ -19,13 +20,18 @@ class Credentials : public ::testing::Test {
   std::unique_ptr<Daemon> daemon;
   fs::path work = rig.dir() / "files";
 
+  // firmad runs as a uid of its own (kDaemonUid), as under the shipped unit;
+  // the administrator is root, a client of another uid.
   void SetUp() override {
     fs::create_directories(work);
+    rig.hand_to(kDaemonUid);
     start();
   }
   void start(const std::string& extra = "") {
     daemon.reset();
-    daemon = std::make_unique<Daemon>(rig.write_config({}, extra), rig.socket());
+    Daemon::Options options;
+    options.user = kDaemonUid;
+    daemon = std::make_unique<Daemon>(rig.write_config({}, extra), rig.socket(), options);
     ASSERT_TRUE(daemon->wait_for_log("event=token-login ")) << daemon->log();
   }
   firma::Client client() { return firma::Client(rig.socket().string()); }
@@ -274,6 +280,93 @@ TEST_F(Credentials, CancelStopsSigningAtOnceAndDestroysTheObjects) {
   EXPECT_NE(ctl("status").out.find("CANCELLED"), std::string::npos);
   EXPECT_EQ(run("setsid -w " + quote(firmactl_binary().string()) + " --socket " + quote(rig.socket().string()) + " cancel firma-ec --reason x").exit_code, 2) << "without --yes and no terminal: not confirmed";
   EXPECT_EQ(client().sign_digest("firma-ec", firma::Bytes(32, 3)).empty(), false);
+}
+
+// The cancelling instructions tell the holder to import the replacement:
+// under the cancelled alias, a configured key's or an imported one's, it is
+// served with the key's configuration and the cancellation stays in its
+// history; restarts keep both. A live alias stays refused, and of two
+// imports racing for one alias exactly one wins.
+TEST_F(Credentials, ReplacementCredentialIsImportedUnderTheCancelledAlias) {
+  make_credential("viejo");
+  make_credential("nuevo", "-algorithm EC -pkeyopt ec_paramgen_curve:P-256", "/C=MX/O=PATRON DEMO/CN=PATRON DEMO SA DE CV", "0x3031");
+  write_file(work / "doc.txt", "reposicion");
+  for (const std::string name : {"viejo", "nuevo"}) {
+    auto r = run("cd " + quote(work.string()) + " && openssl pkcs12 -export -inkey " + name + ".pem -in " + name +
+                 ".crt.pem -passout pass:s3creto -out " + name + ".pfx");
+    ASSERT_EQ(r.exit_code, 0) << r.out;
+  }
+  auto import = [&](const std::string& alias, const std::string& pfx, const std::string& more = "") {
+    return ctl("import " + alias + " --token demo --pfx " + f(pfx) + " --password-stdin" + more, "s3creto");
+  };
+  auto entry = [&](const std::string& alias) {
+    for (const auto& k : client().list_keys())
+      if (k["alias"] == alias) return k;
+    return firma::Json();
+  };
+
+  // A live alias is refused.
+  auto r = import("empresa", "nuevo.pfx");
+  EXPECT_EQ(r.exit_code, 1) << r.out;
+  EXPECT_NE(r.out.find("a key named empresa already exists"), std::string::npos) << r.out;
+
+  // empresa (named by firmad.toml), cancelled, then replaced.
+  ASSERT_EQ(ctl("cancel empresa --reason 'USB extraviada' --yes").exit_code, 0);
+  ASSERT_EQ(ctl("request empresa --submitted 2026-11-30").exit_code, 0);
+  r = import("empresa", "nuevo.pfx", " --allow-user 1000");
+  EXPECT_EQ(r.exit_code, 1) << "a replacement keeps the key's allow lists: " << r.out;
+  EXPECT_NE(r.out.find("allowUsers"), std::string::npos) << r.out;
+  r = import("empresa", "nuevo.pfx");
+  ASSERT_EQ(r.exit_code, 0) << r.out << daemon->log();
+  sign_to("empresa", "doc.txt", "empresa.sig");
+  EXPECT_TRUE(verifies("nuevo.crt.pem", "empresa.sig", "doc.txt"));
+  auto k = entry("empresa");
+  EXPECT_FALSE(k.contains("cancelled")) << k.dump();
+  EXPECT_FALSE(k.contains("request")) << "the request it tracked is served: " << k.dump();
+  ASSERT_EQ(k["history"].size(), 1u) << k.dump();
+  EXPECT_EQ(k["history"][0]["reason"], "USB extraviada");
+
+  // An imported key, cancelled, then replaced.
+  ASSERT_EQ(import("propia", "viejo.pfx", " --allow-user 0 --npie 12345678901").exit_code, 0);
+  ASSERT_EQ(ctl("cancel propia --reason 'cambio de representante' --yes").exit_code, 0);
+  r = import("propia", "nuevo.pfx");
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  sign_to("propia", "doc.txt", "propia.sig");
+  EXPECT_TRUE(verifies("nuevo.crt.pem", "propia.sig", "doc.txt"));
+  EXPECT_EQ(entry("propia")["npie"], "12345678901");
+
+  // After a restart: the new credentials, not cancelled, with their history.
+  start();
+  for (const std::string alias : {"empresa", "propia"}) {
+    k = entry(alias);
+    EXPECT_FALSE(k.contains("cancelled")) << k.dump();
+    EXPECT_EQ(k["history"].size(), 1u) << k.dump();
+    sign_to(alias, "doc.txt", alias + "2.sig");
+    EXPECT_TRUE(verifies("nuevo.crt.pem", alias + "2.sig", "doc.txt"));
+  }
+  EXPECT_EQ(client().list_keys().size(), 5u);
+  r = ctl("status");
+  EXPECT_NE(r.out.find("a credential cancelled"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("cambio de representante"), std::string::npos) << r.out;
+
+  // Two imports racing for one new alias: exactly one wins.
+  std::vector<std::future<CommandResult>> racing;
+  for (int i = 0; i < 2; ++i) racing.push_back(std::async(std::launch::async, [&] { return import("carrera", "viejo.pfx", " --allow-user 0"); }));
+  int won = 0, exists = 0;
+  for (auto& f : racing) {
+    const auto result = f.get();
+    won += result.exit_code == 0;
+    exists += result.out.find("a key named carrera already exists") != std::string::npos;
+  }
+  EXPECT_EQ(won, 1);
+  EXPECT_EQ(exists, 1);
+  int listed = 0;
+  for (const auto& key : client().list_keys()) listed += key["alias"] == "carrera";
+  EXPECT_EQ(listed, 1);
+  start();
+  listed = 0;
+  for (const auto& key : client().list_keys()) listed += key["alias"] == "carrera";
+  EXPECT_EQ(listed, 1) << "state.json agrees";
 }
 
 }  // namespace
