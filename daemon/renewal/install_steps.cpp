@@ -2,6 +2,10 @@
 #include "daemon/renewal/install_steps.hpp"
 
 #include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <vector>
 
 #include "daemon/log.hpp"
 #include "daemon/renewal/crypto.hpp"
@@ -14,7 +18,31 @@ namespace {
 constexpr std::size_t kPostInstallOutput = 64 * 1024;
 }  // namespace
 
+namespace {
+
+// Whether this process may give a file to `owner`/`group`: without
+// CAP_CHOWN (the shipped unit grants none) only to its own uid, and to a
+// group it is in. Throws StateError saying what to configure instead.
+void check_ownership(const RenewalConfig& c) {
+  if (::geteuid() == 0) return;
+  if (c.file_owner && *c.file_owner != ::geteuid())
+    throw StateError("firmad (uid " + std::to_string(::geteuid()) + ") cannot give files to uid " +
+                     std::to_string(*c.file_owner) +
+                     " (file_owner): without CAP_CHOWN a file stays firmad's; leave file_owner unset and use "
+                     "file_group with a group firmad's user is in");
+  if (c.file_group && *c.file_group != ::getegid()) {
+    std::vector<gid_t> groups(static_cast<std::size_t>(std::max(::getgroups(0, nullptr), 0)));
+    groups.resize(static_cast<std::size_t>(std::max(::getgroups(static_cast<int>(groups.size()), groups.data()), 0)));
+    if (std::find(groups.begin(), groups.end(), *c.file_group) == groups.end())
+      throw StateError("firmad (uid " + std::to_string(::geteuid()) + ") cannot give files to gid " +
+                       std::to_string(*c.file_group) + " (file_group): its user is not in that group");
+  }
+}
+
+}  // namespace
+
 void write_certificate_files(const RenewalConfig& c, const Bytes& certificate, const std::vector<Bytes>& chain) {
+  if (!c.certificate_file.empty() || !c.chain_file.empty()) check_ownership(c);
   if (!c.certificate_file.empty())
     replace_file(c.certificate_file, to_pem(certificate), c.file_mode, c.file_owner, c.file_group);
   if (!c.chain_file.empty()) {

@@ -412,6 +412,7 @@ void Manager::install(Record& r, Target& t) {
   const std::string uri = id_uri(r.new_id);
   r.step = Step::Installed;
   r.reason.clear();
+  r.files_written = r.post_install_started = false;  // this certificate's, still to do
   // The URI firmad.toml names, kept beside the one served: at start the
   // renewed URI applies only while the file still names this one, so an
   // administrator's edit wins.
@@ -469,14 +470,30 @@ void Manager::retire(Record& r, Target& t) {
     });
     return;
   }
-  try {
-    write_certificate_files(c, cert, r.chain);
-  } catch (const StateError& e) {
-    // The token holds the new pair already; the files are retried.
-    throw StepFailure{Failure::TokenError, std::string("cannot write the certificate files: ") + e.what()};
+  // The token holds the new pair already. A file that cannot be written is
+  // the configuration's problem (a directory the unit does not grant, an
+  // owner firmad may not give files to): the renewal stops underconfigured,
+  // saying why, instead of retrying for ever; 'firmactl renew KEY' finishes
+  // it once that is fixed.
+  if (!r.files_written) {
+    try {
+      write_certificate_files(c, cert, r.chain);
+    } catch (const StateError& e) {
+      throw StepFailure{Failure::Underconfigured,
+                        std::string("cannot write the certificate files: ") + e.what() +
+                            "; fix that, then 'firmactl renew " + alias + "' finishes the renewal"};
+    }
+    r.files_written = true;
+    persist(alias, r, "certificate files written");
   }
-  const std::string failed = run_post_install(c, alias);
-  const std::string note = failed.empty() ? std::string() : "; " + failed;
+  std::string note;
+  if (!r.post_install_started) {
+    r.post_install_started = true;
+    persist(alias, r, "running the post-install command");
+    const std::string failed = run_post_install(c, alias);
+    test_hooks::crash_point("post-install-ran");
+    if (!failed.empty()) note = "; " + failed;
+  }
   std::string backup;
   if (!r.old_certificate.empty() && r.old_certificate != cert)
     backup = back_up_certificate(state_.directory() / "backup", alias, r.for_serial, r.old_certificate);

@@ -251,9 +251,12 @@ void Manager::handle(const std::string& alias, const Request& req) {
   }
   Record r;
   if (req.kind == Request::Kind::Renew) {
-    if (current && current->active()) {
+    if (current && (current->active() || current->step == Step::Installed)) {
+      // Under way, or stopped after its install (the token serves the new
+      // pair; only the files or the retirement are left): its next step now.
       r = *current;
-      r.next_try = 0;  // under way: its next step now
+      r.failure.reset(), r.reason.clear();
+      r.next_try = 0;
     } else {
       r.origin = Origin::Manual;
       r.started = now_s();

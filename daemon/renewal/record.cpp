@@ -56,6 +56,8 @@ Json Record::to_json() const {
             {"updated", updated}, {"nextTry", next_try}, {"cleanupId", hex(cleanup_id)}};
   if (failure) j["failure"] = name(*failure);
   if (submitting) j["submitting"] = true;
+  if (files_written) j["filesWritten"] = true;
+  if (post_install_started) j["postInstallStarted"] = true;
   if (!reason.empty()) j["reason"] = reason;
   j["issued"] = Json::array();
   for (const auto& c : issued) j["issued"].push_back(b64(c));
@@ -99,6 +101,8 @@ Record Record::from_json(const Json& j) {
   r.acceptance = unb64(j, "acceptance");
   r.ticket = j.value("ticket", "");
   r.submitting = j.value("submitting", false);
+  r.files_written = j.value("filesWritten", false);
+  r.post_install_started = j.value("postInstallStarted", false);
   auto certificates = [&j](const char* field) {
     std::vector<Bytes> out;
     for (const auto& c : j.value(field, Json::array())) {

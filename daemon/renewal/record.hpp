@@ -60,6 +60,11 @@ struct Record {
   Bytes csr, acceptance;
   std::string ticket;             // the CA's handle on the request: a serial, a cookie
   bool submitting = false;        // a submission was sent (or about to be) and its answer not yet recorded
+  // The final step's effects outside the token, each done once per installed
+  // certificate: the files written; the post-install command started (marked
+  // before it runs, so it never runs twice, also across a crash).
+  bool files_written = false;
+  bool post_install_started = false;
   std::vector<Bytes> issued;      // the new certificate, then what came with it
   std::vector<Bytes> chain;       // above the new certificate, after verification
   Bytes cleanup_id;               // a key of an earlier, abandoned renewal to remove first

@@ -353,6 +353,61 @@ TEST_F(Renewal, FilesGetTheirModeAndThePostInstallCommandRunsWithinItsLimit) {
   EXPECT_TRUE(signs_for("firma-p384", out / "firma-p384.pem"));
 }
 
+// The final step as shipped: certificate files that cannot be written stop
+// the renewal underconfigured, with the reason, and it is not retried by
+// itself (the token already serves the new pair); once fixed, 'renew'
+// finishes it. The post-install command runs once per installed
+// certificate, also when firmad dies right after it.
+TEST_F(Renewal, UnwritableCertificateFilesStopUnderconfiguredAndPostInstallRunsOncePerCertificate) {
+  start_ca();
+  const fs::path certs = out / "certs", runs = out / "post-install-runs";
+  std::string tables = table("empresa", "idse", "post_install = [\"/bin/sh\", \"-c\", \"echo $FIRMAD_KEY >> " + runs.string() + "\"]\n");
+  for (const std::string name : {"empresa.pem", "empresa-chain.pem"})
+    tables.replace(tables.find((out / name).string()), (out / name).string().size(), (certs / name).string());
+  start(tables);
+  auto r = ctl("renew empresa");
+  EXPECT_NE(r.exit_code, 0) << r.out;
+  ASSERT_EQ(state("empresa"), "underconfigured") << key("empresa").dump();
+  const std::string reason = key("empresa")["renewal"].value("reason", "");
+  EXPECT_NE(reason.find("cannot write the certificate files"), std::string::npos) << reason;
+  EXPECT_NE(reason.find((certs / "empresa.pem").string()), std::string::npos) << reason;
+  EXPECT_NE(reason.find("'firmactl renew empresa' finishes the renewal"), std::string::npos) << reason;
+  EXPECT_FALSE(fs::exists(runs)) << "post-install waits for the files";
+  // Installed already: the new certificate signs, and nothing is retried by itself.
+  const std::string installed = serial("empresa");
+  EXPECT_TRUE(signs_for("empresa", token_certificate("empresa")));
+  const auto tries = [&] {
+    const std::string log = daemon->log();
+    std::size_t n = 0;
+    for (std::size_t at = log.find("cannot write the certificate files"); at != std::string::npos;
+         at = log.find("cannot write the certificate files", at + 1))
+      ++n;
+    return n;
+  };
+  const std::size_t before = tries();
+  std::this_thread::sleep_for(std::chrono::seconds(3));  // retry_initial is 1 s
+  EXPECT_EQ(tries(), before) << daemon->log();
+  EXPECT_EQ(state("empresa"), "underconfigured");
+
+  fs::create_directories(certs);
+  r = ctl("renew empresa");
+  ASSERT_EQ(r.exit_code, 0) << r.out << daemon->log();
+  EXPECT_EQ(state("empresa"), "retired");
+  EXPECT_EQ(serial("empresa"), installed) << "finished, not renewed again";
+  EXPECT_EQ(read_file(certs / "empresa.pem"), read_file(token_certificate("empresa")));
+  EXPECT_EQ(read_file(runs), "empresa\n");
+
+  // Killed right after the post-install command: the restart finishes the
+  // renewal without running it again.
+  start(tables, "post-install-ran");
+  (void)ctl("renew empresa");
+  ASSERT_TRUE(eventually([&] { return !daemon->running(); }, std::chrono::seconds(20))) << daemon->log();
+  start(tables);
+  ASSERT_TRUE(eventually([&] { return state("empresa") == "retired"; }, std::chrono::seconds(20))) << daemon->log();
+  EXPECT_NE(serial("empresa"), installed);
+  EXPECT_EQ(read_file(runs), "empresa\nempresa\n") << "once per installed certificate";
+}
+
 TEST_F(Renewal, WithoutTheTokensPinTheRenewalWaitsAndGoesOnAfterLogin) {
   start_ca();
   start(table("empresa", "idse"), "", /*pin_from_admin=*/true);
