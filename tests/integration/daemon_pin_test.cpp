@@ -14,9 +14,21 @@ class PinCustody : public ::testing::Test {
  protected:
   TokenRig rig;
 
+  // firmad runs as its own uid (kDaemonUid), as under the shipped unit: the
+  // token, the PIN file and the state are handed to it first; root is the
+  // administrator.
+  // (The fault-module tests keep a root firmad: their control file is the
+  // test's, rewritten while firmad runs.)
+  bool daemon_as_root = false;
   std::unique_ptr<Daemon> start(const std::map<std::string, std::string>& replace, const std::string& extra = "") {
     auto cfg = rig.write_config(replace, extra);
-    return std::make_unique<Daemon>(cfg, rig.socket());
+    Daemon::Options options;
+    if (!daemon_as_root) {
+      rig.hand_to(kDaemonUid);
+      options.user = kDaemonUid;
+      options.groups = {65534};  // nogroup: a socket_group it may give its socket to
+    }
+    return std::make_unique<Daemon>(cfg, rig.socket(), options);
   }
   firma::Client client() { return firma::Client(rig.socket().string()); }
   CommandResult ctl(const std::string& args, const std::string& stdin_text = "") {
@@ -105,7 +117,9 @@ TEST_F(PinCustody, PinFileThatDisappearsOrOpensUpIsRefused) {
   EXPECT_NE(r.out.find("accessible by group or others (mode 0644)"), std::string::npos) << r.out;
   EXPECT_EQ(token_status()["loginAttempts"], 1) << "no C_Login with an insecure PIN file";
 
-  ::chmod(rig.pin_file().c_str(), 0600);
+  // Private again, and firmad's (root's 0600 file is closed to it).
+  ASSERT_EQ(::chmod(rig.pin_file().c_str(), 0600), 0);
+  ASSERT_EQ(::chown(rig.pin_file().c_str(), kDaemonUid, kDaemonUid), 0);
   r = ctl("login demo --from-source");
   EXPECT_EQ(r.exit_code, 0) << r.out;
   EXPECT_TRUE(token_status()["loggedIn"].get<bool>());
@@ -124,6 +138,9 @@ TEST_F(PinCustody, InsecurePinFileAtStartupIsNeverUsed) {
 TEST_F(PinCustody, PinFromSystemdCredential) {
   TempDir creds;
   write_file(creds.path() / "firmad-pin", std::string(TokenRig::kPin) + "\n", 0400);
+  // As systemd hands credentials to the service: readable by its user only.
+  for (const fs::path& p : {creds.path(), creds.path() / "firmad-pin"})
+    ASSERT_EQ(::chown(p.c_str(), kDaemonUid, kDaemonUid), 0);
   ::setenv("CREDENTIALS_DIRECTORY", creds.path().c_str(), 1);
   auto d = start({{"pin_source", "pin_source = \"credential\""}, {"pin_file", "pin_credential = \"firmad-pin\""}});
   ::unsetenv("CREDENTIALS_DIRECTORY");
@@ -142,6 +159,33 @@ TEST_F(PinCustody, OnlyAdministratorsLogInOrOut) {
   EXPECT_TRUE(d->wait_for_log("event=access-denied level=warning method=Logout uid=0"));
   EXPECT_TRUE(token_status()["loggedIn"].get<bool>());
   EXPECT_EQ(token_status()["loginAttempts"], 1);
+}
+
+// Administrators as shipped: users of their own uid, administrators through
+// a group (admin_groups), reaching the group-gated socket because they are in
+// its group; root is no administrator once admin_users is set to none; a
+// user in no group cannot connect and is told why.
+TEST_F(PinCustody, AdministratorOfAnotherUidLogsOutAndInThroughItsGroup) {
+  auto d = start({{"admin_users", "admin_users = []\nadmin_groups = [\"nogroup\"]"},
+                  {"socket =", "socket = \"" + rig.socket().string() + "\"\nsocket_group = \"nogroup\""}});
+  ASSERT_TRUE(d->wait_for_log("event=token-login ")) << d->log();
+  auto as = [&](const std::string& who, const std::string& args, const std::string& stdin_text = "") {
+    std::string cmd = "setpriv " + who + " " + quote(firmactl_binary().string()) + " --socket " + quote(rig.socket().string()) + " " + args;
+    if (!stdin_text.empty()) cmd = "printf '%s\\n' " + quote(stdin_text) + " | " + cmd;
+    return run(cmd);
+  };
+  const std::string admin = "--reuid=65530 --regid=65530 --groups=65534";
+  auto r = as(admin, "logout demo");
+  ASSERT_EQ(r.exit_code, 0) << r.out << d->log();
+  EXPECT_FALSE(token_status()["loggedIn"].get<bool>());
+  r = as(admin, "login demo --pin-stdin", TokenRig::kPin);
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_TRUE(token_status()["loggedIn"].get<bool>());
+
+  EXPECT_EQ(ctl("logout demo").exit_code, 4) << "admin_users = [] leaves root out";
+  r = as("--reuid=65529 --regid=65529 --clear-groups", "status");
+  EXPECT_EQ(r.exit_code, 3) << r.out;
+  EXPECT_NE(r.out.find("may be used by members of group nogroup, and uid 65529"), std::string::npos) << r.out;
 }
 
 TEST_F(PinCustody, SigningNeedsTheKeysAllowList) {
@@ -169,6 +213,7 @@ class PinFlags : public PinCustody {
  protected:
   fs::path control = rig.dir() / "fault";
   void SetUp() override {
+    daemon_as_root = true;
     write_file(control, "");
     ::setenv("FIRMAD_FAULT_CONTROL", control.c_str(), 1);
   }
