@@ -12,11 +12,14 @@
 
 #include <sched.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
+#include <vector>
 
 #include "protocol/base64.hpp"
 #include "protocol/errors.hpp"
@@ -83,8 +86,14 @@ std::string why_denied(const std::string& path) {
   }
   struct stat st{};
   if (::stat(path.c_str(), &st) != 0) return "cannot inspect the socket";
-  return "the socket (mode " + octal_mode(st.st_mode) + ", " + user_name(st.st_uid) + ":" + group_name(st.st_gid) +
-         ") may be used by members of group " + group_name(st.st_gid) + ", and " + me +
+  const std::string socket = "the socket (mode " + octal_mode(st.st_mode) + ", " + user_name(st.st_uid) + ":" +
+                             group_name(st.st_gid) + ")";
+  std::vector<gid_t> groups(static_cast<std::size_t>(std::max(::getgroups(0, nullptr), 0)));
+  groups.resize(static_cast<std::size_t>(std::max(::getgroups(static_cast<int>(groups.size()), groups.data()), 0)));
+  const bool in_group = ::getegid() == st.st_gid || std::find(groups.begin(), groups.end(), st.st_gid) != groups.end();
+  if (!(st.st_mode & S_IWGRP)) return socket + " is closed to its group too; " + me + " may not connect";
+  if (in_group) return socket + " should admit " + me + ", a member of its group: a security module (AppArmor, SELinux) may deny it";
+  return socket + " may be used by members of group " + group_name(st.st_gid) + ", and " + me +
          " is not one in this session (after being added to a group, log in again or use newgrp)";
 }
 
@@ -109,7 +118,10 @@ Client::Client(const std::string& path) {
   }
 }
 
-Client::Client(Client&& o) noexcept : fd_(o.fd_), buffer_(std::move(o.buffer_)), busy_poll_(o.busy_poll_) { o.fd_ = -1; }
+Client::Client(Client&& o) noexcept
+    : fd_(o.fd_), buffer_(std::move(o.buffer_)), busy_poll_(o.busy_poll_), reply_timeout_(o.reply_timeout_) {
+  o.fd_ = -1;
+}
 
 Client& Client::operator=(Client&& o) noexcept {
   if (this != &o) {
@@ -117,6 +129,7 @@ Client& Client::operator=(Client&& o) noexcept {
     fd_ = o.fd_;
     buffer_ = std::move(o.buffer_);
     busy_poll_ = o.busy_poll_;
+    reply_timeout_ = o.reply_timeout_;
     o.fd_ = -1;
   }
   return *this;
@@ -158,7 +171,8 @@ std::string Client::receive_frame() {
         if (reply_timeout_.count() > 0) {
           pollfd p{fd_, POLLIN, 0};
           int ready;
-          do ready = ::poll(&p, 1, static_cast<int>(reply_timeout_.count()));
+          const auto limit = std::min<std::chrono::milliseconds::rep>(reply_timeout_.count(), std::numeric_limits<int>::max());
+          do ready = ::poll(&p, 1, static_cast<int>(limit));
           while (ready < 0 && errno == EINTR);
           if (ready == 0)
             throw ConnectionError("firmad did not answer within " + std::to_string(reply_timeout_.count()) +

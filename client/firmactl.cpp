@@ -89,11 +89,13 @@ void replace_file(const std::string& path, const std::string& data) {
   std::string tmp = (slash == std::string::npos ? std::string() : path.substr(0, slash + 1)) + ".firmactl-XXXXXX";
   const int fd = ::mkostemp(tmp.data(), O_CLOEXEC);
   if (fd < 0) throw Failure{kLocalIo, "cannot write in " + dir + ": " + std::strerror(errno)};
-  // The new file gets the mode of the one it replaces, or 0666 less the umask.
+  // The new file gets the permissions (and, where this process may give it,
+  // the owner and group) of the one it replaces, or 0666 less the umask.
   struct stat old{};
   mode_t mode;
   if (::stat(path.c_str(), &old) == 0) {
-    mode = old.st_mode & 07777;
+    mode = old.st_mode & 0777;
+    (void)!::fchown(fd, old.st_uid, old.st_gid);  // best effort: only root may give files away
   } else {
     const mode_t mask = ::umask(0);
     ::umask(mask);
@@ -114,10 +116,36 @@ void replace_file(const std::string& path, const std::string& data) {
   }
 }
 
+// The descriptor `path` names, following its symbolic links one at a time:
+// /dev/stdout, /dev/stderr, /dev/fd/N, /proc/self/fd/N, /proc/<our pid>/fd/N;
+// -1 for any other file.
+int descriptor_named(std::string path) {
+  const std::string mine = "/proc/" + std::to_string(::getpid()) + "/fd/";
+  for (int hop = 0; hop < 40; ++hop) {
+    if (path == "/dev/stdout") return STDOUT_FILENO;
+    if (path == "/dev/stderr") return STDERR_FILENO;
+    for (const std::string& prefix : {std::string("/dev/fd/"), std::string("/proc/self/fd/"), mine})
+      if (path.size() > prefix.size() && path.size() < prefix.size() + 9 && path.rfind(prefix, 0) == 0 &&
+          path.find_first_not_of("0123456789", prefix.size()) == std::string::npos)
+        return std::stoi(path.substr(prefix.size()));
+    char link[PATH_MAX];
+    const ssize_t n = ::readlink(path.c_str(), link, sizeof link - 1);
+    if (n <= 0) return -1;
+    std::string target(link, static_cast<std::size_t>(n));
+    if (target.front() != '/') {
+      const std::size_t slash = path.rfind('/');
+      target = (slash == std::string::npos ? std::string() : path.substr(0, slash + 1)) + target;
+    }
+    path = std::move(target);
+  }
+  return -1;
+}
+
 // Writes the result where -o says, into what the target is: "-" (or none) is
-// standard output; a regular file (or a new one) is replaced atomically; a
-// device, FIFO, socket or /dev/stdout is opened and written, never replaced.
-// A symbolic link to a regular file replaces the file it points to.
+// standard output; /dev/stdout and the like are this process's descriptor; a
+// regular file (or a new one) is replaced atomically; a device, FIFO or
+// socket is opened and written, never replaced. A symbolic link to a regular
+// file replaces the file it points to.
 void write_output(const std::string& path, const std::string& data) {
   if (path.empty() || path == "-") {
     std::cout.flush();
@@ -132,13 +160,20 @@ void write_output(const std::string& path, const std::string& data) {
     return replace_file(path, data);
   }
   if (S_ISDIR(st.st_mode)) throw Failure{kLocalIo, "cannot write " + path + ": it is a directory"};
-  if (S_ISREG(st.st_mode)) {
-    // /dev/stdout, /dev/fd/N, /proc/self/fd/N: the descriptor's file, as the shell opened it.
-    const bool descriptor = path.rfind("/dev/", 0) == 0 || path.rfind("/proc/", 0) == 0;
-    char resolved[PATH_MAX];
-    if (!descriptor && ::realpath(path.c_str(), resolved)) return replace_file(resolved, data);
+  // /dev/stdout, /dev/stderr, /dev/fd/N, /proc/self/fd/N (or a link to one):
+  // this process's descriptor, written as the shell opened it (appending
+  // stays appending, a pipe or socket stays one); never reopened or replaced.
+  if (const int fd = descriptor_named(path); fd >= 0) {
+    std::cout.flush();
+    if (!write_all(fd, data)) throw write_failure(path);
+    return;
   }
-  const int fd = ::open(path.c_str(), O_WRONLY | O_NOCTTY | O_CLOEXEC | (S_ISREG(st.st_mode) ? O_TRUNC : 0));
+  if (S_ISREG(st.st_mode)) {
+    char resolved[PATH_MAX];
+    if (!::realpath(path.c_str(), resolved)) throw write_failure(path);
+    return replace_file(resolved, data);
+  }
+  const int fd = ::open(path.c_str(), O_WRONLY | O_NOCTTY | O_CLOEXEC);  // a device, FIFO or socket
   if (fd < 0) throw write_failure(path);
   const bool ok = write_all(fd, data);
   const int saved = errno;
@@ -268,6 +303,7 @@ std::string explain(const firma::Error& e) {
   if (n == "CertificateExpired") return "the certificate of key " + s("key") + " expired on " + s("notAfter") + "; firmad does not sign with it (renew it)";
   if (n == "KeyCancelled") return "key " + s("key") + " was cancelled on " + s("at") + " and signs no more";
   if (n == "KeyExists") return "a key named " + s("key") + " already exists; choose another name";
+  if (n == "ImportInProgress") return "a credential is being imported as " + s("key") + "; try again once it is done";
   if (n == "ImportFailed") return "nothing was imported: " + s("detail");
   if (n == "TokenError") return "token " + s("token") + " failed: " + s("call") + " returned " + s("code");
   return e.what();

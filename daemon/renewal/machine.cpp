@@ -412,7 +412,7 @@ void Manager::install(Record& r, Target& t) {
   const std::string uri = id_uri(r.new_id);
   r.step = Step::Installed;
   r.reason.clear();
-  r.files_written = r.post_install_started = false;  // this certificate's, still to do
+  r.files_written = r.post_install_started = r.files_blocked = false;  // this certificate's, still to do
   // The URI firmad.toml names, kept beside the one served: at start the
   // renewed URI applies only while the file still names this one, so an
   // administrator's edit wins.
@@ -479,11 +479,12 @@ void Manager::retire(Record& r, Target& t) {
     try {
       write_certificate_files(c, cert, r.chain);
     } catch (const StateError& e) {
+      r.files_blocked = true;
       throw StepFailure{Failure::Underconfigured,
                         std::string("cannot write the certificate files: ") + e.what() +
                             "; fix that, then 'firmactl renew " + alias + "' finishes the renewal"};
     }
-    r.files_written = true;
+    r.files_written = true, r.files_blocked = false;
     persist(alias, r, "certificate files written");
   }
   std::string note;

@@ -251,9 +251,9 @@ void Manager::handle(const std::string& alias, const Request& req) {
   }
   Record r;
   if (req.kind == Request::Kind::Renew) {
-    if (current && (current->active() || current->step == Step::Installed)) {
-      // Under way, or stopped after its install (the token serves the new
-      // pair; only the files or the retirement are left): its next step now.
+    if (current && (current->active() || (current->step == Step::Installed && current->files_blocked))) {
+      // Under way, or stopped because its files could not be written (the
+      // token serves the new pair already): its next step now.
       r = *current;
       r.failure.reset(), r.reason.clear();
       r.next_try = 0;

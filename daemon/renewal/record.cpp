@@ -58,6 +58,7 @@ Json Record::to_json() const {
   if (submitting) j["submitting"] = true;
   if (files_written) j["filesWritten"] = true;
   if (post_install_started) j["postInstallStarted"] = true;
+  if (files_blocked) j["filesBlocked"] = true;
   if (!reason.empty()) j["reason"] = reason;
   j["issued"] = Json::array();
   for (const auto& c : issued) j["issued"].push_back(b64(c));
@@ -103,6 +104,7 @@ Record Record::from_json(const Json& j) {
   r.submitting = j.value("submitting", false);
   r.files_written = j.value("filesWritten", false);
   r.post_install_started = j.value("postInstallStarted", false);
+  r.files_blocked = j.value("filesBlocked", false);
   auto certificates = [&j](const char* field) {
     std::vector<Bytes> out;
     for (const auto& c : j.value(field, Json::array())) {

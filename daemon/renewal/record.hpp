@@ -65,6 +65,8 @@ struct Record {
   // before it runs, so it never runs twice, also across a crash).
   bool files_written = false;
   bool post_install_started = false;
+  // Stopped because the files could not be written: 'renew' finishes it.
+  bool files_blocked = false;
   std::vector<Bytes> issued;      // the new certificate, then what came with it
   std::vector<Bytes> chain;       // above the new certificate, after verification
   Bytes cleanup_id;               // a key of an earlier, abandoned renewal to remove first

@@ -77,6 +77,7 @@ boost::asio::awaitable<Json> Service::track_request(const Json& params, const Pe
   const bool clear = p.optional_bool("clear", false);
   p.finish();
   require_admin("TrackRequest", peer);
+  if (importing_.count(alias)) throw VarlinkError(perr::kImportInProgress, {{"key", alias}});
   if (!find_key(alias)) throw VarlinkError(perr::kKeyNotFound, {{"key", alias}});
   std::optional<Date> submitted = submitted_text ? Date::parse(*submitted_text) : std::optional<Date>(local_today());
   if (!submitted) throw protocol::invalid_parameter("submitted");
@@ -107,6 +108,7 @@ boost::asio::awaitable<Json> Service::cancel(const Json& params, const Peer& pee
   p.finish();
   if (reason.empty() || reason.size() > 1000) throw protocol::invalid_parameter("reason");
   require_admin("Cancel", peer);
+  if (importing_.count(alias)) throw VarlinkError(perr::kImportInProgress, {{"key", alias}});
   const KeyConfig* key = find_key(alias);
   if (!key) throw VarlinkError(perr::kKeyNotFound, {{"key", alias}});
   TokenWorker& worker = token_named(key->token);
@@ -215,16 +217,20 @@ boost::asio::awaitable<Json> Service::import_credential(const Json& params, cons
   };
   KeyConfig stored = co_await run_on<KeyConfig>(worker, Lane::Control, std::move(job));
 
+  const Json entry = replaced ? Json{{"cancelledAt", iso8601(replaced->at)}, {"reason", replaced->reason},
+                                     {"replacedAt", iso8601(std::time(nullptr))}}
+                            : Json();
   std::string state_error;
   try {
-    const std::time_t now = std::time(nullptr);
-    std::function<void(Json&)> change = [stored, replaced, configured, configured_uri, now](Json& doc) {
+    std::function<void(Json&)> change = [stored, replaced, configured, configured_uri, entry](Json& doc) {
       if (configured) {
         // firmad.toml names the key: the new objects are recorded as a
         // renewal's are, applying while firmad.toml names the cancelled ones.
         if (!doc["keyUris"].is_object()) doc["keyUris"] = Json::object();
         doc["keyUris"][stored.alias] = {{"uri", stored.uri}, {"configured", configured_uri}};
       } else {
+        // An earlier renewal's URI would win over keys[alias] at start.
+        if (doc["keyUris"].is_object()) doc["keyUris"].erase(stored.alias);
         if (!doc["keys"].is_object()) doc["keys"] = Json::object();
         doc["keys"][stored.alias] = {{"token", stored.token},     {"uri", stored.uri},
                                      {"allowUsers", stored.allow.users}, {"allowGroups", stored.allow.groups},
@@ -234,8 +240,7 @@ boost::asio::awaitable<Json> Service::import_credential(const Json& params, cons
       if (replaced) {
         if (!doc["history"].is_object()) doc["history"] = Json::object();
         if (!doc["history"][stored.alias].is_array()) doc["history"][stored.alias] = Json::array();
-        doc["history"][stored.alias].push_back({{"cancelledAt", iso8601(replaced->at)}, {"reason", replaced->reason},
-                                                {"replacedAt", iso8601(now)}});
+        doc["history"][stored.alias].push_back(entry);
         if (doc["cancelled"].is_object()) doc["cancelled"].erase(stored.alias);
         if (doc["requests"].is_object()) doc["requests"].erase(stored.alias);  // the request it tracked is served
       }
@@ -246,16 +251,18 @@ boost::asio::awaitable<Json> Service::import_credential(const Json& params, cons
   }
   if (!state_error.empty()) {
     // Not recorded means not imported: take the objects off the token again
-    // (a replacement's alias is cancelled again, as state.json still says).
+    // (a replacement's alias stays cancelled and served as before).
     const std::string a = stored.alias;
-    if (replaced) worker.mark_cancelled(a, *replaced);
     auto undo = [&worker, a] { return worker.destroy_key_objects(a); };
     co_await run_on<int>(worker, Lane::Control, std::move(undo));
     throw VarlinkError(perr::kImportFailed, {{"reason", "state"}, {"detail", state_error}});
   }
   if (replaced) {
-    history_[stored.alias].push_back({{"cancelledAt", iso8601(replaced->at)}, {"reason", replaced->reason},
-                                      {"replacedAt", iso8601(std::time(nullptr))}});
+    // Recorded: now the new objects are served and the name no longer cancelled.
+    const std::string a = stored.alias, uri = stored.uri;
+    auto serve = [&worker, a, uri] { worker.serve_replacement(a, uri); };
+    co_await run_on<void>(worker, Lane::Control, std::move(serve));
+    history_[stored.alias].push_back(entry);
     requests_.erase(stored.alias);
   } else {
     imported_.push_back(stored);

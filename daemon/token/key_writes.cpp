@@ -69,16 +69,16 @@ KeyConfig TokenWorker::import_credential(const Credential& credential, KeyConfig
     log::error("import-failed", {{"token", name}, {"key", key.alias}, {"error", e.what()}});
     throw VarlinkError(perr::kImportFailed, {{"reason", "token"}, {"detail", e.what()}});
   }
-  if (!replace) {
-    add_key(key);
-    return key;
-  }
+  if (!replace) add_key(key);
+  return key;
+}
+
+void TokenWorker::serve_replacement(const std::string& alias, const std::string& uri) {
   {
     std::lock_guard lock(cancel_mutex_);
-    cancelled_.erase(key.alias);
+    cancelled_.erase(alias);
   }
-  set_key_uri(key.alias, key.uri);
-  return key;
+  set_key_uri(alias, uri);
 }
 
 void TokenWorker::write_objects(const std::function<void(const pkcs11::Session&)>& write) {

@@ -138,9 +138,12 @@ class TokenWorker {
   // Control thread only. Writes the credential to the token under a new
   // CKA_ID and `key.alias` as label (nothing left behind on failure) and
   // serves it; returns `key` with its URI set. With `replace`, the alias is
-  // a cancelled key's: it is served from the new objects, keeping its
-  // configuration, and is no longer cancelled. Throws VarlinkError.
+  // a cancelled key's: the objects are written but not served (the caller
+  // records them first, then calls serve_replacement). Throws VarlinkError.
   KeyConfig import_credential(const Credential& credential, KeyConfig key, bool replace = false);
+  // Control thread only. The cancelled `alias` is served from `uri` (its
+  // replacement's objects) and is no longer cancelled.
+  void serve_replacement(const std::string& alias, const std::string& uri);
   // Control thread only. Runs `write` with a read-write session on the
   // present, logged-in token, then rescans the keys. Throws VarlinkError
   // TokenAbsent or NotLoggedIn, or what `write` threw.

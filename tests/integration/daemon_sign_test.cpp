@@ -235,6 +235,19 @@ TEST_F(SignThroughDaemon, FirmactlWritesIntoWhatTheTargetIs) {
   ASSERT_EQ(r.exit_code, 0) << r.out;
   EXPECT_TRUE(verifies(file("stdout.sig")));
   EXPECT_TRUE(fs::is_character_file("/dev/null"));
+  // ... appended to (never truncated), and into a pipe.
+  write_file(file("log.sig"), "head\n", 0644);
+  r = run(quote(firmactl_binary().string()) + " --socket " + quote(rig_->socket().string()) + " " + sign +
+          "/dev/stdout >> " + quote(file("log.sig").string()));
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  const std::string appended = read_file(file("log.sig"));
+  ASSERT_EQ(appended.rfind("head\n", 0), 0u) << "the shell's >> target was truncated";
+  write_file(file("tail.sig"), appended.substr(5));
+  EXPECT_TRUE(verifies(file("tail.sig")));
+  r = run(quote(firmactl_binary().string()) + " --socket " + quote(rig_->socket().string()) + " " + sign +
+          "/dev/stdout | cat > " + quote(file("piped.sig").string()));
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_TRUE(verifies(file("piped.sig")));
 
   // A regular file: replaced whole, its mode kept, no temporary left behind.
   write_file(file("kept.sig"), "old", 0640);
