@@ -9,6 +9,8 @@
 #   ./run.sh bench   install what is missing, build, and run firmad-bench (extra args are passed on)
 #   ./run.sh load    install what is missing, build, and run firmad-load (extra args are passed on)
 #   ./run.sh build   install what is missing and build
+#   ./run.sh package install what is missing, build, and make the Debian packages
+#                    (debhelper: debian/rules) in build/debs; lintian checks them
 set -euo pipefail
 cd "$(dirname "$0")"
 root=$(pwd)
@@ -16,7 +18,7 @@ build_dir=${FIRMAD_BUILD_DIR:-$root/build}
 
 packages=(g++ cmake ninja-build pkg-config openssl libssl-dev libp11-kit-dev p11-kit libboost-dev
           nlohmann-json3-dev libtomlplusplus-dev libcli11-dev libgtest-dev softhsm2 opensc systemd python3
-          strace binutils)
+          strace binutils debhelper dpkg-dev lintian systemd-container mmdebstrap)
 
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
@@ -33,11 +35,37 @@ install_packages() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
 }
 
+# The build is the Debian package's (debian/rules: Debian's compiler flags and
+# hardening, units for /lib/systemd/system), so the suite tests what ships.
+# The package tests (DebPackage*, Deployment*) are registered with the
+# directory the packages go to.
+deb_env() {
+  export FIRMAD_DEB_BUILD_DIR="$build_dir" FIRMAD_DEB_DESTDIR="$build_dir/debs"
+  export FIRMAD_CMAKE_ARGS="-DFIRMAD_DEB_DIR=$build_dir/debs"
+  export DEB_BUILD_OPTIONS="nocheck parallel=$(nproc)"
+}
+
 build() {
   install_packages
-  step "Building in $build_dir"
-  cmake -S "$root" -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-  cmake --build "$build_dir" -j "$(nproc)"
+  step "Building in $build_dir (debian/rules build)"
+  deb_env
+  # dh skips a build its stamp says is done; ninja knows better.
+  rm -f debian/debhelper-build-stamp
+  debian/rules build
+}
+
+# The Debian packages, in $build_dir/debs, checked by lintian (errors fail).
+package() {
+  build
+  step "Making the Debian packages in $build_dir/debs (debian/rules binary)"
+  # (debian/.debhelper keeps earlier builds' debug files: dh_clean's job,
+  # which would also remove the build directory.)
+  rm -rf "$build_dir/debs" debian/.debhelper
+  mkdir -p "$build_dir/debs"
+  debian/rules binary
+  ls -l "$build_dir/debs"
+  step "lintian on the packages (an error fails; the README lists the warnings left)"
+  lintian --fail-on error --info "$build_dir"/debs/*.deb
 }
 
 # Processes the demo started; the EXIT trap ends them (global: the trap runs
@@ -128,7 +156,7 @@ TOML
 }
 
 run_tests() {
-  build
+  package
   step "Running the tests"
   local failed=()
   ctest --test-dir "$build_dir" --output-on-failure -j "$(nproc)" --timeout 300 || failed+=(plain)
@@ -208,5 +236,6 @@ case "${1:-}" in
   bench) shift; build >&2; "$build_dir/tests/bench/firmad-bench" "$@" ;;
   load) shift; build >&2; "$build_dir/tests/bench/firmad-load" "$@" ;;
   build) build ;;
-  *) echo "usage: $0 demo|test|sanitize|bench|load|build" >&2; exit 2 ;;
+  package) package ;;
+  *) echo "usage: $0 demo|test|sanitize|bench|load|build|package" >&2; exit 2 ;;
 esac

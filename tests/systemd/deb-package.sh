@@ -1,41 +1,88 @@
 #!/usr/bin/env bash
-# Builds the .deb with cpack, unpacks it into a scratch root, checks its files
-# and runs the packaged binaries from there.
-#   deb-package.sh BUILD_DIR
+# Checks the Debian packages debian/rules made (./run.sh package): their
+# control fields, maintainer scripts, conffiles and files, then unpacks them
+# into a scratch root and runs the packaged binaries and libfirma from there.
+# (DeploymentInABootedSystemd installs them into a booted systemd.)
+#   deb-package.sh DEB_DIR
 set -euo pipefail
-build=$1
+debs=$1
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-command -v dpkg-deb >/dev/null || { echo "dpkg-deb is missing" >&2; exit 1; }
-(cd "$build" && cpack -G DEB -B "$work/out" >/dev/null)
-deb=$(ls "$work"/out/*.deb)
-# (Captured first: with pipefail, grep -q closing the pipe early would fail it.)
-info=$(dpkg-deb --info "$deb")
-grep -q "Package: firmad" <<<"$info" || { echo "not a firmad package" >&2; exit 1; }
-dpkg-deb -x "$deb" "$work/root"
+fail() { echo "$*" >&2; exit 1; }
+command -v dpkg-deb >/dev/null || fail "dpkg-deb is missing"
+package() {
+  local f
+  f=$(ls "$debs"/"$1"_*.deb 2>/dev/null | head -1)
+  [ -n "$f" ] || fail "no $1 package in $debs (make them with ./run.sh package)"
+  echo "$f"
+}
+deb=$(package firmad)
+lib=$(package libfirma0)
+dev=$(package libfirma-dev)
+field() { dpkg-deb --field "$1" "$2"; }
+
+# Relations: shared-library dependencies and systemd; the smart-card stack
+# recommended, SoftHSM suggested; -dev pinned to its library.
+depends=$(field "$deb" Depends)
+for d in libc6 libssl3 libstdc++6 libp11-kit0 systemd; do
+  grep -qw "$d" <<<"$depends" || fail "firmad does not depend on $d: $depends"
+done
+[ "$(field "$deb" Recommends)" = "opensc, pcscd" ] || fail "firmad recommends '$(field "$deb" Recommends)'"
+[ "$(field "$deb" Suggests)" = "softhsm2" ] || fail "firmad suggests '$(field "$deb" Suggests)'"
+grep -q "libfirma0 (= $(field "$lib" Version))" <<<"$(field "$dev" Depends)" || fail "libfirma-dev is not pinned to libfirma0"
+
+# Maintainer scripts: users and directories at once, units enabled and
+# started, firmad restarted on upgrade, stopped on removal, state purged.
+dpkg-deb --control "$deb" "$work/control"
+for s in postinst prerm postrm; do [ -x "$work/control/$s" ] || fail "firmad has no $s"; done
+postinst=$(cat "$work/control/postinst")
+for want in 'systemd-sysusers' '--create firmad.conf' 'deb-systemd-helper unmask' \
+            "'firmad.socket'" "'firmad-renew.timer'" 'deb-systemd-invoke $_dh_action' 'try-restart'; do
+  grep -qF -- "$want" <<<"$postinst" || fail "firmad's postinst lacks: $want"
+done
+# (Users first: the directories belong to them.)
+line() { grep -nF -- "$1" <<<"$postinst" | head -1 | cut -d: -f1; }
+[ "$(line systemd-sysusers)" -lt "$(line '--create firmad.conf')" ] || fail "firmad's postinst makes directories before users"
+# firmad.service is socket-activated: enabled only where an administrator
+# enabled it before (debhelper's "dont-enable" snippet), never on install.
+grep -qF "deb-systemd-helper debian-installed 'firmad.service'" <<<"$postinst" &&
+  ! grep -A1 'was-enabled defaults to true' <<<"$postinst" | grep -q "'firmad.service'" ||
+  fail "firmad's postinst enables firmad.service on installation (it is socket-activated)"
+grep -q 'deb-systemd-invoke stop.*firmad' "$work/control/prerm" || fail "firmad's prerm does not stop firmad"
+grep -q 'rm -rf /var/lib/firmad /var/log/firmad' "$work/control/postrm" || fail "firmad's postrm does not purge its state"
+for c in /etc/firmad/firmad.toml /etc/firmad/softhsm2.conf /etc/logrotate.d/firmad; do
+  grep -qx "$c" "$work/control/conffiles" || fail "$c is not a conffile"
+done
+
+# What goes where: the daemon, the library, its development files.
+contents() { dpkg-deb --fsys-tarfile "$1" | tar -t | sed 's|^\./|/|'; }
+grep -qE '/libfirma\.so\.0' <<<"$(contents "$lib")" || fail "libfirma0 has no libfirma.so.0"
+grep -qE '/libfirma\.so$|/include/|\.pc$' <<<"$(contents "$lib")" && fail "libfirma0 holds development files"
+grep -qE 'libfirma' <<<"$(contents "$deb")" && fail "firmad holds libfirma"
+for p in "$deb" "$lib" "$dev"; do dpkg-deb -x "$p" "$work/root"; done
 for f in usr/sbin/firmad usr/bin/firmactl lib/systemd/system/firmad.service lib/systemd/system/firmad.socket \
          lib/systemd/system/firmad-renew.service lib/systemd/system/firmad-renew.timer \
-         lib/sysusers.d/firmad.conf lib/tmpfiles.d/firmad.conf usr/share/man/man8/firmad.8 \
+         usr/lib/sysusers.d/firmad.conf usr/lib/tmpfiles.d/firmad.conf usr/share/man/man8/firmad.8 \
          usr/share/man/man1/firmactl.1 usr/share/man/man5/firmad.toml.5 \
-         usr/share/bash-completion/completions/firmactl usr/share/doc/firmad/firmad.toml.example \
-         usr/include/firma/firma.h usr/include/firma/firma.hpp usr/share/firmad/pin-credential.conf; do
-  [ -e "$work/root/$f" ] || [ -e "$work/root/usr/$f" ] || { echo "missing in the package: $f" >&2; exit 1; }
+         usr/share/bash-completion/completions/firmactl etc/firmad/firmad.toml etc/firmad/softhsm2.conf \
+         etc/logrotate.d/firmad usr/include/firma/firma.h usr/include/firma/firma.hpp \
+         usr/share/firmad/pin-credential.conf usr/share/firmad/softhsm-service.conf; do
+  [ -e "$work/root/$f" ] || [ -e "$work/root/$f.gz" ] || fail "missing in the packages: $f"
 done
-grep -q "ExecStart=/usr/sbin/firmad " "$work/root"/*/systemd/system/firmad.service "$work/root"/usr/lib/systemd/system/firmad.service 2>/dev/null ||
-  { echo "firmad.service does not start /usr/sbin/firmad" >&2; exit 1; }
-grep -q "ExecStart=/usr/bin/firmactl renew --due" "$work/root"/*/systemd/system/firmad-renew.service \
-  "$work/root"/usr/lib/systemd/system/firmad-renew.service 2>/dev/null ||
-  { echo "firmad-renew.service does not run /usr/bin/firmactl renew --due" >&2; exit 1; }
+grep -q "ExecStart=/usr/sbin/firmad " "$work/root/lib/systemd/system/firmad.service" ||
+  fail "firmad.service does not start /usr/sbin/firmad"
+grep -q "ExecStart=/usr/bin/firmactl renew --due" "$work/root/lib/systemd/system/firmad-renew.service" ||
+  fail "firmad-renew.service does not run /usr/bin/firmactl renew --due"
 version=$("$work/root/usr/sbin/firmad" --version)
 grep -q "^firmad " <<<"$version" || { echo "packaged firmad does not run: $version" >&2; exit 1; }
 version=$("$work/root/usr/bin/firmactl" --version)
 grep -q "^firmactl " <<<"$version" || { echo "packaged firmactl does not run: $version" >&2; exit 1; }
 # The packaged example configuration is valid once its groups exist (here: root).
-sed 's/firmad-admin/root/; s/firmad-signers/root/' "$work/root/usr/share/doc/firmad/firmad.toml.example" > "$work/example.toml"
+sed 's/firmad-admin/root/; s/firmad-signers/root/' "$work/root/etc/firmad/firmad.toml" > "$work/example.toml"
 "$work/root/usr/sbin/firmad" --check-config --config "$work/example.toml"
-# Stripped: no debug sections in what ships.
-for f in usr/sbin/firmad usr/bin/firmactl; do
-  if readelf -S "$work/root/$f" | grep -q '\.debug_'; then echo "$f ships with debug sections" >&2; exit 1; fi
+# Stripped (the symbols are in the -dbgsym packages): no debug sections in what ships.
+for f in "$work/root"/usr/sbin/firmad "$work/root"/usr/bin/firmactl "$work/root"/usr/lib/*/libfirma.so.0; do
+  if readelf -S "$f" | grep -q '\.debug_'; then fail "${f#"$work/root"} ships with debug sections"; fi
 done
 # libfirma: a shared library with a SONAME, its headers and a pkg-config file,
 # exporting only its API; a C program and a C++ one build against the
@@ -83,4 +130,4 @@ out=$(LD_LIBRARY_PATH="$libdir" "$work/cpp")
 grep -q '^caught: cannot connect to firmad at /nonexistent/firmad.sock' <<<"$out" || { echo "C++ program: $out" >&2; exit 1; }
 deps=$(LD_LIBRARY_PATH="$libdir" ldd "$work/cpp")
 grep -q "libfirma.so.0 => $libdir/libfirma.so.0" <<<"$deps" || { echo "the C++ program does not load the packaged libfirma" >&2; exit 1; }
-echo "package $(basename "$deb"): files present, binaries run, stripped; libfirma builds and loads from C and C++"
+echo "packages $(basename "$deb") $(basename "$lib") $(basename "$dev"): relations, maintainer scripts, conffiles and files right; binaries run, stripped; libfirma builds and loads from C and C++"
