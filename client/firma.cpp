@@ -56,6 +56,11 @@ Bytes digest(const std::string& hash, std::span<const std::uint8_t> data) {
 
 namespace {
 
+// Where to look when firmad stops answering: under socket activation a
+// firmad that fails to start (a missing PIN credential, a bad configuration)
+// shows only as a connection closed or never answered.
+constexpr const char* kStoppedHint = " (did firmad fail to start, or stop? under systemd: systemctl status firmad; journalctl -u firmad)";
+
 std::string octal_mode(mode_t mode) {
   char text[8];
   std::snprintf(text, sizeof text, "%04o", static_cast<unsigned>(mode & 07777));
@@ -111,10 +116,9 @@ Client::Client(const std::string& path) {
     const int err = errno;
     ::close(fd_);
     fd_ = -1;
-    std::string hint = err == ENOENT || err == ECONNREFUSED ? " (is firmad running?)"
-                       : err == EACCES                     ? ": " + why_denied(path)
-                                                           : "";
-    throw ConnectionError("cannot connect to firmad at " + path + ": " + std::strerror(err) + hint);
+    std::string message = "cannot connect to firmad at " + path + ": " + std::strerror(err);
+    if (err == EACCES || err == EPERM) throw SocketAccessDenied(message + ": " + why_denied(path));
+    throw ConnectionError(message + (err == ENOENT || err == ECONNREFUSED ? " (is firmad running?)" : ""));
   }
 }
 
@@ -144,7 +148,7 @@ void Client::send_all(const std::string& data) {
   while (off < data.size()) {
     const ssize_t n = ::send(fd_, data.data() + off, data.size() - off, MSG_NOSIGNAL);
     if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) throw ConnectionError(std::string("lost the connection to firmad: ") + std::strerror(errno));
+    if (n <= 0) throw ConnectionError(std::string("lost the connection to firmad: ") + std::strerror(errno) + kStoppedHint);
     off += static_cast<std::size_t>(n);
   }
 }
@@ -175,15 +179,15 @@ std::string Client::receive_frame() {
           do ready = ::poll(&p, 1, static_cast<int>(limit));
           while (ready < 0 && errno == EINTR);
           if (ready == 0)
-            throw ConnectionError("firmad did not answer within " + std::to_string(reply_timeout_.count()) +
-                                  " ms (is it failing to start, or stuck? under systemd: systemctl status firmad)");
+            throw ConnectionError("firmad did not answer within " + std::to_string(reply_timeout_.count()) + " ms" +
+                                  kStoppedHint);
         }
         n = ::recv(fd_, chunk, sizeof chunk, 0);
       }
     }
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0) throw ConnectionError(std::string("lost the connection to firmad: ") + std::strerror(errno));
-    if (n == 0) throw ConnectionError("firmad closed the connection");
+    if (n < 0) throw ConnectionError(std::string("lost the connection to firmad: ") + std::strerror(errno) + kStoppedHint);
+    if (n == 0) throw ConnectionError(std::string("firmad closed the connection") + kStoppedHint);
     buffer_.append(chunk, static_cast<std::size_t>(n));
   }
 }

@@ -26,6 +26,13 @@ class ConnectionError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// The socket refused this process (EACCES/EPERM at connect): the message
+// names the permission missing (the socket's or directory's mode and group).
+class SocketAccessDenied : public ConnectionError {
+ public:
+  using ConnectionError::ConnectionError;
+};
+
 // The daemon answered with a Varlink error: name() is its full name
 // ("io.firmad.Signer.KeyNotFound"), parameters() its details.
 class Error : public std::runtime_error {

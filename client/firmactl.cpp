@@ -699,6 +699,9 @@ int main(int argc, char** argv) {
     if (opt.json) std::cout << firma::Json{{"error", e.name()}, {"parameters", e.parameters()}}.dump() << "\n";
     std::cerr << "firmactl: " << explain(e) << "\n";
     return e.short_name() == "AccessDenied" ? kDenied : kRefused;
+  } catch (const firma::SocketAccessDenied& e) {
+    std::cerr << "firmactl: " << e.what() << "\n";
+    return kDenied;
   } catch (const firma::ConnectionError& e) {
     std::cerr << "firmactl: " << e.what() << "\n";
     return kUnreachable;

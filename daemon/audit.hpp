@@ -44,7 +44,7 @@ struct AuditRecord {
 
 class Audit {
  public:
-  // Opens the file (creating it 0640, and its directory 0750 if missing);
+  // Opens the file (creating it 0640 and its directory 0750 if missing, less the umask: 0600 and 0700 under the shipped unit's UMask=0077, as logrotate creates it);
   // throws std::runtime_error naming the path if it cannot. A FIFO must
   // already have a reader.
   Audit(const DaemonConfig& config, asio::io_context& io);

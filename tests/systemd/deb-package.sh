@@ -36,8 +36,9 @@ grep -q "libfirma0 (= $(field "$lib" Version))" <<<"$(field "$dev" Depends)" || 
 dpkg-deb --control "$deb" "$work/control"
 for s in postinst prerm postrm; do [ -x "$work/control/$s" ] || fail "firmad has no $s"; done
 postinst=$(cat "$work/control/postinst")
-for want in 'systemd-sysusers' '--create firmad.conf' 'deb-systemd-helper unmask' \
-            "'firmad.socket'" "'firmad-renew.timer'" 'deb-systemd-invoke $_dh_action' 'try-restart'; do
+for want in 'systemd-sysusers' '--create firmad.conf' "deb-systemd-helper enable 'firmad.socket'" \
+            "deb-systemd-helper enable 'firmad-renew.timer'" "deb-systemd-invoke start 'firmad-renew.timer' 'firmad.socket'" \
+            "deb-systemd-invoke try-restart 'firmad-renew.service' 'firmad.service'"; do
   grep -qF -- "$want" <<<"$postinst" || fail "firmad's postinst lacks: $want"
 done
 # (Users first: the directories belong to them.)
@@ -48,7 +49,9 @@ line() { grep -nF -- "$1" <<<"$postinst" | head -1 | cut -d: -f1; }
 grep -qF "deb-systemd-helper debian-installed 'firmad.service'" <<<"$postinst" &&
   ! grep -A1 'was-enabled defaults to true' <<<"$postinst" | grep -q "'firmad.service'" ||
   fail "firmad's postinst enables firmad.service on installation (it is socket-activated)"
-grep -q 'deb-systemd-invoke stop.*firmad' "$work/control/prerm" || fail "firmad's prerm does not stop firmad"
+# An upgrade leaves the socket listening: clients wait in its backlog while firmad restarts.
+grep -q 'restart.*firmad.socket' <<<"$postinst" && fail "firmad's postinst restarts firmad.socket on upgrade"
+grep -q "deb-systemd-invoke stop 'firmad-renew.timer' 'firmad.socket'" "$work/control/prerm" || fail "firmad's prerm does not stop firmad's socket"
 grep -q 'rm -rf /var/lib/firmad /var/log/firmad' "$work/control/postrm" || fail "firmad's postrm does not purge its state"
 for c in /etc/firmad/firmad.toml /etc/firmad/softhsm2.conf /etc/logrotate.d/firmad; do
   grep -qx "$c" "$work/control/conffiles" || fail "$c is not a conffile"
