@@ -141,7 +141,9 @@ std::vector<std::unique_ptr<firmad::TokenWorker>> make_workers(const firmad::Con
     for (const auto& k : cfg.keys)
       if (k.token == t.name) keys.push_back(k);
     try {
-      workers.push_back(std::make_unique<firmad::TokenWorker>(t, std::move(keys), cfg.daemon.busy_poll));
+      // One file per token, in the state directory (0700, firmad's own).
+      const auto refused_pins = std::filesystem::path(cfg.daemon.state_directory) / ("pin-refused-" + t.name + ".json");
+      workers.push_back(std::make_unique<firmad::TokenWorker>(t, std::move(keys), cfg.daemon.busy_poll, refused_pins));
     } catch (const std::invalid_argument& e) {
       throw firmad::ConfigError(cfg.path + ": tokens." + t.name + " or its keys: " + e.what());
     }

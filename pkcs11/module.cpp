@@ -75,6 +75,8 @@ Module::~Module() {
   p11_kit_module_release(fn_);
 }
 
+void Module::close_all_sessions(SlotId slot) const noexcept { fn_->C_CloseAllSessions(slot); }
+
 std::vector<SlotId> Module::slots_with_token() const {
   CK_ULONG count = 0;
   check(fn_->C_GetSlotList(CK_TRUE, nullptr, &count), "C_GetSlotList");

@@ -32,6 +32,10 @@ class Module {
   TokenInfo token_info(SlotId slot) const;
   // Returns the raw CK_TOKEN_INFO (for URI matching inside pkcs11/).
   CK_TOKEN_INFO raw_token_info(SlotId slot) const;
+  // Closes every session this process has on the slot (C_CloseAllSessions),
+  // for sessions whose handles were forgotten; failures are ignored (a
+  // removed token's sessions are gone already).
+  void close_all_sessions(SlotId slot) const noexcept;
   // Returns the signature schemes the slot's mechanisms allow for a key type.
   std::vector<Scheme> schemes(SlotId slot, KeyType type) const;
 

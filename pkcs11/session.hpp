@@ -55,6 +55,12 @@ class Session {
 
   CK_SESSION_HANDLE handle() const noexcept { return handle_; }
 
+  // The module declared this session gone (CKR_SESSION_HANDLE_INVALID,
+  // CKR_SESSION_CLOSED, a removed token): drops the handle without closing
+  // it. Modules reuse handle numbers, so a late C_CloseSession could close
+  // a session another thread has just been given.
+  void forget() noexcept { handle_ = CK_INVALID_HANDLE; }
+
  private:
   std::shared_ptr<Module> module_;
   SlotId slot_;

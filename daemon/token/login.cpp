@@ -60,6 +60,7 @@ LoginState TokenWorker::login(std::optional<protocol::Secret> pin, bool force, b
       throw fail(LoginState::PinFinalTry, "the next wrong PIN locks the token; log in with 'firmactl login --force'",
                  perr::kPinFinalTry, {{"token", name}});
     protocol::Secret secret;
+    const bool from_source = !pin;
     if (pin) {
       secret = std::move(*pin);
     } else {
@@ -69,16 +70,29 @@ LoginState TokenWorker::login(std::optional<protocol::Secret> pin, bool force, b
         throw fail(LoginState::PinSourceUnavailable, e.what(), perr::kPinSourceUnavailable, {{"token", name}, {"reason", e.what()}});
       }
     }
+    // The token refused this very PIN before, maybe in an earlier run: an
+    // automatic login does not offer it again (an administrator's does).
+    if (automatic && refused_pins_.refused(info.serial, secret))
+      throw fail(LoginState::PinIncorrect,
+                 "the token refused the PIN of " + refused_pins_.refused_source() + " at " +
+                     iso8601(*refused_pins_.refused_at()) + "; not tried again until it changes or an administrator runs 'firmactl login " +
+                     name + "'",
+                 perr::kPinIncorrect, {{"token", name}});
     publish([&](TokenSnapshot& s) { ++s.login_attempts; });
     try {
       control_session_->login(secret.view());
     } catch (const pkcs11::Error& e) {
       const auto after = module_->token_info(control_session_->slot());
       publish([&](TokenSnapshot& s) { s.info = after; });
-      if (e.fault() == pkcs11::Fault::PinIncorrect) pin_refused_ = true;
-      if (e.fault() == pkcs11::Fault::PinIncorrect)
+      if (e.fault() == pkcs11::Fault::PinIncorrect) {
+        pin_refused_ = true;
+        if (from_source) {
+          if (auto error = refused_pins_.remember(info.serial, pin_source_name(config_), secret); !error.empty())
+            log::error("pin-refusal-not-saved", {{"token", name}, {"error", error}});
+        }
         throw fail(LoginState::PinIncorrect, "the token refused the PIN (" + e.code_name() + "); not retried", perr::kPinIncorrect,
                    {{"token", name}});
+      }
       if (e.fault() == pkcs11::Fault::PinLocked)
         throw fail(LoginState::PinLocked, "the token's user PIN is locked", perr::kPinLocked, {{"token", name}});
       throw fail(LoginState::Error, e.what(), perr::kTokenError, {{"token", name}, {"call", e.call()}, {"code", e.code_name()}});
@@ -87,6 +101,9 @@ LoginState TokenWorker::login(std::optional<protocol::Secret> pin, bool force, b
     throw fail(LoginState::Error, e.what(), perr::kTokenError, {{"token", name}, {"call", e.call()}, {"code", e.code_name()}});
   }
   pin_refused_ = false;
+  if (refused_pins_.refused_at()) {
+    if (auto error = refused_pins_.forget(); !error.empty()) log::error("pin-refusal-not-saved", {{"token", name}, {"error", error}});
+  }
   publish_logged_in();
   log::notice("token-login", {{"token", name}, {"automatic", automatic ? "yes" : "no"}});
   return LoginState::LoggedIn;

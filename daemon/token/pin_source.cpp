@@ -58,6 +58,18 @@ protocol::Secret read_private_file(const std::string& path) {
 
 }  // namespace
 
+std::string pin_source_name(const TokenConfig& token) {
+  switch (token.pin_source) {
+    case PinSource::File:
+      return "PIN file " + token.pin_file;
+    case PinSource::Credential:
+      return "credential " + token.pin_credential;
+    case PinSource::Admin:
+      break;
+  }
+  return "administrator";
+}
+
 protocol::Secret read_pin(const TokenConfig& token) {
   switch (token.pin_source) {
     case PinSource::File:

@@ -1,6 +1,7 @@
 // Reading a token's PIN from its unattended source: a private file or a systemd credential.
 #pragma once
 #include <stdexcept>
+#include <string>
 
 #include "daemon/config.hpp"
 #include "protocol/secret.hpp"
@@ -18,6 +19,10 @@ class PinSourceError : public std::runtime_error {
 // missing, not a regular file, readable or writable by group or others,
 // empty, or longer than a PIN may be.
 protocol::Secret read_pin(const TokenConfig& token);
+
+// Names the token's PIN source for messages: "PIN file /etc/firmad/pin",
+// "credential firmad-pin", "administrator".
+std::string pin_source_name(const TokenConfig& token);
 
 // Whether the token's PIN can be had without an administrator.
 inline bool unattended(const TokenConfig& token) { return token.pin_source != PinSource::Admin; }

@@ -65,10 +65,12 @@ protocol::VarlinkError token_failure(const std::string& token, const std::except
   return VarlinkError(perr::kInternalError, {{"reason", e.what()}});
 }
 
-TokenWorker::TokenWorker(TokenConfig config, std::vector<KeyConfig> keys, std::chrono::microseconds busy_poll)
+TokenWorker::TokenWorker(TokenConfig config, std::vector<KeyConfig> keys, std::chrono::microseconds busy_poll,
+                         std::filesystem::path refused_pins)
     : config_(std::move(config)),
       key_configs_(std::move(keys)),
       token_uri_(pkcs11::Uri::parse(config_.uri)),
+      refused_pins_(std::move(refused_pins)),
       busy_poll_(busy_poll),
       snapshot_(std::make_shared<TokenSnapshot>()) {
   for (const auto& k : key_configs_) key_uris_.push_back(pkcs11::Uri::parse(k.uri));
@@ -325,13 +327,20 @@ void TokenWorker::refresh() {
   }
 }
 
+// Control thread only. The module said the token or its sessions are gone:
+// their handles are forgotten, never closed one by one (the module may have
+// handed the numbers to new sessions of another token already); whatever
+// the module still keeps on the slot is closed with C_CloseAllSessions.
 void TokenWorker::lose_token(const std::string& why) {
   publish([&](TokenSnapshot& s) {
     s.present = false, s.logged_in = false, s.login_state = LoginState::Absent;
     s.reason = "the token went away (" + why + "); waiting for it to come back";
   });
+  const auto slot = control_session_ ? std::optional(control_session_->slot()) : std::nullopt;
+  if (control_session_) control_session_->forget();
   control_session_.reset();
-  close_signing_sessions();
+  close_signing_sessions(Handles::Forget);
+  if (slot) module_->close_all_sessions(*slot);
   log::warning("token-removed", {{"token", config_.name}, {"why", why}});
 }
 
@@ -345,10 +354,13 @@ void TokenWorker::refuse_token(const std::string& serial, const std::string& why
                                 {"expected", known_serial_.value_or("")}, {"why", why}});
 }
 
-void TokenWorker::close_signing_sessions() {
+void TokenWorker::close_signing_sessions(Handles handles) {
   std::unique_lock lock(mutex_);
   idle_cv_.wait(lock, [this] { return active_ == 0; });
-  for (auto& session : sessions_) session.reset();
+  for (auto& session : sessions_) {
+    if (session && handles == Handles::Forget) session->forget();
+    session.reset();
+  }
 }
 
 void TokenWorker::suspect_token() {
@@ -391,9 +403,11 @@ void TokenWorker::check_session(std::size_t index, const TokenSnapshot& seen,
     return;
   }
   {
-    // Closed before the new one opens: a module may give the new session the
-    // dead one's handle (SoftHSM does), which closing afterwards would end.
+    // Forgotten, not closed: the module declared the handle invalid and may
+    // give its number to a new session (SoftHSM does), maybe another
+    // thread's, which a C_CloseSession would end.
     std::lock_guard lock(mutex_);
+    sessions_[index]->forget();
     sessions_[index].reset();
   }
   if (!reopen_session(index, slot, seen.logged_in, why)) reopen_on = slot;

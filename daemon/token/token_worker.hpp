@@ -5,6 +5,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <filesystem>
 #include <map>
 #include <functional>
 #include <memory>
@@ -17,6 +18,7 @@
 #include "daemon/mx/identity.hpp"
 #include "daemon/config.hpp"
 #include "daemon/mx/credential.hpp"
+#include "daemon/token/pin_refusals.hpp"
 #include "pkcs11/module.hpp"
 #include "pkcs11/session.hpp"
 #include "pkcs11/types.hpp"
@@ -82,8 +84,11 @@ class TokenWorker {
   using Job = std::function<void(WorkContext&)>;
 
   // busy_poll: how long an idle signing thread polls the queue before it sleeps.
+  // refused_pins: the file that remembers a PIN the token refused (see
+  // PinRefusals; empty: in memory only).
   TokenWorker(TokenConfig config, std::vector<KeyConfig> keys,
-              std::chrono::microseconds busy_poll = std::chrono::microseconds(0));
+              std::chrono::microseconds busy_poll = std::chrono::microseconds(0),
+              std::filesystem::path refused_pins = {});
   TokenWorker(const TokenWorker&) = delete;  // owns threads and sessions
   TokenWorker& operator=(const TokenWorker&) = delete;
   ~TokenWorker();
@@ -164,7 +169,10 @@ class TokenWorker {
   void refresh();
   void lose_token(const std::string& why);
   void check_token();
-  void close_signing_sessions();
+  // Whether the sessions' handles are closed (the module still holds them)
+  // or forgotten (the module declared them gone).
+  enum class Handles { Close, Forget };
+  void close_signing_sessions(Handles handles = Handles::Close);
   void check_session(std::size_t index, const TokenSnapshot& seen, std::optional<pkcs11::SlotId>& reopen_on);
   pkcs11::Session* reopen_session(std::size_t index, pkcs11::SlotId slot, bool expect_login, const std::string& why);
   // How a rescan treats a key whose public key is not the remembered one.
@@ -198,6 +206,7 @@ class TokenWorker {
   std::optional<std::string> known_serial_;
   std::map<std::string, pkcs11::Bytes> known_keys_;  // alias -> SubjectPublicKeyInfo DER
   bool pin_refused_ = false;  // a wrong PIN was refused: never again without an administrator
+  PinRefusals refused_pins_;  // ... nor after a restart, while the source holds the same PIN
 
   // Signing state, guarded by mutex_.
   mutable std::mutex mutex_;

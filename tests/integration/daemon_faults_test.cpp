@@ -160,6 +160,8 @@ TEST_F(TokenFaults, DeadSessionIsReopenedWhileTheOtherSessionSignsOn) {
   }
   EXPECT_EQ(counter("logins"), 1) << "the new session shares the login: no C_Login";
   EXPECT_EQ(d->log().find("event=token-removed"), std::string::npos);
+  d.reset();  // shutdown closes the live sessions
+  EXPECT_EQ(counter("stale_closes"), 0) << "the dead session's handle was closed, not forgotten";
 }
 
 TEST_F(TokenFaults, DeviceRemovedWhileTheTokenStaysFailsOneRequestOnly) {

@@ -184,7 +184,7 @@ TEST_F(PinCustody, AdministratorOfAnotherUidLogsOutAndInThroughItsGroup) {
 
   EXPECT_EQ(ctl("logout demo").exit_code, 4) << "admin_users = [] leaves root out";
   r = as("--reuid=65529 --regid=65529 --clear-groups", "status");
-  EXPECT_EQ(r.exit_code, 3) << r.out;
+  EXPECT_EQ(r.exit_code, 4) << r.out;  // refused by the socket: access denied
   EXPECT_NE(r.out.find("may be used by members of group nogroup, and uid 65529"), std::string::npos) << r.out;
 }
 
@@ -261,6 +261,55 @@ TEST_F(PinFlags, FinalTryIsNeverSpentAutomaticallyAndOnlyWithForce) {
   EXPECT_TRUE(token_status()["loggedIn"].get<bool>());
 }
 
+// A wrong PIN in the file costs one try, ever (issue 10): the refusal is
+// remembered in the state directory, so restarts and reboots never offer it
+// again; a changed file is tried once; an administrator's login clears it.
+TEST_F(PinFlags, WrongPinFileCostsOneTryAcrossRestarts) {
+  const fs::path memory = rig.dir() / "state" / "pin-refused-demo.json";
+  write_file(rig.pin_file(), "999999\n");
+  {
+    auto d = start_faulty();
+    ASSERT_TRUE(d->wait_for_log("event=token-login-refused")) << d->log();
+    EXPECT_EQ(logins(), 1);
+  }
+  ASSERT_TRUE(fs::exists(memory));
+  EXPECT_EQ(fs::status(memory).permissions() & fs::perms::all, fs::perms::owner_read | fs::perms::owner_write);
+  EXPECT_EQ(read_file(memory.string()).find("999999"), std::string::npos) << "a digest is kept, never the PIN";
+  for (int restart = 1; restart <= 3; ++restart) {
+    auto d = start_faulty();
+    ASSERT_TRUE(d->wait_for_log("event=token-login-refused")) << d->log();
+    const auto t = token_status();
+    EXPECT_EQ(t["loginState"], "pin-incorrect");
+    EXPECT_NE(t.value("reason", "").find("refused the PIN of PIN file " + rig.pin_file().string() + " at "), std::string::npos) << t;
+    EXPECT_EQ(t["loginAttempts"], 0);
+    EXPECT_EQ(logins(), 1) << "restart " << restart << " offered the refused PIN again";
+  }
+  // The file corrected: tried once, logged in, and the refusal forgotten.
+  write_file(rig.pin_file(), std::string(TokenRig::kPin) + "\n");
+  {
+    auto d = start_faulty();
+    ASSERT_TRUE(d->wait_for_log("event=token-login ")) << d->log();
+    EXPECT_EQ(logins(), 2);
+  }
+  EXPECT_FALSE(fs::exists(memory));
+  // Wrong again; an administrator logs in by hand, which clears the memory:
+  // the next start tries the (still wrong) file once more.
+  write_file(rig.pin_file(), "999999\n");
+  {
+    auto d = start_faulty();
+    ASSERT_TRUE(d->wait_for_log("event=token-login-refused")) << d->log();
+    EXPECT_EQ(logins(), 3);
+    auto r = ctl("login demo --pin-stdin", TokenRig::kPin);
+    EXPECT_EQ(r.exit_code, 0) << r.out;
+    EXPECT_EQ(logins(), 4);
+  }
+  EXPECT_FALSE(fs::exists(memory));
+  auto d = start_faulty();
+  ASSERT_TRUE(d->wait_for_log("event=token-login-refused")) << d->log();
+  EXPECT_EQ(logins(), 5);
+  EXPECT_EQ(d->log().find("999999"), std::string::npos) << "the PIN never reaches the log";
+}
+
 TEST_F(PinFlags, RemovedTokenFailsFastAndServesAgainWhenBack) {
   auto d = start_faulty();
   ASSERT_TRUE(d->wait_for_log("event=token-login ")) << d->log();
@@ -276,6 +325,9 @@ TEST_F(PinFlags, RemovedTokenFailsFastAndServesAgainWhenBack) {
   EXPECT_FALSE(client().sign_digest("firma-ec", digest()).empty());
   EXPECT_EQ(logins(), 2) << "one C_Login at start, one after reinsertion";
   EXPECT_TRUE(d->wait_for_log("event=token-removed"));
+  d.reset();
+  const std::string stale = read_file(control.string() + ".stale_closes");
+  EXPECT_TRUE(stale.empty()) << stale << " C_CloseSession call(s) on handles the removal had closed";
 }
 
 TEST_F(PinFlags, SlowTokenWithAFullQueueStillAnswersStatus) {

@@ -25,6 +25,11 @@
  *                                returns CKR_SESSION_HANDLE_INVALID; the token stays
  *                                present and logged in. Until N sessions have died
  *                                in all, counted in "$FIRMAD_FAULT_CONTROL.killed"
+ * A C_CloseSession on a handle the module closed underneath (session_invalid,
+ * a removal) and did not hand out again is a stale close: firmad must forget
+ * such handles, never close them (a module may give the number to a new
+ * session, another thread's). Each is refused and counted in
+ * "$FIRMAD_FAULT_CONTROL.stale_closes".
  * Every C_Login call is counted in "$FIRMAD_FAULT_CONTROL.logins", and the
  * session handle of every signature made is appended to
  * "$FIRMAD_FAULT_CONTROL.signed", one per line. */
@@ -104,6 +109,45 @@ static void count(const char *suffix) {
 
 static void count_login(void) { count("logins"); }
 
+// Which handles are open and which the module closed underneath.
+#define MAX_HANDLES 256
+static pthread_mutex_t handles_lock = PTHREAD_MUTEX_INITIALIZER;
+static CK_SESSION_HANDLE open_handles[MAX_HANDLES], dead_handles[MAX_HANDLES];
+static int open_count, dead_count;
+
+// Removes h from set (of *n); returns whether it was there. Under handles_lock.
+static int take(CK_SESSION_HANDLE *set, int *n, CK_SESSION_HANDLE h) {
+  for (int i = 0; i < *n; ++i) {
+    if (set[i] != h) continue;
+    set[i] = set[--*n];
+    return 1;
+  }
+  return 0;
+}
+
+static void put(CK_SESSION_HANDLE *set, int *n, CK_SESSION_HANDLE h) {
+  if (*n < MAX_HANDLES) set[(*n)++] = h;
+}
+
+static void handle_opened(CK_SESSION_HANDLE h) {
+  pthread_mutex_lock(&handles_lock);
+  take(dead_handles, &dead_count, h);  // the number is in use again
+  put(open_handles, &open_count, h);
+  pthread_mutex_unlock(&handles_lock);
+}
+
+static void handle_killed(CK_SESSION_HANDLE h) {
+  pthread_mutex_lock(&handles_lock);
+  if (take(open_handles, &open_count, h)) put(dead_handles, &dead_count, h);
+  pthread_mutex_unlock(&handles_lock);
+}
+
+static void all_handles_killed(void) {
+  pthread_mutex_lock(&handles_lock);
+  while (open_count > 0) put(dead_handles, &dead_count, open_handles[--open_count]);
+  pthread_mutex_unlock(&handles_lock);
+}
+
 // Signing threads call concurrently: one kill decision at a time.
 static pthread_mutex_t kill_lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -116,6 +160,7 @@ static int kill_session(CK_SESSION_HANDLE session) {
   const int kill = counter("killed") < wanted;
   if (kill) {
     real_fns.C_CloseSession(session);
+    handle_killed(session);
     count("killed");
   }
   pthread_mutex_unlock(&kill_lock);
@@ -150,6 +195,7 @@ static int removed(CK_SLOT_ID slot) {
   if (atomic_exchange(&was_removed, now) != now && now) {
     pthread_rwlock_wrlock(&operations_lock);
     real_fns.C_CloseAllSessions(slot);
+    all_handles_killed();
     pthread_rwlock_unlock(&operations_lock);
   }
   return now;
@@ -172,7 +218,29 @@ static CK_RV fault_GetSlotList(CK_BBOOL present, CK_SLOT_ID_PTR list, CK_ULONG_P
 
 static CK_RV fault_OpenSession(CK_SLOT_ID slot, CK_FLAGS flags, CK_VOID_PTR app, CK_NOTIFY notify, CK_SESSION_HANDLE_PTR s) {
   if (removed(slot)) return CKR_TOKEN_NOT_PRESENT;
-  return real_fns.C_OpenSession(slot, flags, app, notify, s);
+  const CK_RV rv = real_fns.C_OpenSession(slot, flags, app, notify, s);
+  if (rv == CKR_OK) handle_opened(*s);
+  return rv;
+}
+
+static CK_RV fault_CloseSession(CK_SESSION_HANDLE session) {
+  pthread_mutex_lock(&handles_lock);
+  const int stale = take(dead_handles, &dead_count, session);
+  if (stale) put(dead_handles, &dead_count, session);
+  else take(open_handles, &open_count, session);
+  pthread_mutex_unlock(&handles_lock);
+  if (stale) {
+    count("stale_closes");
+    return CKR_SESSION_HANDLE_INVALID;
+  }
+  return real_fns.C_CloseSession(session);
+}
+
+static CK_RV fault_CloseAllSessions(CK_SLOT_ID slot) {
+  pthread_mutex_lock(&handles_lock);
+  open_count = 0;  // one token: every session is on its slot
+  pthread_mutex_unlock(&handles_lock);
+  return real_fns.C_CloseAllSessions(slot);
 }
 
 static CK_RV fault_GetSessionInfo(CK_SESSION_HANDLE session, CK_SESSION_INFO_PTR info) {
@@ -250,6 +318,8 @@ CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR list) {
     fault_fns.C_Login = fault_Login;
     fault_fns.C_GetSlotList = fault_GetSlotList;
     fault_fns.C_OpenSession = fault_OpenSession;
+    fault_fns.C_CloseSession = fault_CloseSession;
+    fault_fns.C_CloseAllSessions = fault_CloseAllSessions;
     fault_fns.C_GetSessionInfo = fault_GetSessionInfo;
     fault_fns.C_SignInit = fault_SignInit;
     fault_fns.C_Sign = fault_Sign;
