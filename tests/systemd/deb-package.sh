@@ -24,12 +24,15 @@ field() { dpkg-deb --field "$1" "$2"; }
 # Relations: shared-library dependencies and systemd; the smart-card stack
 # recommended, SoftHSM suggested; -dev pinned to its library.
 depends=$(field "$deb" Depends)
-for d in libc6 libssl3 libstdc++6 libp11-kit0 systemd; do
-  grep -qw "$d" <<<"$depends" || fail "firmad does not depend on $d: $depends"
+for d in libc6 libssl3 libstdc++6 libp11-kit0 'systemd (>= 248)'; do
+  grep -qE "(^|, )$(sed 's/[().+]/\\&/g' <<<"$d")( |,|$)" <<<"$depends" || fail "firmad does not depend on $d: $depends"
 done
 [ "$(field "$deb" Recommends)" = "opensc, pcscd" ] || fail "firmad recommends '$(field "$deb" Recommends)'"
 [ "$(field "$deb" Suggests)" = "softhsm2" ] || fail "firmad suggests '$(field "$deb" Suggests)'"
 grep -q "libfirma0 (= $(field "$lib" Version))" <<<"$(field "$dev" Depends)" || fail "libfirma-dev is not pinned to libfirma0"
+# firma.hpp includes nlohmann/json.hpp, whose ABI tag is in libfirma's C++ symbols.
+grep -q "nlohmann-json3-dev (>= 3.11.2), nlohmann-json3-dev (<< 3.11.3~)" <<<"$(field "$dev" Depends)" ||
+  fail "libfirma-dev does not depend on the nlohmann-json3-dev its symbols were built with: $(field "$dev" Depends)"
 
 # Maintainer scripts: users and directories at once, units enabled and
 # started, firmad restarted on upgrade, stopped on removal, state purged.
@@ -38,7 +41,7 @@ for s in postinst prerm postrm; do [ -x "$work/control/$s" ] || fail "firmad has
 postinst=$(cat "$work/control/postinst")
 for want in 'systemd-sysusers' '--create firmad.conf' "deb-systemd-helper enable 'firmad.socket'" \
             "deb-systemd-helper enable 'firmad-renew.timer'" "deb-systemd-invoke start 'firmad-renew.timer' 'firmad.socket'" \
-            "deb-systemd-invoke try-restart 'firmad-renew.service' 'firmad.service'"; do
+            "deb-systemd-invoke try-restart 'firmad.service'"; do
   grep -qF -- "$want" <<<"$postinst" || fail "firmad's postinst lacks: $want"
 done
 # (Users first: the directories belong to them.)
@@ -51,6 +54,8 @@ grep -qF "deb-systemd-helper debian-installed 'firmad.service'" <<<"$postinst" &
   fail "firmad's postinst enables firmad.service on installation (it is socket-activated)"
 # An upgrade leaves the socket listening: clients wait in its backlog while firmad restarts.
 grep -q 'restart.*firmad.socket' <<<"$postinst" && fail "firmad's postinst restarts firmad.socket on upgrade"
+# ... and a renewal under way finishes.
+grep -q 'restart.*firmad-renew.service' <<<"$postinst" && fail "firmad's postinst restarts firmad-renew.service on upgrade"
 grep -q "deb-systemd-invoke stop 'firmad-renew.timer' 'firmad.socket'" "$work/control/prerm" || fail "firmad's prerm does not stop firmad's socket"
 grep -q 'rm -rf /var/lib/firmad /var/log/firmad' "$work/control/postrm" || fail "firmad's postrm does not purge its state"
 for c in /etc/firmad/firmad.toml /etc/firmad/softhsm2.conf /etc/logrotate.d/firmad; do
@@ -97,7 +102,9 @@ soname=$(readelf -d "$libdir/libfirma.so.0" | sed -n 's/.*(SONAME).*\[\(.*\)\]/\
 foreign=$(nm -D --defined-only "$libdir/libfirma.so.0" | c++filt | awk '{ $1 = ""; $2 = ""; print }' |
           grep -v '^ *firma_' | grep -v 'firma::' | grep -v '^ *FIRMA_0$' || true)
 [ -z "$foreign" ] || { echo "libfirma exports more than its API:" >&2; head -5 <<<"$foreign" >&2; exit 1; }
-export PKG_CONFIG_SYSROOT_DIR="$work/root" PKG_CONFIG_LIBDIR="$libdir/pkgconfig"
+# (The system's own .pc files too: firma requires nlohmann_json.)
+export PKG_CONFIG_SYSROOT_DIR="$work/root" PKG_CONFIG_LIBDIR="$libdir/pkgconfig:/usr/share/pkgconfig"
+pkg-config --print-requires firma | grep -q '^nlohmann_json >= 3.11.2$' || fail "firma.pc does not require nlohmann_json"
 flags=$(pkg-config --cflags --libs firma) || { echo "pkg-config finds no firma" >&2; exit 1; }
 cat > "$work/c.c" <<'C'
 #include <firma/firma.h>

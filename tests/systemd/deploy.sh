@@ -128,6 +128,12 @@ rebuild_debs() {
     old=$(dpkg-deb -f "$deb" Version)
     new=$old+rebuild1
     sed -i -e "s/^Version: .*/Version: $new/" -e "s/(= $old)/(= $new)/g" "$dir/DEBIAN/control"
+    # The new version changes the shipped configuration too: the edited one
+    # must be kept, the new one put beside it (dpkg's conffile handling).
+    if [ -f "$dir/etc/firmad/firmad.toml" ]; then
+      echo "# (changed in $new)" >> "$dir/etc/firmad/firmad.toml"
+      (cd "$dir" && sed -i "s|^[0-9a-f]*  etc/firmad/firmad.toml\$|$(md5sum etc/firmad/firmad.toml | sed 's/ .*//')  etc/firmad/firmad.toml|" DEBIAN/md5sums)
+    fi
     dpkg-deb -b "$dir" "$out/$(dpkg-deb -f "$deb" Package)_${new}_$(dpkg-deb -f "$deb" Architecture).deb" >/dev/null
   done
 }
@@ -414,8 +420,9 @@ if out=$(as mallory firmactl status 2>&1); then fail "mallory (no group) got the
 grep -q 'Permission denied' <<<"$out" && grep -q 'firmad-signers' <<<"$out" && grep -q '0660' <<<"$out" ||
   fail "mallory's refusal does not name the socket's mode and group: $out"
 ok "mallory refused (exit $rc): $out"
-if out=$(as mallory firmactl sign empresa /etc/hostname -o /tmp/x 2>&1); then fail "mallory could sign"; fi
-ok "mallory cannot sign"
+if out=$(as mallory firmactl sign empresa /etc/hostname -o /tmp/x 2>&1); then fail "mallory could sign"; else rc=$?; fi
+[ "$rc" = 4 ] && grep -q 'Permission denied' <<<"$out" || fail "mallory's signature was refused otherwise (exit $rc): $out"
+ok "mallory cannot sign (exit 4)"
 # adm (firmad-admin, and firmad-signers to reach the socket) logs firmad out and in.
 # (-N: Debian has a group adm already; adm's primary group is 'users'.)
 ns useradd -m -N -G firmad-admin,firmad-signers adm
@@ -423,10 +430,12 @@ out=$(as adm firmactl logout firmad 2>&1) || fail "firmactl logout firmad as adm
 status=$(as adm firmactl status 2>&1) || fail "firmactl status as adm: $status"
 grep -q '^token firmad: logged-out' <<<"$status" || fail "status after logout: $status"
 ok "adm: firmactl logout firmad -> $out; status: $(grep '^token' <<<"$status")"
-if out=$(as alice firmactl sign empresa doc1 -o doc1.sig2 2>&1); then fail "alice signed while the token was logged out"; fi
-ok "alice refused while logged out: $out"
-if out=$(as alice firmactl logout firmad 2>&1); then fail "alice (not an admin) logged firmad out"; fi
-ok "alice (not an admin) may not log out: $out"
+if out=$(as alice firmactl sign empresa doc1 -o doc1.sig2 2>&1); then fail "alice signed while the token was logged out"; else rc=$?; fi
+[ "$rc" = 1 ] && grep -q 'is not logged in' <<<"$out" || fail "alice's signature while logged out: exit $rc: $out"
+ok "alice refused while logged out (exit 1): $out"
+if out=$(as alice firmactl logout firmad 2>&1); then fail "alice (not an admin) logged firmad out"; else rc=$?; fi
+[ "$rc" = 4 ] && grep -q 'you may not do this (Logout)' <<<"$out" || fail "alice's logout: exit $rc: $out"
+ok "alice (not an admin) may not log out (exit 4): $out"
 out=$(printf '%s\n' "$pin" | as adm firmactl login firmad --pin-stdin 2>&1) || fail "firmactl login firmad --pin-stdin as adm: $out"
 status=$(as adm firmactl status 2>&1) || fail "firmactl status as adm: $status"
 grep -q '^token firmad: logged-in' <<<"$status" || fail "status after login: $status"
@@ -496,7 +505,9 @@ up_debs=()
 for d in "$work"/upgrade/*.deb; do up_debs+=("/upgrade/$(basename "$d")"); done
 # alice signs in a loop during the upgrade (until told to stop), to see what clients meet.
 signing_loop "$work/upgrade-loop.log"
-out=$(NS_TIMEOUT=120 ns apt-get install -y --no-install-recommends "${up_debs[@]}" </dev/null 2>&1) ||
+# Both the administrator and the package changed firmad.toml: unattended,
+# dpkg is told to keep the administrator's (--force-confold), as automation does.
+out=$(NS_TIMEOUT=120 ns apt-get install -y --no-install-recommends -o Dpkg::Options::=--force-confold "${up_debs[@]}" </dev/null 2>&1) ||
   { say "$out"; fail "the upgrade (apt-get install ${up_debs[*]}) failed"; }
 ns touch /home/alice/stop
 wait "$loop_pid" || fail "alice's signing loop did not end after the upgrade: $(sort "$work/upgrade-loop.log" | uniq -c)"
@@ -519,7 +530,8 @@ deleted=$(ns sh -c 'for p in /proc/[0-9]*; do e=$(readlink $p/exe 2>/dev/null) |
 state_after=$(ns find /var/lib/firmad "$tokendir" -printf '%p %u %m %y\n' | sort)
 [ "$state_before" = "$state_after" ] || fail "/var/lib/firmad changed in the upgrade: $(diff <(echo "$state_before") <(echo "$state_after"))"
 [ "$(ns sha256sum /etc/firmad/firmad.toml)" = "$conf_sum" ] || fail "the upgrade changed /etc/firmad/firmad.toml"
-ns sh -c 'ls /etc/firmad/*.dpkg-* 2>/dev/null' && fail "the upgrade left dpkg conffile copies in /etc/firmad"
+ns grep -q '^# (changed in .*+rebuild1)$' /etc/firmad/firmad.toml.dpkg-dist ||
+  fail "the upgrade's new firmad.toml is not beside the edited one (firmad.toml.dpkg-dist)"
 ok "state kept ($(wc -l <<<"$state_after") entries in /var/lib/firmad and $tokendir), edited firmad.toml kept, no prompt"
 sign_as alice doc4
 [ "$(firmad_pid)" != "$pid_before" ] || fail "the old firmad (PID $pid_before) still serves after the upgrade"
@@ -546,7 +558,8 @@ no_stale_firmad "after remove"
 [ "$(ns systemctl is-active firmad.service)" != active ] || fail "firmad.service is still active after remove"
 [ "$(ns systemctl is-active firmad.socket)" != active ] || fail "firmad.socket is still listening after remove"
 ns test ! -e /run/firmad/firmad.sock || fail "/run/firmad/firmad.sock is left after remove"
-ok "firmad stopped and its socket closed by remove"
+[ "$(ns systemctl is-active firmad-renew.timer)" != active ] || fail "firmad-renew.timer is still active after remove"
+ok "firmad stopped, its socket closed and its timer stopped by remove"
 ns test -d /var/lib/firmad || fail "remove deleted /var/lib/firmad"
 ns test -d "$tokendir" || fail "remove deleted the token store $tokendir"
 [ "$(ns sha256sum /etc/firmad/firmad.toml 2>&1)" = "$conf_sum" ] || fail "remove did not keep /etc/firmad/firmad.toml"
@@ -564,6 +577,10 @@ no_stale_firmad "after purge"
 ns test ! -e /var/lib/firmad || fail "purge left /var/lib/firmad: $(ns ls -la /var/lib/firmad)"
 ns test ! -e /var/log/firmad || fail "purge left /var/log/firmad: $(ns ls -la /var/log/firmad)"
 ok "purge removed /var/lib/firmad and /var/log/firmad"
+# The units' enablement is gone with the package.
+links=$(ns sh -c 'ls /etc/systemd/system/*/firmad* 2>/dev/null; ls /var/lib/systemd/deb-systemd-helper-enabled/ 2>/dev/null | grep firmad' || true)
+[ -z "$links" ] || fail "purge left the units enabled: $links"
+ok "purge disabled firmad.socket and firmad-renew.timer"
 case $tokendir in
   /var/lib/firmad/*) ;;
   *) ns test -n "$(ns ls -A "$tokendir")" || fail "purge removed the token store $tokendir (private keys)"

@@ -83,6 +83,9 @@ packages=("${base_packages[@]}")
 if [ -n "$deb_dir" ]; then
   [ -d "$deb_dir" ] || die "$deb_dir is not a directory"
   dep_list=$(deb_depends "$deb_dir")
+  # The versions asked for, for the cache key: a package needing a newer
+  # library than the cached tree holds makes a new tree.
+  dep_versions=$(for deb in "$deb_dir"/*.deb; do dpkg-deb -f "$deb" Depends Pre-Depends; done | sort -u)
   [ -z "$dep_list" ] || mapfile -t -O ${#packages[@]} packages <<<"$dep_list"
 fi
 mapfile -t packages < <(printf '%s\n' "${packages[@]}" | sort -u)
@@ -91,8 +94,8 @@ mapfile -t sources < <(host_sources)
 mapfile -t aptopts < <(host_aptopts)
 
 # The cache key: everything that decides the tree's content.
-key=$( { echo "recipe=$recipe suite=$suite arch=$(dpkg --print-architecture)"; printf '%s\n' "${packages[@]}"; } |
-  sha256sum | cut -c1-16)
+key=$( { echo "recipe=$recipe suite=$suite arch=$(dpkg --print-architecture)"; printf '%s\n' "${packages[@]}";
+          echo "${dep_versions:-}"; cat "${sources[@]}"; } | sha256sum | cut -c1-16)
 tree="$cache/rootfs-$suite-$key"
 mkdir -p "$cache"
 chmod 0755 "$cache"
@@ -102,7 +105,7 @@ if [ -d "$tree" ]; then echo "$tree"; exit 0; fi
 
 exec 9>"$cache/.lock"
 log "taking the lock $cache/.lock (another run may be building)"
-flock -w 900 9 || die "could not take $cache/.lock in 900 s"
+flock -w 240 9 || die "could not take $cache/.lock in 240 s"
 if [ -d "$tree" ]; then echo "$tree"; exit 0; fi   # another run built it meanwhile
 # Partial trees of runs that were killed (none is being built: we hold the lock).
 for old in "$cache"/.build-*; do [ -e "$old" ] && remove_tree "$old"; done
@@ -117,13 +120,13 @@ for o in "${aptopts[@]}"; do opts+=("--aptopt=$o"); done
 # The hook records what the tree was made from (for a reader of the cache).
 # (In the background: a signal to this script stops mmdebstrap first, which
 # undoes its mounts, and only then is the partial tree removed.)
-timeout --kill-after=30 600 mmdebstrap --mode=root --format=directory --variant=minbase \
+timeout --kill-after=30 420 mmdebstrap --mode=root --format=directory --variant=minbase \
   --include="$(IFS=,; echo "${packages[*]}")" "${opts[@]}" \
   --customize-hook='printf "%s\n" "'"${packages[*]}"'" > "$1/etc/firmad-tests-rootfs"' \
   "$suite" "$tmp" "${sources[@]}" >&2 &
 child=$!
 trap 'kill -TERM "$child" 2>/dev/null; wait "$child" || true; exit 130' INT TERM
-wait "$child" || die "mmdebstrap failed or timed out (600 s)"
+wait "$child" || die "mmdebstrap failed or timed out (420 s)"
 trap - INT TERM
 mv -T "$tmp" "$tree"
 trap - EXIT
