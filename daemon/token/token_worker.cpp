@@ -315,15 +315,89 @@ void TokenWorker::refresh() {
   }
   try {
     const auto info = module_->token_info(control_session_->slot());
-    control_session_->logged_in();  // a session that died with a removed token says so here
+    // A session that died with a removed token says so here; a live one
+    // says whether the token still has firmad logged in.
+    const bool logged_in = control_session_->logged_in();
     publish([&](TokenSnapshot& s) { s.info = info; });
     log::debug("token-refresh", {{"token", config_.name}, {"count_low", info.pin.count_low ? "yes" : "no"},
                                  {"final_try", info.pin.final_try ? "yes" : "no"}, {"locked", info.pin.locked ? "yes" : "no"}});
+    refresh_answered(logged_in);
   } catch (const pkcs11::Error& e) {
     if (e.fault() == pkcs11::Fault::TokenAbsent || e.fault() == pkcs11::Fault::SessionLost) lose_token(e.what());
-    else log::throttled(log::Level::Warning, "token-refresh-failed", log::kNoUid, {{"token", config_.name}, {"error", e.what()}});
+    else refresh_failed(e.what());
   } catch (const std::exception& e) {
-    log::throttled(log::Level::Warning, "token-refresh-failed", log::kNoUid, {{"token", config_.name}, {"error", e.what()}});
+    refresh_failed(e.what());
+  }
+}
+
+// Control thread only. The token did not answer a refresh: status says so
+// (not logged in: signatures are refused at once, not sent to a token in
+// error), with one log line per new error and a count every minute while
+// it lasts, never a line per refresh.
+void TokenWorker::refresh_failed(const std::string& why) {
+  const auto now = std::chrono::steady_clock::now();
+  if (!refresh_error_) {
+    const auto snap = snapshot();
+    refresh_error_ = RefreshError{why, 0, now, snap->logged_in};
+    publish([&](TokenSnapshot& s) {
+      s.logged_in = false, s.login_state = LoginState::Error;
+      s.reason = "the token does not answer (" + why + ")";
+    });
+  }
+  ++refresh_error_->failures;
+  if (refresh_error_->failures == 1 || refresh_error_->error != why) {
+    refresh_error_->error = why;
+    refresh_error_->logged = now;
+    publish([&](TokenSnapshot& s) { s.reason = "the token does not answer (" + why + ")"; });
+    log::warning("token-refresh-failed", {{"token", config_.name}, {"error", why}});
+  } else if (now - refresh_error_->logged >= std::chrono::minutes(1)) {
+    refresh_error_->logged = now;
+    log::warning("token-refresh-still-failing", {{"token", config_.name}, {"failures", refresh_error_->failures}, {"error", why}});
+  }
+}
+
+// Control thread only. A refresh got answers, and the token says whether
+// firmad is logged in: a login lost behind firmad's back is noticed here,
+// and a refresh error ends (unless an administrator logged in or out
+// meanwhile, the login state follows what the token says).
+void TokenWorker::refresh_answered(bool token_logged_in) {
+  if (!refresh_error_) {
+    if (snapshot()->logged_in && !token_logged_in) lose_login();
+    return;
+  }
+  const RefreshError ended = *refresh_error_;
+  refresh_error_.reset();
+  log::notice("token-refresh-recovered", {{"token", config_.name}, {"failures", ended.failures}});
+  if (snapshot()->login_state != LoginState::Error) return;
+  if (token_logged_in) {
+    publish([&](TokenSnapshot& s) { s.logged_in = true, s.login_state = LoginState::LoggedIn, s.reason.clear(); });
+  } else if (ended.was_logged_in) {
+    lose_login();
+  } else {
+    publish([&](TokenSnapshot& s) {
+      s.login_state = LoginState::LoggedOut;
+      s.reason = unattended(config_) ? "" : "waiting for 'firmactl login " + config_.name + "'";
+    });
+  }
+}
+
+// Control thread only. The token logged firmad out behind its back (another
+// program reset the card, an HSM's session timed out): status says so, and
+// an unattended PIN source logs in again with exactly one C_Login; with
+// pin_source = "admin" the token waits for 'firmactl login'.
+void TokenWorker::lose_login() {
+  const bool again = unattended(config_) && !pin_refused_;
+  publish([&](TokenSnapshot& s) {
+    s.logged_in = false, s.login_state = LoginState::LoggedOut;
+    s.reason = "the token logged firmad out (reset by another program, or a session timeout)";
+    if (!again) s.reason += "; waiting for 'firmactl login " + config_.name + "'";
+  });
+  log::warning("token-login-lost", {{"token", config_.name}, {"login_again", again ? "yes" : "no"}});
+  if (!again) return;
+  try {
+    login(std::nullopt, false, true);
+  } catch (const std::exception&) {
+    // login() recorded the state and logged why.
   }
 }
 
@@ -336,6 +410,7 @@ void TokenWorker::lose_token(const std::string& why) {
     s.present = false, s.logged_in = false, s.login_state = LoginState::Absent;
     s.reason = "the token went away (" + why + "); waiting for it to come back";
   });
+  refresh_error_.reset();  // what follows is the next discovery's to say
   const auto slot = control_session_ ? std::optional(control_session_->slot()) : std::nullopt;
   if (control_session_) control_session_->forget();
   control_session_.reset();
@@ -348,6 +423,7 @@ void TokenWorker::lose_token(const std::string& why) {
 // (which also ends a login), so nothing touches the token until a refresh
 // finds the one firmad served back in the slot.
 void TokenWorker::refuse_token(const std::string& serial, const std::string& why) {
+  refresh_error_.reset();
   control_session_.reset();
   close_signing_sessions();
   log::error("token-replaced", {{"token", config_.name}, {"serial", serial},

@@ -168,6 +168,9 @@ class TokenWorker {
   void discover();
   void refresh();
   void lose_token(const std::string& why);
+  void lose_login();
+  void refresh_failed(const std::string& why);
+  void refresh_answered(bool token_logged_in);
   void check_token();
   // Whether the sessions' handles are closed (the module still holds them)
   // or forgotten (the module declared them gone).
@@ -205,6 +208,15 @@ class TokenWorker {
   // refused. Keys change only through firmad (import, renewal) while served.
   std::optional<std::string> known_serial_;
   std::map<std::string, pkcs11::Bytes> known_keys_;  // alias -> SubjectPublicKeyInfo DER
+  // The token stopped answering refreshes: since when, how often, what it
+  // said last, and whether firmad was logged in before.
+  struct RefreshError {
+    std::string error;
+    std::uint64_t failures = 0;
+    std::chrono::steady_clock::time_point logged;
+    bool was_logged_in = false;
+  };
+  std::optional<RefreshError> refresh_error_;
   bool pin_refused_ = false;  // a wrong PIN was refused: never again without an administrator
   PinRefusals refused_pins_;  // ... nor after a restart, while the source holds the same PIN
 

@@ -310,6 +310,90 @@ TEST_F(PinFlags, WrongPinFileCostsOneTryAcrossRestarts) {
   EXPECT_EQ(d->log().find("999999"), std::string::npos) << "the PIN never reaches the log";
 }
 
+// A token that logs firmad out behind its back (another program reset the
+// card, an HSM session timed out) is noticed by the refresh, shown, and
+// logged in again with exactly one C_Login from the PIN file (issue 10).
+TEST_F(PinFlags, LostLoginIsNoticedByTheRefreshAndRepairedWithOneLogin) {
+  auto d = start_faulty();
+  ASSERT_TRUE(d->wait_for_log("event=token-login ")) << d->log();
+  EXPECT_EQ(logins(), 1);
+  write_file(control, "lost_login=1");
+  ASSERT_TRUE(d->wait_for_log("event=token-login-lost")) << d->log();
+  ASSERT_TRUE(eventually([&] { return logins() == 2 && token_status()["loggedIn"].get<bool>(); })) << d->log();
+  EXPECT_EQ(read_file(control.string() + ".lost"), "1\n");
+  EXPECT_FALSE(client().sign_digest("firma-ec", digest()).empty());
+  EXPECT_EQ(token_status()["loginState"], "logged-in");
+  EXPECT_EQ(logins(), 2) << "exactly one new C_Login";
+}
+
+// The same, met first by a signature (the refresh is an hour away): that
+// request fails NotLoggedIn, the token is looked at at once, and the next
+// signature is made after one new C_Login.
+TEST_F(PinFlags, LostLoginMetByASignatureIsRepairedBeforeTheNext) {
+  auto d = start({{"module", std::string("module = \"") + FIRMAD_FAULT_MODULE + "\""},
+                  {"pin_source", "pin_source = \"file\""},
+                  {"sessions", "sessions = 1\nrefresh_interval_ms = 3600000"}});
+  ASSERT_TRUE(d->wait_for_log("event=token-login ")) << d->log();
+  write_file(control, "lost_login=1");
+  EXPECT_EQ(error_of([&] { client().sign_digest("firma-ec", digest()); }), "io.firmad.Signer.NotLoggedIn");
+  ASSERT_TRUE(d->wait_for_log("event=token-login-lost")) << d->log();
+  ASSERT_TRUE(eventually([&] { return token_status()["loggedIn"].get<bool>(); })) << d->log();
+  EXPECT_FALSE(client().sign_digest("firma-ec", digest()).empty());
+  EXPECT_EQ(logins(), 2);
+}
+
+// With pin_source = "admin", a lost login waits for an administrator: status
+// says what happened, and no C_Login is made until 'firmactl login'.
+TEST_F(PinFlags, LostLoginWithAnAdministratorsPinWaitsForLogin) {
+  auto d = start({{"module", std::string("module = \"") + FIRMAD_FAULT_MODULE + "\""},
+                  {"pin_source", "pin_source = \"admin\""}, {"pin_file", ""},
+                  {"sessions", "sessions = 1\nrefresh_interval_ms = 100"}});
+  ASSERT_TRUE(d->wait_for_log("event=token-found")) << d->log();
+  ASSERT_EQ(ctl("login demo --pin-stdin", TokenRig::kPin).exit_code, 0);
+  EXPECT_EQ(logins(), 1);
+  write_file(control, "lost_login=1");
+  ASSERT_TRUE(d->wait_for_log("event=token-login-lost")) << d->log();
+  const auto t = token_status();
+  EXPECT_EQ(t["loginState"], "logged-out");
+  EXPECT_NE(t.value("reason", "").find("logged firmad out"), std::string::npos) << t;
+  EXPECT_NE(t.value("reason", "").find("firmactl login demo"), std::string::npos) << t;
+  EXPECT_EQ(error_of([&] { client().sign_digest("firma-ec", digest()); }), "io.firmad.Signer.NotLoggedIn");
+  EXPECT_EQ(logins(), 1);
+  ASSERT_EQ(ctl("login demo --pin-stdin", TokenRig::kPin).exit_code, 0);
+  EXPECT_EQ(logins(), 2);
+  EXPECT_FALSE(client().sign_digest("firma-ec", digest()).empty());
+}
+
+// A token that stops answering (CKR_DEVICE_ERROR on every refresh): status
+// says so at once and signatures are refused without reaching it; one log
+// line, not one per refresh; when it answers again firmad serves again.
+TEST_F(PinFlags, TokenThatStopsAnsweringIsShownAndLoggedOncePerChange) {
+  auto d = start_faulty();
+  ASSERT_TRUE(d->wait_for_log("event=token-login ")) << d->log();
+  write_file(control, "refresh_error");
+  ASSERT_TRUE(d->wait_for_log("event=token-refresh-failed")) << d->log();
+  auto t = token_status();
+  EXPECT_EQ(t["loginState"], "error");
+  EXPECT_FALSE(t["loggedIn"].get<bool>());
+  EXPECT_NE(t.value("reason", "").find("CKR_DEVICE_ERROR"), std::string::npos) << t;
+  EXPECT_EQ(error_of([&] { client().sign_digest("firma-ec", digest()); }), "io.firmad.Signer.NotLoggedIn");
+  // Ten refreshes later (100 ms apart): still the one line.
+  const auto count = [&](const std::string& event) {
+    const std::string log = d->log();
+    std::size_t n = 0;
+    for (auto p = log.find(event); p != std::string::npos; p = log.find(event, p + 1)) ++n;
+    return n;
+  };
+  ASSERT_TRUE(eventually([&] { return read_file(control.string() + ".refresh_errors").size() >= 3 &&
+                                      std::stol(read_file(control.string() + ".refresh_errors")) >= 10; })) << d->log();
+  EXPECT_EQ(count("event=token-refresh-failed"), 1u) << d->log();
+  write_file(control, "");
+  ASSERT_TRUE(d->wait_for_log("event=token-refresh-recovered")) << d->log();
+  ASSERT_TRUE(eventually([&] { return token_status()["loggedIn"].get<bool>(); })) << d->log();
+  EXPECT_FALSE(client().sign_digest("firma-ec", digest()).empty());
+  EXPECT_EQ(logins(), 1) << "the login survived: no new C_Login";
+}
+
 TEST_F(PinFlags, RemovedTokenFailsFastAndServesAgainWhenBack) {
   auto d = start_faulty();
   ASSERT_TRUE(d->wait_for_log("event=token-login ")) << d->log();

@@ -25,6 +25,15 @@
  *                                returns CKR_SESSION_HANDLE_INVALID; the token stays
  *                                present and logged in. Until N sessions have died
  *                                in all, counted in "$FIRMAD_FAULT_CONTROL.killed"
+ *   refresh_error                C_GetTokenInfo fails with CKR_DEVICE_ERROR (a token
+ *                                that stops answering), each counted in
+ *                                "<control>.refresh_errors"
+ *   lost_login=N                 another program logs the token out behind firmad's
+ *                                back (a card reset, an HSM session timeout): on the
+ *                                next C_GetSessionInfo or C_SignInit the module logs
+ *                                out, until N logouts in all ("<control>.lost"); a
+ *                                C_SignInit on a logged-out token then fails with
+ *                                CKR_USER_NOT_LOGGED_IN, as a card's does
  * A C_CloseSession on a handle the module closed underneath (session_invalid,
  * a removal) and did not hand out again is a stale close: firmad must forget
  * such handles, never close them (a module may give the number to a new
@@ -243,14 +252,34 @@ static CK_RV fault_CloseAllSessions(CK_SLOT_ID slot) {
   return real_fns.C_CloseAllSessions(slot);
 }
 
+// With "lost_login=N" and fewer than N so far: logs the token out underneath.
+static void lose_login(CK_SESSION_HANDLE session) {
+  const long wanted = control_number("lost_login");
+  if (wanted <= 0) return;
+  pthread_mutex_lock(&kill_lock);
+  if (counter("lost") < wanted && real_fns.C_Logout(session) == CKR_OK) count("lost");
+  pthread_mutex_unlock(&kill_lock);
+}
+
+static int logged_out(CK_SESSION_HANDLE session) {
+  CK_SESSION_INFO info;
+  return real_fns.C_GetSessionInfo(session, &info) == CKR_OK && info.state != CKS_RO_USER_FUNCTIONS &&
+         info.state != CKS_RW_USER_FUNCTIONS;
+}
+
 static CK_RV fault_GetSessionInfo(CK_SESSION_HANDLE session, CK_SESSION_INFO_PTR info) {
   if (removed(first_slot())) return CKR_DEVICE_REMOVED;
+  lose_login(session);
   return real_fns.C_GetSessionInfo(session, info);
 }
 
 static CK_RV fault_SignInit(CK_SESSION_HANDLE session, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE key) {
   if (removed(first_slot()) || control_has("device_removed")) return CKR_DEVICE_REMOVED;
   if (kill_session(session)) return CKR_SESSION_HANDLE_INVALID;
+  if (control_number("lost_login") > 0) {
+    lose_login(session);
+    if (logged_out(session)) return CKR_USER_NOT_LOGGED_IN;
+  }
   pthread_rwlock_rdlock(&operations_lock);
   const CK_RV rv = real_fns.C_SignInit(session, mech, key);
   pthread_rwlock_unlock(&operations_lock);
@@ -284,6 +313,10 @@ static CK_RV fault_Sign(CK_SESSION_HANDLE session, CK_BYTE_PTR data, CK_ULONG le
 
 static CK_RV fault_GetTokenInfo(CK_SLOT_ID slot, CK_TOKEN_INFO_PTR info) {
   if (removed(slot)) return CKR_TOKEN_NOT_PRESENT;
+  if (control_has("refresh_error")) {
+    count("refresh_errors");
+    return CKR_DEVICE_ERROR;
+  }
   CK_RV rv = real_fns.C_GetTokenInfo(slot, info);
   if (rv != CKR_OK) return rv;
   if (control_has("count_low")) info->flags |= CKF_USER_PIN_COUNT_LOW;
