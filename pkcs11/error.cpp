@@ -57,6 +57,8 @@ Fault Error::fault() const noexcept {
     case CKR_KEY_HANDLE_INVALID: case CKR_OBJECT_HANDLE_INVALID: case CKR_KEY_TYPE_INCONSISTENT:
     case CKR_KEY_FUNCTION_NOT_PERMITTED: return Fault::KeyInvalid;
     case CKR_DATA_INVALID: case CKR_DATA_LEN_RANGE: return Fault::DataInvalid;
+    case CKR_DEVICE_ERROR: case CKR_DEVICE_MEMORY: case CKR_CRYPTOKI_NOT_INITIALIZED:
+    case CKR_GENERAL_ERROR: return Fault::BackendLost;
     default: return Fault::Other;
   }
 }

@@ -16,6 +16,11 @@ enum class Fault {
   MechanismInvalid,
   KeyInvalid,
   DataInvalid,     // CKR_DATA_LEN_RANGE, CKR_DATA_INVALID
+  // The module lost what is behind it (a remote module's server, pcscd, a
+  // network HSM, a TPM's context): CKR_DEVICE_ERROR, CKR_DEVICE_MEMORY,
+  // CKR_CRYPTOKI_NOT_INITIALIZED, CKR_GENERAL_ERROR. Such modules come back
+  // only through C_Finalize and C_Initialize (Module::request_reinit).
+  BackendLost,
   Other,
 };
 

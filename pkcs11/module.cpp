@@ -77,6 +77,63 @@ Module::~Module() {
 
 void Module::close_all_sessions(SlotId slot) const noexcept { fn_->C_CloseAllSessions(slot); }
 
+void Module::join() {
+  std::lock_guard lock(reinit_mutex_);
+  ++users_;
+}
+
+void Module::leave() {
+  std::lock_guard lock(reinit_mutex_);
+  --users_;
+  // The others may be waiting for this user to park: it never will.
+  if (pending_ && users_ > 0 && parked_ == users_) reinitialize_locked();
+}
+
+std::uint64_t Module::request_reinit() {
+  std::lock_guard lock(reinit_mutex_);
+  pending_ = true;
+  return generation_;
+}
+
+bool Module::reinit_pending() const {
+  std::lock_guard lock(reinit_mutex_);
+  return pending_;
+}
+
+std::uint64_t Module::generation() const {
+  std::lock_guard lock(reinit_mutex_);
+  return generation_;
+}
+
+Module::Parking Module::park() {
+  std::lock_guard lock(reinit_mutex_);
+  if (!pending_) return {Parking::Outcome::NotPending, generation_, 0};
+  if (++parked_ < users_) return {Parking::Outcome::Parked, generation_, 0};
+  const unsigned long rv = reinitialize_locked();
+  return {Parking::Outcome::Reinitialised, generation_, rv};
+}
+
+// Under reinit_mutex_, every user parked: no call is in flight.
+unsigned long Module::reinitialize_locked() {
+  if (owns_init_) fn_->C_Finalize(nullptr);
+  CK_C_INITIALIZE_ARGS args{};
+  args.flags = CKF_OS_LOCKING_OK;
+  const CK_RV rv = fn_->C_Initialize(&args);
+  // Initialised again, by firmad: finalised by firmad at the end. (Failed: the
+  // next user that meets CKR_CRYPTOKI_NOT_INITIALIZED asks again.)
+  owns_init_ = rv == CKR_OK;
+  parked_ = 0;
+  pending_ = false;
+  ++generation_;
+  return rv;
+}
+
+std::size_t Module::slot_count() const {
+  CK_ULONG count = 0;
+  check(fn_->C_GetSlotList(CK_FALSE, nullptr, &count), "C_GetSlotList");
+  return count;
+}
+
 std::vector<SlotId> Module::slots_with_token() const {
   CK_ULONG count = 0;
   check(fn_->C_GetSlotList(CK_TRUE, nullptr, &count), "C_GetSlotList");

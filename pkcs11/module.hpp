@@ -2,7 +2,10 @@
 #pragma once
 #include <p11-kit/pkcs11.h>
 
+#include <cstdint>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -24,8 +27,41 @@ class Module {
   ~Module();
 
   const std::string& path() const noexcept { return path_; }
+
+  // Re-initialisation (C_Finalize + C_Initialize), the only way back for a
+  // module that lost its backend (p11-kit-client.so after its server died
+  // answers CKR_DEVICE_ERROR until then). It must happen with no call into
+  // the module in flight, and it ends every session of every token the
+  // module serves, so the module's users (token workers: join() when they
+  // start, leave() when they stop) take part:
+  //   - a user that saw the backend lost calls request_reinit();
+  //   - every user, on its own thread, notices reinit_pending(), forgets
+  //     its sessions, stops calling into the module and calls park();
+  //   - the last to park re-initialises, and everyone goes on (generation()
+  //     counts re-initialisations; calls from before it are void).
+  void join();
+  void leave();
+  // Asks for a re-initialisation; `why` is logged by the caller. Returns
+  // the generation it will end.
+  std::uint64_t request_reinit();
+  bool reinit_pending() const;
+  std::uint64_t generation() const;
+  // The caller holds no session of this module and makes no call into it
+  // until generation() differs from the one returned (Parked). The last
+  // user to park re-initialises the module (Reinitialised, with the
+  // C_Initialize result); with no re-initialisation pending any more (it
+  // just happened) the caller goes on (NotPending).
+  struct Parking {
+    enum class Outcome { NotPending, Parked, Reinitialised } outcome;
+    std::uint64_t generation;  // Parked: wait until generation() differs
+    unsigned long initialize_result;  // Reinitialised: C_Initialize's CK_RV
+  };
+  Parking park();
+
   CK_FUNCTION_LIST* fn() const noexcept { return fn_; }
 
+  // Returns how many slots the module has, with a token or without.
+  std::size_t slot_count() const;
   // Returns the slots that hold a token right now.
   std::vector<SlotId> slots_with_token() const;
   // Returns the token's identity and PIN flags. Throws Error.
@@ -41,9 +77,16 @@ class Module {
 
  private:
   Module(std::string path, CK_FUNCTION_LIST* fn, bool owns_init);
+  unsigned long reinitialize_locked();
   std::string path_;
   CK_FUNCTION_LIST* fn_;
   bool owns_init_;
+
+  mutable std::mutex reinit_mutex_;
+  int users_ = 0;
+  int parked_ = 0;
+  bool pending_ = false;
+  std::uint64_t generation_ = 0;
 };
 
 }  // namespace firmad::pkcs11

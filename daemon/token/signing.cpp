@@ -21,11 +21,12 @@ namespace {
 // How long an OpenSSL operation of the daemon's own waits for room in a full queue.
 constexpr std::chrono::milliseconds kRoomWait{5000};
 
-// A failed token call that may mean the session died, the token went away,
-// or the token logged firmad out behind its back: the worker looks at once.
+// A failed token call that may mean the session died, the token or the
+// module's backend went away, or the token logged firmad out behind its
+// back: the worker looks at once.
 void report(TokenWorker& token, const pkcs11::Error& e) {
   if (e.fault() == pkcs11::Fault::TokenAbsent || e.fault() == pkcs11::Fault::SessionLost ||
-      e.fault() == pkcs11::Fault::NotLoggedIn)
+      e.fault() == pkcs11::Fault::NotLoggedIn || e.fault() == pkcs11::Fault::BackendLost)
     token.suspect_token();
 }
 

@@ -84,6 +84,7 @@ TokenWorker::~TokenWorker() { stop(); }
 
 void TokenWorker::start() {
   module_ = pkcs11::Module::shared(config_.module);
+  module_->join();
   sessions_.resize(config_.sessions);
   // Named for ps, top and firmad-load's CPU figures (at most 15 characters).
   control_thread_ = std::thread([this] {
@@ -109,8 +110,11 @@ void TokenWorker::stop() noexcept {
   for (auto& t : sign_threads_) t.join();  // they drain the queue first
   if (control_thread_.joinable()) control_thread_.join();
   sign_threads_.clear();
-  std::lock_guard lock(mutex_);
-  sessions_.clear();
+  {
+    std::lock_guard lock(mutex_);
+    sessions_.clear();
+  }
+  if (module_) module_->leave();  // no call into the module from here on
 }
 
 std::shared_ptr<const TokenSnapshot> TokenWorker::snapshot() const {
@@ -242,12 +246,37 @@ void TokenWorker::control_loop() {
 void TokenWorker::discover() {
   std::optional<pkcs11::SlotId> slot;
   try {
-    for (pkcs11::SlotId s : module_->slots_with_token()) {
+    const auto slots = module_->slots_with_token();
+    for (pkcs11::SlotId s : slots) {
       if (token_uri_.matches_token(*module_, s)) {
         slot = s;
         break;
       }
     }
+    // A module with no slot at all may have fixed its slot list at
+    // C_Initialize (p11-kit-client.so whose server was not up yet): a
+    // re-initialisation at each discovery asks it again, so the token is
+    // found within two refresh intervals of its server starting. (An empty
+    // reader is a slot: a card put in later shows there by itself.)
+    if (slots.empty() && module_->slot_count() == 0) {
+      publish([&](TokenSnapshot& s) {
+        s.present = false, s.logged_in = false, s.login_state = LoginState::Absent;
+        s.reason = "no token in any slot of " + module_->path() + "; asking the module again";
+      });
+      if (backend_error_ != "no slots") log::warning("token-absent", {{"token", config_.name}, {"uri", config_.uri}, {"slots", 0}});
+      backend_error_ = "no slots";
+      module_->request_reinit();
+      park();
+      return;
+    }
+  } catch (const pkcs11::Error& e) {
+    if (e.fault() == pkcs11::Fault::BackendLost) {
+      lose_backend(e.what());
+      return;
+    }
+    publish([&](TokenSnapshot& s) { s.login_state = LoginState::Error, s.reason = e.what(); });
+    log::error("token-scan-failed", {{"token", config_.name}, {"error", e.what()}});
+    return;
   } catch (const std::exception& e) {
     publish([&](TokenSnapshot& s) { s.login_state = LoginState::Error, s.reason = e.what(); });
     log::error("token-scan-failed", {{"token", config_.name}, {"error", e.what()}});
@@ -292,6 +321,7 @@ void TokenWorker::discover() {
     }
     log::info("token-found", {{"token", config_.name}, {"label", info.label}, {"serial", info.serial},
                               {"sessions", config_.sessions}});
+    backend_error_.clear();
   } catch (const std::exception& e) {
     control_session_.reset();  // the next refresh tries again
     publish([&](TokenSnapshot& s) { s.login_state = LoginState::Error, s.reason = e.what(); });
@@ -309,6 +339,17 @@ void TokenWorker::discover() {
 }
 
 void TokenWorker::refresh() {
+  if (parked_at_) {
+    if (module_->generation() == *parked_at_) return;  // re-initialisation under way: no call into the module
+    parked_at_.reset();
+  }
+  if (module_->reinit_pending()) {
+    // Another token of this module lost the backend: let go, then find the
+    // token again once the module is re-initialised.
+    if (control_session_) lose_token("the module " + module_->path() + " is being re-initialised");
+    park();
+    return;
+  }
   if (!control_session_) {
     discover();
     return;
@@ -324,10 +365,38 @@ void TokenWorker::refresh() {
     refresh_answered(logged_in);
   } catch (const pkcs11::Error& e) {
     if (e.fault() == pkcs11::Fault::TokenAbsent || e.fault() == pkcs11::Fault::SessionLost) lose_token(e.what());
+    else if (e.fault() == pkcs11::Fault::BackendLost) lose_backend(e.what());
     else refresh_failed(e.what());
   } catch (const std::exception& e) {
     refresh_failed(e.what());
   }
+}
+
+// Control thread only. The module lost its backend (its server died, pcscd
+// restarted, the TPM's context broke): the token is absent until the module,
+// re-initialised, finds it again. One log line per new error.
+void TokenWorker::lose_backend(const std::string& why) {
+  if (control_session_) lose_token(why);
+  publish([&](TokenSnapshot& s) {
+    s.present = false, s.logged_in = false, s.login_state = LoginState::Absent;
+    s.reason = "the module lost its backend (" + why + "); re-initialising it";
+  });
+  if (backend_error_ != why) log::warning("token-backend-lost", {{"token", config_.name}, {"module", module_->path()}, {"error", why}});
+  backend_error_ = why;
+  module_->request_reinit();
+  park();
+}
+
+// Control thread only. Holds no session (lose_token() forgot them and
+// waited for the signing threads) and makes no call into the module until
+// it is re-initialised; the last of the module's tokens to park does it.
+void TokenWorker::park() {
+  const auto parking = module_->park();
+  using Outcome = pkcs11::Module::Parking::Outcome;
+  if (parking.outcome == Outcome::Parked) parked_at_ = parking.generation;
+  if (parking.outcome == Outcome::Reinitialised)
+    log::debug("module-reinitialised", {{"module", module_->path()}, {"by", config_.name},
+                                       {"result", pkcs11::rv_name(parking.initialize_result)}});
 }
 
 // Control thread only. The token did not answer a refresh: status says so

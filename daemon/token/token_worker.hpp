@@ -169,6 +169,8 @@ class TokenWorker {
   void refresh();
   void lose_token(const std::string& why);
   void lose_login();
+  void lose_backend(const std::string& why);
+  void park();
   void refresh_failed(const std::string& why);
   void refresh_answered(bool token_logged_in);
   void check_token();
@@ -217,6 +219,10 @@ class TokenWorker {
     bool was_logged_in = false;
   };
   std::optional<RefreshError> refresh_error_;
+  // The module's generation this worker parked at, waiting for its
+  // re-initialisation; and the last backend error logged (one line each).
+  std::optional<std::uint64_t> parked_at_;
+  std::string backend_error_;
   bool pin_refused_ = false;  // a wrong PIN was refused: never again without an administrator
   PinRefusals refused_pins_;  // ... nor after a restart, while the source holds the same PIN
 

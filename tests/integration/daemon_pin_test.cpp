@@ -364,7 +364,7 @@ TEST_F(PinFlags, LostLoginWithAnAdministratorsPinWaitsForLogin) {
   EXPECT_FALSE(client().sign_digest("firma-ec", digest()).empty());
 }
 
-// A token that stops answering (CKR_DEVICE_ERROR on every refresh): status
+// A token that stops answering (CKR_FUNCTION_FAILED on every refresh): status
 // says so at once and signatures are refused without reaching it; one log
 // line, not one per refresh; when it answers again firmad serves again.
 TEST_F(PinFlags, TokenThatStopsAnsweringIsShownAndLoggedOncePerChange) {
@@ -375,7 +375,7 @@ TEST_F(PinFlags, TokenThatStopsAnsweringIsShownAndLoggedOncePerChange) {
   auto t = token_status();
   EXPECT_EQ(t["loginState"], "error");
   EXPECT_FALSE(t["loggedIn"].get<bool>());
-  EXPECT_NE(t.value("reason", "").find("CKR_DEVICE_ERROR"), std::string::npos) << t;
+  EXPECT_NE(t.value("reason", "").find("CKR_FUNCTION_FAILED"), std::string::npos) << t;
   EXPECT_EQ(error_of([&] { client().sign_digest("firma-ec", digest()); }), "io.firmad.Signer.NotLoggedIn");
   // Ten refreshes later (100 ms apart): still the one line.
   const auto count = [&](const std::string& event) {
@@ -384,14 +384,57 @@ TEST_F(PinFlags, TokenThatStopsAnsweringIsShownAndLoggedOncePerChange) {
     for (auto p = log.find(event); p != std::string::npos; p = log.find(event, p + 1)) ++n;
     return n;
   };
-  ASSERT_TRUE(eventually([&] { return read_file(control.string() + ".refresh_errors").size() >= 3 &&
-                                      std::stol(read_file(control.string() + ".refresh_errors")) >= 10; })) << d->log();
+  ASSERT_TRUE(eventually([&] {
+    const std::string n = read_file(control.string() + ".refresh_errors");  // may be mid-rewrite: empty
+    return !n.empty() && std::stol(n) >= 10;
+  })) << d->log();
   EXPECT_EQ(count("event=token-refresh-failed"), 1u) << d->log();
   write_file(control, "");
   ASSERT_TRUE(d->wait_for_log("event=token-refresh-recovered")) << d->log();
   ASSERT_TRUE(eventually([&] { return token_status()["loggedIn"].get<bool>(); })) << d->log();
   EXPECT_FALSE(client().sign_digest("firma-ec", digest()).empty());
   EXPECT_EQ(logins(), 1) << "the login survived: no new C_Login";
+}
+
+// A module that loses its backend (p11-kit-client.so when its server dies:
+// CKR_DEVICE_ERROR on every call, and still after the server is back, until
+// C_Finalize + C_Initialize): the token shows absent at once, signatures
+// fail TokenAbsent without reaching it, and when the backend is back firmad
+// has re-initialised the module, finds the same token, logs in from the PIN
+// file and serves, with no restart and a few log lines, not one per refresh
+// (issue 10).
+TEST_F(PinFlags, ModuleThatLosesItsBackendIsReinitialisedAndServesAgain) {
+  auto d = start_faulty();
+  ASSERT_TRUE(d->wait_for_log("event=token-login ")) << d->log();
+  EXPECT_FALSE(client().sign_digest("firma-ec", digest()).empty());
+  // (Read while the module may be rewriting it: an empty read is 0.)
+  const auto inits = [&] {
+    const std::string n = read_file(control.string() + ".inits");
+    return n.empty() ? 0L : std::stol(n);
+  };
+  EXPECT_EQ(inits(), 1);
+  write_file(control, "backend_gone");
+  // The first signature meets the broken module and names its code; the
+  // token is looked at at once, and from then on it is absent.
+  const std::string first = error_of([&] { client().sign_digest("firma-ec", digest()); });
+  EXPECT_TRUE(first == "io.firmad.Signer.TokenError" || first == "io.firmad.Signer.TokenAbsent") << first;
+  ASSERT_TRUE(eventually([&] { return !token_status()["present"].get<bool>(); })) << d->log();
+  EXPECT_EQ(token_status()["loginState"], "absent");
+  EXPECT_EQ(error_of([&] { client().sign_digest("firma-ec", digest()); }), "io.firmad.Signer.TokenAbsent");
+  // Gone for a while: re-initialised again and again (every discovery), logged once or twice.
+  ASSERT_TRUE(eventually([&] { return inits() >= 4; })) << d->log();
+  // The server is back: the module answers only after one more C_Initialize.
+  write_file(control, "");
+  ASSERT_TRUE(eventually([&] { return token_status()["loggedIn"].get<bool>(); })) << d->log();
+  EXPECT_FALSE(client().sign_digest("firma-ec", digest()).empty());
+  EXPECT_EQ(logins(), 2) << "one C_Login at start, one after the re-initialisation";
+  EXPECT_EQ(token_status()["loginState"], "logged-in");
+  const std::string log = d->log();
+  std::size_t lines = 0;
+  for (const char* event : {"event=token-backend-lost", "event=token-absent", "event=token-removed", "event=token-scan-failed"})
+    for (auto p = log.find(event); p != std::string::npos; p = log.find(event, p + 1)) ++lines;
+  EXPECT_LE(lines, 4u) << "one line per change, not one per refresh (" << inits() << " initialisations)\n" << log;
+  EXPECT_EQ(log.find("event=token-replaced"), std::string::npos) << "the same token came back\n" << log;
 }
 
 TEST_F(PinFlags, RemovedTokenFailsFastAndServesAgainWhenBack) {

@@ -25,9 +25,16 @@
  *                                returns CKR_SESSION_HANDLE_INVALID; the token stays
  *                                present and logged in. Until N sessions have died
  *                                in all, counted in "$FIRMAD_FAULT_CONTROL.killed"
- *   refresh_error                C_GetTokenInfo fails with CKR_DEVICE_ERROR (a token
+ *   refresh_error                C_GetTokenInfo fails with CKR_FUNCTION_FAILED (a token
  *                                that stops answering), each counted in
  *                                "<control>.refresh_errors"
+ *   backend_gone                 the module lost its backend, as p11-kit-client.so
+ *                                does when its server dies: C_GetSlotList lists no
+ *                                slot and every other call fails CKR_DEVICE_ERROR.
+ *                                With the word removed (the server back) calls
+ *                                still fail CKR_DEVICE_ERROR until the program
+ *                                calls C_Finalize and C_Initialize; each
+ *                                C_Initialize is counted in "<control>.inits"
  *   lost_login=N                 another program logs the token out behind firmad's
  *                                back (a card reset, an HSM session timeout): on the
  *                                next C_GetSessionInfo or C_SignInit the module logs
@@ -117,6 +124,24 @@ static void count(const char *suffix) {
 }
 
 static void count_login(void) { count("logins"); }
+
+// backend_gone: set once a call sees the backend gone; cleared only by a
+// C_Initialize made after the backend is back.
+static atomic_int backend_broken;
+
+static int backend_down(void) {
+  if (control_has("backend_gone")) {
+    atomic_store(&backend_broken, 1);
+    return 1;
+  }
+  return atomic_load(&backend_broken);
+}
+
+static CK_RV fault_Initialize(CK_VOID_PTR args) {
+  count("inits");
+  if (!control_has("backend_gone")) atomic_store(&backend_broken, 0);
+  return real_fns.C_Initialize(args);
+}
 
 // Which handles are open and which the module closed underneath.
 #define MAX_HANDLES 256
@@ -218,6 +243,12 @@ static CK_SLOT_ID first_slot(void) {
 }
 
 static CK_RV fault_GetSlotList(CK_BBOOL present, CK_SLOT_ID_PTR list, CK_ULONG_PTR count) {
+  if (control_has("backend_gone")) {
+    atomic_store(&backend_broken, 1);
+    *count = 0;
+    return CKR_OK;
+  }
+  if (backend_down()) return CKR_DEVICE_ERROR;
   if (present && removed(first_slot())) {
     *count = 0;
     return CKR_OK;
@@ -226,6 +257,7 @@ static CK_RV fault_GetSlotList(CK_BBOOL present, CK_SLOT_ID_PTR list, CK_ULONG_P
 }
 
 static CK_RV fault_OpenSession(CK_SLOT_ID slot, CK_FLAGS flags, CK_VOID_PTR app, CK_NOTIFY notify, CK_SESSION_HANDLE_PTR s) {
+  if (backend_down()) return CKR_DEVICE_ERROR;
   if (removed(slot)) return CKR_TOKEN_NOT_PRESENT;
   const CK_RV rv = real_fns.C_OpenSession(slot, flags, app, notify, s);
   if (rv == CKR_OK) handle_opened(*s);
@@ -268,12 +300,14 @@ static int logged_out(CK_SESSION_HANDLE session) {
 }
 
 static CK_RV fault_GetSessionInfo(CK_SESSION_HANDLE session, CK_SESSION_INFO_PTR info) {
+  if (backend_down()) return CKR_DEVICE_ERROR;
   if (removed(first_slot())) return CKR_DEVICE_REMOVED;
   lose_login(session);
   return real_fns.C_GetSessionInfo(session, info);
 }
 
 static CK_RV fault_SignInit(CK_SESSION_HANDLE session, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE key) {
+  if (backend_down()) return CKR_DEVICE_ERROR;
   if (removed(first_slot()) || control_has("device_removed")) return CKR_DEVICE_REMOVED;
   if (kill_session(session)) return CKR_SESSION_HANDLE_INVALID;
   if (control_number("lost_login") > 0) {
@@ -312,10 +346,11 @@ static CK_RV fault_Sign(CK_SESSION_HANDLE session, CK_BYTE_PTR data, CK_ULONG le
 }
 
 static CK_RV fault_GetTokenInfo(CK_SLOT_ID slot, CK_TOKEN_INFO_PTR info) {
+  if (backend_down()) return CKR_DEVICE_ERROR;
   if (removed(slot)) return CKR_TOKEN_NOT_PRESENT;
   if (control_has("refresh_error")) {
     count("refresh_errors");
-    return CKR_DEVICE_ERROR;
+    return CKR_FUNCTION_FAILED;
   }
   CK_RV rv = real_fns.C_GetTokenInfo(slot, info);
   if (rv != CKR_OK) return rv;
@@ -330,6 +365,7 @@ static CK_RV fault_GetTokenInfo(CK_SLOT_ID slot, CK_TOKEN_INFO_PTR info) {
 }
 
 static CK_RV fault_Login(CK_SESSION_HANDLE session, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin, CK_ULONG len) {
+  if (backend_down()) return CKR_DEVICE_ERROR;
   count_login();
   if (control_has("locked")) return CKR_PIN_LOCKED;
   return real_fns.C_Login(session, user, pin, len);
@@ -351,6 +387,7 @@ CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR list) {
     fault_fns.C_Login = fault_Login;
     fault_fns.C_GetSlotList = fault_GetSlotList;
     fault_fns.C_OpenSession = fault_OpenSession;
+    fault_fns.C_Initialize = fault_Initialize;
     fault_fns.C_CloseSession = fault_CloseSession;
     fault_fns.C_CloseAllSessions = fault_CloseAllSessions;
     fault_fns.C_GetSessionInfo = fault_GetSessionInfo;
