@@ -167,7 +167,10 @@ TokenInfo Module::token_info(SlotId slot) const {
 std::vector<Scheme> Module::schemes(SlotId slot, KeyType type) const {
   CK_ULONG count = 0;
   check(fn_->C_GetMechanismList(slot, nullptr, &count), "C_GetMechanismList");
-  std::vector<CK_MECHANISM_TYPE> mechs(count);
+  // One element of slack: p11-kit-client.so (0.24, rpc-client.c's
+  // mechanism_list_purge) drops mechanisms it cannot forward with a memmove
+  // that reads one element past the end of the caller's list.
+  std::vector<CK_MECHANISM_TYPE> mechs(count + 1);
   if (count) check(fn_->C_GetMechanismList(slot, mechs.data(), &count), "C_GetMechanismList");
   mechs.resize(count);
   auto has = [&](CK_MECHANISM_TYPE m) { return std::find(mechs.begin(), mechs.end(), m) != mechs.end(); };
