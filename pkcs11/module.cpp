@@ -82,9 +82,11 @@ void Module::join() {
   ++users_;
 }
 
-void Module::leave() {
+void Module::leave(std::optional<std::uint64_t> parked_at) {
   std::lock_guard lock(reinit_mutex_);
   --users_;
+  // Parked in the round still pending: it no longer counts as parked either.
+  if (parked_at && *parked_at == generation_ && pending_ && parked_ > 0) --parked_;
   // The others may be waiting for this user to park: it never will.
   if (pending_ && users_ > 0 && parked_ == users_) reinitialize_locked();
 }

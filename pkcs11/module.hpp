@@ -40,7 +40,8 @@ class Module {
   //   - the last to park re-initialises, and everyone goes on (generation()
   //     counts re-initialisations; calls from before it are void).
   void join();
-  void leave();
+  // `parked_at`: the generation the user parked at, if it is parked.
+  void leave(std::optional<std::uint64_t> parked_at = std::nullopt);
   // Asks for a re-initialisation; `why` is logged by the caller. Returns
   // the generation it will end.
   std::uint64_t request_reinit();

@@ -114,7 +114,7 @@ void TokenWorker::stop() noexcept {
     std::lock_guard lock(mutex_);
     sessions_.clear();
   }
-  if (module_) module_->leave();  // no call into the module from here on
+  if (module_) module_->leave(parked_at_);  // no call into the module from here on (the threads are joined)
 }
 
 std::shared_ptr<const TokenSnapshot> TokenWorker::snapshot() const {
