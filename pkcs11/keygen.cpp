@@ -55,7 +55,10 @@ void add_key_pair_attributes(Template& priv, Template& pub, const std::string& l
   pub.add_ulong(CKA_CLASS, CKO_PUBLIC_KEY);
   pub.add_bool(CKA_TOKEN, true);
   pub.add_bool(CKA_PRIVATE, false);
-  pub.add_bool(CKA_VERIFY, true);
+  // CKA_VERIFY is left to the token: firmad never verifies on it, and
+  // tpm2-pkcs11 maps verify and decrypt to one TPM flag, so a public key
+  // that verifies with a private key that does not decrypt is refused there
+  // (CKR_GENERAL_ERROR, "attr mismatch").
   for (Template* t : {&priv, &pub}) {
     t->add_copy(CKA_LABEL, label_bytes);
     t->add_copy(CKA_ID, id);
