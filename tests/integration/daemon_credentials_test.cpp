@@ -169,6 +169,54 @@ TEST_F(Credentials, BadFilesAreRefusedAndLeaveNothingOnTheToken) {
   EXPECT_EQ(daemon->log().find("bien"), std::string::npos) << "no password in the log";
 }
 
+// Two administrators import under one name at the same moment: exactly one
+// import succeeds, the other is told KeyExists, and the token, the key list
+// and state.json all hold the one credential.
+TEST_F(Credentials, ConcurrentImportsOfOneNameLeaveExactlyOne) {
+  make_credential("uno");
+  make_credential("dos", "-algorithm EC -pkeyopt ec_paramgen_curve:P-256", "/CN=OTRO", "7");
+  auto r = run("cd " + quote(work.string()) + " && openssl pkcs12 -export -inkey uno.pem -in uno.crt.pem -passout pass:x -out uno.pfx && "
+               "openssl pkcs12 -export -inkey dos.pem -in dos.crt.pem -passout pass:x -out dos.pfx");
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  const long before = objects_on_token();
+  for (int round = 0; round < 3; ++round) {
+    const std::string name = "doble" + std::to_string(round);
+    auto import = [&](const std::string& pfx) {
+      return "printf 'x\\n' | " + quote(firmactl_binary().string()) + " --socket " + quote(rig.socket().string()) + " import " + name +
+             " --token demo --pfx " + f(pfx) + " --password-stdin";
+    };
+    // Both started before either is answered; each one's exit status and output.
+    r = run("(" + import("uno.pfx") + " > " + f("a.out") + " 2>&1; echo $? >> " + f("a.out") + ") & (" + import("dos.pfx") + " > " +
+            f("b.out") + " 2>&1; echo $? >> " + f("b.out") + ") & wait");
+    ASSERT_EQ(r.exit_code, 0) << r.out;
+    const std::string a = read_file(work / "a.out"), b = read_file(work / "b.out");
+    const bool a_won = a.find("imported " + name) != std::string::npos, b_won = b.find("imported " + name) != std::string::npos;
+    EXPECT_NE(a_won, b_won) << "exactly one import succeeds:\n" << a << "\n" << b;
+    const std::string& loser = a_won ? b : a;
+    EXPECT_NE(loser.find("already"), std::string::npos) << "the other is told the name exists (KeyExists): " << loser;
+    EXPECT_EQ(loser.substr(loser.size() - 2), "1\n") << loser;
+
+    const auto keys = client().list_keys();
+    EXPECT_EQ(std::count_if(keys.begin(), keys.end(), [&](const firma::Json& k) { return k["alias"] == name; }), 1)
+        << "keys lists the name once";
+    const auto state = firma::Json::parse(read_file(rig.dir() / "state" / "state.json"));
+    ASSERT_TRUE(state["keys"].contains(name)) << state.dump();
+    // The credential recorded is the one served: its certificate is the winner's.
+    for (const auto& k : keys)
+      if (k["alias"] == name) {
+        EXPECT_EQ(k["certificate"]["subject"].get<std::string>().find("OTRO") != std::string::npos, b_won);
+      }
+  }
+  EXPECT_EQ(objects_on_token(), before + 3 * 3) << "the loser left nothing on the token (3 objects per credential)";
+  // And after a restart, the same: what state.json recorded is what is served.
+  start();
+  for (int round = 0; round < 3; ++round) {
+    int listed = 0;
+    for (const auto& k : client().list_keys()) listed += k["alias"] == "doble" + std::to_string(round);
+    EXPECT_EQ(listed, 1);
+  }
+}
+
 TEST_F(Credentials, StatusShowsHolderRfcCurpAndSerialForms) {
   make_credential("sat2");
   auto r = run("cd " + quote(work.string()) + " && openssl pkcs12 -export -inkey sat2.pem -in sat2.crt.pem -passout pass:p -out sat2.pfx");
