@@ -301,6 +301,7 @@ std::string explain(const firma::Error& e) {
            "' for this request (see the command's --help; for sign, the key's schemes in 'firmactl keys'; an import "
            "under a cancelled key's name keeps that key's allow lists, NPIE, registro patronal and role)";
   if (n == "CertificateExpired") return "the certificate of key " + s("key") + " expired on " + s("notAfter") + "; firmad does not sign with it (renew it)";
+  if (n == "KeyNeedsPinPerSignature") return "key " + s("key") + " needs the PIN for every signature: " + s("reason");
   if (n == "KeyCancelled") return "key " + s("key") + " was cancelled on " + s("at") + " and signs no more";
   if (n == "KeyExists") return "a key named " + s("key") + " already exists; choose another name";
   if (n == "ImportInProgress") return "a credential is being imported as " + s("key") + "; try again once it is done";

@@ -98,6 +98,10 @@ struct KeyConfig {
   std::string registro_patronal;  // the IMSS employer registration number
   std::string role = "principal"; // "principal" or "additional" (certificado adicional)
   bool imported = false;          // added by 'firmactl import', kept in the state directory
+  // The key needs the PIN for every signature (CKA_ALWAYS_AUTHENTICATE: PIV
+  // slot 9c, qualified-signature cards) and the administrator lets firmad
+  // keep the PIN, in locked memory, to give it to the token each time.
+  bool pin_per_signature = false;
   std::optional<RenewalConfig> renewal;  // [keys.<alias>.renewal]; nullopt: not renewed by firmad
 };
 

@@ -144,6 +144,11 @@ std::optional<ObjectHandle> first_of(const Session& s, CK_OBJECT_CLASS cls, cons
 
 }  // namespace
 
+bool always_authenticate(const Session& s, ObjectHandle private_key) {
+  const auto always = s.attribute(private_key, CKA_ALWAYS_AUTHENTICATE);
+  return always && always->size() == sizeof(CK_BBOOL) && (*always)[0] != CK_FALSE;
+}
+
 std::optional<KeyInfo> find_key(const Session& s, const Uri& uri) {
   const auto label = uri.object_label();
   const auto id = uri.object_id();
@@ -152,7 +157,10 @@ std::optional<KeyInfo> find_key(const Session& s, const Uri& uri) {
   auto privs = s.find(CKO_PRIVATE_KEY, label, id, 2);
   if (privs.size() > 1)
     throw std::runtime_error("the URI " + uri.text() + " matches more than one private key; add id= or object=");
-  if (!privs.empty()) key.private_key = privs.front();
+  if (!privs.empty()) {
+    key.private_key = privs.front();
+    key.always_authenticate = always_authenticate(s, *key.private_key);
+  }
 
   auto pub = first_of(s, CKO_PUBLIC_KEY, label, id);
   // The object that tells us the key's id and label.

@@ -16,6 +16,10 @@ namespace firmad::pkcs11 {
 // latest notAfter; ties go to the latest notBefore, then to the smallest DER,
 // so the choice never depends on the token's object order. Throws Error,
 // or std::runtime_error when the URI matches more than one private key.
+// Whether the private key needs the PIN for every signature
+// (CKA_ALWAYS_AUTHENTICATE). Throws Error.
+bool always_authenticate(const Session& s, ObjectHandle private_key);
+
 std::optional<KeyInfo> find_key(const Session& session, const Uri& uri);
 
 // Returns the SubjectPublicKeyInfo DER of a public key object (RSA, EC

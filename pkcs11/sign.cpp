@@ -65,10 +65,25 @@ Bytes ecdsa_to_der(const Bytes& raw) {
   return out;
 }
 
-// C_SignInit and C_Sign; returns the signature as the token made it.
-Bytes token_sign(const Session& session, ObjectHandle key, CK_MECHANISM& mech, std::span<const std::uint8_t> input) {
+// C_SignInit, the context login of a key that needs the PIN for every
+// signature, and C_Sign; returns the signature as the token made it.
+Bytes token_sign(const Session& session, ObjectHandle key, CK_MECHANISM& mech, std::span<const std::uint8_t> input,
+                 const ContextPin& context_pin) {
   auto* fn = session.module().fn();
   check(fn->C_SignInit(session.handle(), &mech, key), "C_SignInit");
+  if (context_pin) {
+    auto* pin = reinterpret_cast<CK_UTF8CHAR*>(const_cast<char*>(context_pin->data()));
+    const CK_RV rv = fn->C_Login(session.handle(), CKU_CONTEXT_SPECIFIC, pin, context_pin->size());
+    if (rv != CKR_OK) {
+      // The signing operation is still active: a C_Sign ends it (it fails
+      // without the context login), so the session can sign again.
+      std::array<std::uint8_t, 1024> scratch;
+      CK_ULONG len = scratch.size();
+      fn->C_Sign(session.handle(), const_cast<std::uint8_t*>(input.data()), input.size(), scratch.data(), &len);
+      OPENSSL_cleanse(scratch.data(), scratch.size());
+      check(rv, "C_Login(CKU_CONTEXT_SPECIFIC)");
+    }
+  }
   // One C_Sign with a buffer large enough for RSA-8192; a token that wants
   // more says so and keeps the operation active for the second call.
   Bytes out(1024);
@@ -94,7 +109,7 @@ std::span<const std::uint8_t> digest_info_prefix(Hash hash) {
   return kSha256Info;
 }
 
-Bytes sign(const Session& session, ObjectHandle key, KeyType type, const SignRequest& req) {
+Bytes sign(const Session& session, ObjectHandle key, KeyType type, const SignRequest& req, const ContextPin& context_pin) {
   if (!fits(req.scheme, type))
     throw std::invalid_argument(std::string("scheme ") + to_string(req.scheme) + " does not fit a " + to_string(type) + " key");
   if (req.scheme != Scheme::EdDsa && req.input.size() != digest_size(req.hash))
@@ -123,11 +138,11 @@ Bytes sign(const Session& session, ObjectHandle key, KeyType type, const SignReq
     case Scheme::EdDsa: mech = {CKM_EDDSA, nullptr, 0}; break;
   }
 
-  Bytes out = token_sign(session, key, mech, input);
+  Bytes out = token_sign(session, key, mech, input, context_pin);
   return req.scheme == Scheme::Ecdsa ? ecdsa_to_der(out) : out;
 }
 
-Bytes sign_raw(const Session& session, ObjectHandle key, RawOp op, const Bytes& input) {
+Bytes sign_raw(const Session& session, ObjectHandle key, RawOp op, const Bytes& input, const ContextPin& context_pin) {
   if (input.empty()) throw std::invalid_argument("nothing to sign: the input is empty");
   CK_MECHANISM mech{CKM_RSA_PKCS, nullptr, 0};
   CK_KEY_TYPE wanted = CKK_RSA;
@@ -148,7 +163,7 @@ Bytes sign_raw(const Session& session, ObjectHandle key, RawOp op, const Bytes& 
     if (!modulus || input.size() > modulus->size())
       throw std::invalid_argument("a raw RSA block must not be longer than the key's modulus");
   }
-  return token_sign(session, key, mech, input);
+  return token_sign(session, key, mech, input, context_pin);
 }
 
 const char* to_string(KeyType t) {

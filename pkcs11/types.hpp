@@ -51,6 +51,10 @@ struct KeyInfo {
   Bytes public_key;                      // SubjectPublicKeyInfo DER; empty if unknown
   Bytes certificate;                     // X.509 DER with the same CKA_ID; empty if none
   std::optional<ObjectHandle> private_key;
+  // CKA_ALWAYS_AUTHENTICATE on the private key: every signature needs the PIN
+  // again (C_Login(CKU_CONTEXT_SPECIFIC) after C_SignInit). Read only while
+  // logged in, with the private key.
+  bool always_authenticate = false;
 };
 
 struct SignRequest {

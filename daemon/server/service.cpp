@@ -7,6 +7,7 @@
 #include <ctime>
 
 #include "daemon/token/bridge.hpp"
+#include "daemon/token/signing.hpp"
 #include "daemon/log.hpp"
 #include "daemon/server/signer.hpp"
 #include "firmad_version.hpp"
@@ -65,6 +66,8 @@ Json Service::key_json(const KeyState& key, const std::string& token, std::time_
     if (!key.info->curve.empty()) j["curve"] = key.info->curve;
     for (auto s : key.info->schemes) j["schemes"].push_back(pkcs11::to_string(s));
     if (!key.info->public_key.empty()) j["publicKey"] = protocol::base64_encode(key.info->public_key);
+    if (key.info->private_key) j["pinPerSignature"] = key.info->always_authenticate;
+    if (auto why = pin_per_signature_refusal(key, token_named(token)); !why.empty()) j["unusable"] = why;
   }
   if (key.certificate) {
     const auto& c = *key.certificate;

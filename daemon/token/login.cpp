@@ -45,6 +45,9 @@ LoginState TokenWorker::login(std::optional<protocol::Secret> pin, bool force, b
   try {
     if (control_session_->logged_in()) {
       // Logged in already (a failed logout, another login): say so everywhere.
+      if (!signature_pin())
+        drop_signature_pin("firmad found the token logged in and holds no PIN for it; run 'firmactl logout " + name +
+                           "' and 'firmactl login " + name + "'");
       publish_logged_in();
       return LoginState::LoggedIn;
     }
@@ -97,6 +100,7 @@ LoginState TokenWorker::login(std::optional<protocol::Secret> pin, bool force, b
         throw fail(LoginState::PinLocked, "the token's user PIN is locked", perr::kPinLocked, {{"token", name}});
       throw fail(LoginState::Error, e.what(), perr::kTokenError, {{"token", name}, {"call", e.call()}, {"code", e.code_name()}});
     }
+    keep_signature_pin(std::move(secret));
   } catch (const pkcs11::Error& e) {
     throw fail(LoginState::Error, e.what(), perr::kTokenError, {{"token", name}, {"call", e.call()}, {"code", e.code_name()}});
   }
@@ -111,6 +115,7 @@ LoginState TokenWorker::login(std::optional<protocol::Secret> pin, bool force, b
 
 LoginState TokenWorker::logout() {
   if (!control_session_) throw VarlinkError(perr::kTokenAbsent, {{"token", config_.name}});
+  drop_signature_pin("the token was logged out by an administrator");
   // New jobs see a logged-out token from here on; wait for those already running.
   publish([&](TokenSnapshot& s) {
     s.logged_in = false, s.login_state = LoginState::LoggedOut, s.reason = "logged out by an administrator";
@@ -139,6 +144,43 @@ LoginState TokenWorker::logout() {
   log::notice("token-logout", {{"token", config_.name}, {"why", "administrator"}});
   if (replaced) refuse_token(snapshot()->info ? snapshot()->info->serial : "", *replaced);
   return LoginState::LoggedOut;
+}
+
+std::shared_ptr<const protocol::Secret> TokenWorker::signature_pin(std::string* why) const {
+  std::lock_guard lock(signature_pin_mutex_);
+  if (!signature_pin_ && why) *why = no_signature_pin_;
+  return signature_pin_;
+}
+
+void TokenWorker::keep_signature_pin(protocol::Secret pin) {
+  const bool wanted = std::any_of(key_configs_.begin(), key_configs_.end(), [](const KeyConfig& k) { return k.pin_per_signature; });
+  std::lock_guard lock(signature_pin_mutex_);
+  if (wanted && !pin.empty()) {
+    signature_pin_ = std::make_shared<const protocol::Secret>(std::move(pin));
+    no_signature_pin_.clear();
+  } else {
+    signature_pin_.reset();
+    no_signature_pin_ = wanted ? "the token was logged in without a PIN firmad could keep (a PIN pad)"
+                               : "no key of the token has pin_per_signature = true";
+  }
+}
+
+void TokenWorker::drop_signature_pin(const std::string& why) {
+  std::lock_guard lock(signature_pin_mutex_);
+  signature_pin_.reset();  // wiped once the last signature using it returns
+  no_signature_pin_ = why;
+}
+
+void TokenWorker::refuse_signature_pin(const std::string& key, const std::string& error) {
+  {
+    std::lock_guard lock(signature_pin_mutex_);
+    if (!signature_pin_) return;  // another signing thread saw the refusal first
+    signature_pin_.reset();
+    no_signature_pin_ = "the token refused the kept PIN for a signature with " + key + " (" + error +
+                        "); not offered again until an administrator runs 'firmactl logout " + config_.name + "' and 'firmactl login " +
+                        config_.name + "'";
+  }
+  log::error("signature-pin-refused", {{"token", config_.name}, {"key", key}, {"error", error}});
 }
 
 }  // namespace firmad

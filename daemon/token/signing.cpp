@@ -7,6 +7,7 @@
 
 #include "daemon/token/bridge.hpp"
 #include "pkcs11/error.hpp"
+#include "pkcs11/key.hpp"
 #include "pkcs11/keygen.hpp"
 #include "pkcs11/token_pkey.hpp"
 #include "protocol/base64.hpp"
@@ -30,7 +31,40 @@ void report(TokenWorker& token, const pkcs11::Error& e) {
     token.suspect_token();
 }
 
+// The kept PIN for a key that needs it for every signature, or nullopt for
+// a key that does not. Throws KeyNeedsPinPerSignature when none is kept.
+std::shared_ptr<const protocol::Secret> context_pin_for(const TokenWorker& token, const std::string& key, bool always_authenticate) {
+  if (!always_authenticate) return nullptr;
+  std::string why;
+  auto pin = token.signature_pin(&why);
+  if (!pin) throw VarlinkError(perr::kKeyNeedsPinPerSignature, {{"key", key}, {"reason", why}});
+  return pin;
+}
+
+// Signs through `sign` with the context PIN, if any; a refused one is dropped.
+template <typename Sign>
+pkcs11::Bytes with_context_pin(TokenWorker& token, const std::string& key, const std::shared_ptr<const protocol::Secret>& pin,
+                               Sign&& sign) {
+  try {
+    return sign(pin ? pkcs11::ContextPin(pin->view()) : std::nullopt);
+  } catch (const pkcs11::Error& e) {
+    if (pin && (e.fault() == pkcs11::Fault::PinIncorrect || e.fault() == pkcs11::Fault::PinLocked))
+      token.refuse_signature_pin(key, e.code_name());
+    report(token, e);
+    throw;
+  }
+}
+
 }  // namespace
+
+std::string pin_per_signature_refusal(const KeyState& k, const TokenWorker& token) {
+  if (!k.info || !k.info->always_authenticate) return "";
+  if (!k.config.pin_per_signature)
+    return "its private key needs the PIN for every signature (CKA_ALWAYS_AUTHENTICATE) and firmad.toml does not allow "
+           "firmad to keep the PIN for it: set pin_per_signature = true in [keys." + k.config.alias + "]";
+  std::string why;
+  return token.signature_pin(&why) ? "" : "firmad holds no PIN to give the token: " + why;
+}
 
 const KeyState& usable_key(const TokenSnapshot& snap, const TokenWorker& token, const std::string& alias) {
   const std::string& name = token.config().name;
@@ -43,6 +77,8 @@ const KeyState& usable_key(const TokenSnapshot& snap, const TokenWorker& token, 
   // renewal's acceptance, is made by the renewal itself, not through Sign.
   if (k->certificate && std::time(nullptr) > k->certificate->not_after)
     throw VarlinkError(perr::kCertificateExpired, {{"key", alias}, {"notAfter", iso8601(k->certificate->not_after)}});
+  if (auto why = pin_per_signature_refusal(*k, token); !why.empty())
+    throw VarlinkError(perr::kKeyNeedsPinPerSignature, {{"key", alias}, {"reason", why}});
   return *k;
 }
 
@@ -54,10 +90,14 @@ pkcs11::Bytes sign_on_signing_thread(const WorkContext& ctx, TokenWorker& token,
   if (auto c = token.cancellation(alias)) throw VarlinkError(perr::kKeyCancelled, {{"key", alias}, {"at", iso8601(c->at)}});
   if (!ctx.snapshot->logged_in || !k || !k->info || !k->info->private_key)
     throw not_logged_in(token.config().name, ctx.snapshot->login_state);
+  if (k->info->always_authenticate && !k->config.pin_per_signature)
+    throw VarlinkError(perr::kKeyNeedsPinPerSignature, {{"key", alias}, {"reason", pin_per_signature_refusal(*k, token)}});
+  const auto pin = context_pin_for(token, alias, k->info->always_authenticate);
   try {
-    return pkcs11::sign(*ctx.session, *k->info->private_key, k->info->type, req);
+    return with_context_pin(token, alias, pin, [&](const pkcs11::ContextPin& context_pin) {
+      return pkcs11::sign(*ctx.session, *k->info->private_key, k->info->type, req, context_pin);
+    });
   } catch (const pkcs11::Error& e) {
-    report(token, e);
     throw token_failure(token.config().name, e);
   }
 }
@@ -68,14 +108,14 @@ ossl::Pkey token_backed_key(TokenWorker& token, const pkcs11::Bytes& id, const p
       if (!ctx.session) throw VarlinkError(perr::kTokenAbsent, {{"token", token.config().name}});
       if (!ctx.snapshot->logged_in)
         throw not_logged_in(token.config().name, ctx.snapshot->login_state);
-      try {
-        auto objects = pkcs11::objects_by_id(*ctx.session, id);
-        if (!objects.private_key) throw std::runtime_error("no private key with CKA_ID " + protocol::hex_encode(id) + " on the token");
-        return pkcs11::sign_raw(*ctx.session, *objects.private_key, op, input);
-      } catch (const pkcs11::Error& e) {
-        report(token, e);  // as for clients' signatures
-        throw;
-      }
+      auto objects = pkcs11::objects_by_id(*ctx.session, id);
+      const std::string key = "CKA_ID " + protocol::hex_encode(id);
+      if (!objects.private_key) throw std::runtime_error("no private key with " + key + " on the token");
+      const auto pin = context_pin_for(token, key, pkcs11::always_authenticate(*ctx.session, *objects.private_key));
+      // Reported as for clients' signatures.
+      return with_context_pin(token, key, pin, [&](const pkcs11::ContextPin& context_pin) {
+        return pkcs11::sign_raw(*ctx.session, *objects.private_key, op, input, context_pin);
+      });
     };
     return run_blocking<pkcs11::Bytes>(token, Lane::Signing, std::move(job), kRoomWait);
   };

@@ -12,14 +12,21 @@ namespace firmad {
 // The key's state if the token can sign with it now: present, logged in,
 // the key found and not cancelled, its certificate (if any) not expired.
 // Throws protocol::VarlinkError TokenAbsent, NotLoggedIn, KeyCancelled,
-// KeyNotFound, CertificateExpired. Any thread (reads the snapshot).
+// KeyNotFound, CertificateExpired, KeyNeedsPinPerSignature. Any thread (reads the snapshot).
 const KeyState& usable_key(const TokenSnapshot& snap, const TokenWorker& token, const std::string& alias);
+
+// Why the key cannot sign although it is found: it needs the PIN for every
+// signature and firmad.toml does not allow it, or firmad holds no PIN for
+// it. Empty if nothing stands in the way. Any thread.
+std::string pin_per_signature_refusal(const KeyState& key, const TokenWorker& token);
 
 // On a signing thread: signs `req` with the key `alias` as the state current
 // there has it (a login or logout since the request was queued is seen).
 // A dead session or a pulled token is reported to the worker. Throws
-// protocol::VarlinkError (TokenAbsent, KeyCancelled, NotLoggedIn, what the
-// token said).
+// protocol::VarlinkError (TokenAbsent, KeyCancelled, NotLoggedIn,
+// KeyNeedsPinPerSignature, what the token said). A key that needs the PIN
+// for every signature gets the kept PIN after C_SignInit; one the token
+// refuses is dropped at once (PinIncorrect), never offered again.
 pkcs11::Bytes sign_on_signing_thread(const WorkContext& ctx, TokenWorker& token, const std::string& alias,
                                      const pkcs11::SignRequest& req);
 
@@ -27,7 +34,8 @@ pkcs11::Bytes sign_on_signing_thread(const WorkContext& ctx, TokenWorker& token,
 // private operations run on the token's signing threads, for OpenSSL to
 // build CSRs, CMS and TLS client authentication with. Each operation blocks
 // its caller (never the I/O thread or a token thread) and waits up to 5 s for
-// room in a full queue: clients' signatures come first.
+// room in a full queue: clients' signatures come first. A key that needs the
+// PIN for every signature uses the token's kept PIN (see signature_pin()).
 ossl::Pkey token_backed_key(TokenWorker& token, const pkcs11::Bytes& id, const pkcs11::Bytes& spki);
 
 }  // namespace firmad

@@ -456,6 +456,7 @@ void TokenWorker::refresh_answered(bool token_logged_in) {
 // pin_source = "admin" the token waits for 'firmactl login'.
 void TokenWorker::lose_login() {
   const bool again = unattended(config_) && !pin_refused_;
+  drop_signature_pin("the token logged firmad out");
   publish([&](TokenSnapshot& s) {
     s.logged_in = false, s.login_state = LoginState::LoggedOut;
     s.reason = "the token logged firmad out (reset by another program, or a session timeout)";
@@ -475,6 +476,7 @@ void TokenWorker::lose_login() {
 // handed the numbers to new sessions of another token already); whatever
 // the module still keeps on the slot is closed with C_CloseAllSessions.
 void TokenWorker::lose_token(const std::string& why) {
+  drop_signature_pin("the token went away");
   publish([&](TokenSnapshot& s) {
     s.present = false, s.logged_in = false, s.login_state = LoginState::Absent;
     s.reason = "the token went away (" + why + "); waiting for it to come back";
@@ -492,6 +494,7 @@ void TokenWorker::lose_token(const std::string& why) {
 // (which also ends a login), so nothing touches the token until a refresh
 // finds the one firmad served back in the slot.
 void TokenWorker::refuse_token(const std::string& serial, const std::string& why) {
+  drop_signature_pin("the token in the slot is not the one firmad served");
   refresh_error_.reset();
   control_session_.reset();
   close_signing_sessions();

@@ -130,6 +130,16 @@ class TokenWorker {
   // thread checks the token at once.
   void suspect_token();
 
+  // The PIN kept for keys that need it for every signature
+  // (pin_per_signature in firmad.toml, CKA_ALWAYS_AUTHENTICATE on the
+  // token): held in locked memory, wiped when the last signature using it
+  // returns. Null when none is kept; then `why` says why. Any thread.
+  std::shared_ptr<const protocol::Secret> signature_pin(std::string* why = nullptr) const;
+  // The token refused the kept PIN for a signature (the PIN was changed by
+  // another program, or the card counts differently): it is wiped and never
+  // offered again until an administrator logs in. Any thread.
+  void refuse_signature_pin(const std::string& key, const std::string& error);
+
   // Stops all signing with a key at once: jobs not yet started (queued
   // included) see the cancellation and refuse. Any thread; never waits for
   // the token.
@@ -190,6 +200,10 @@ class TokenWorker {
   // served when a remembered key now has another public key (Verify only).
   std::optional<std::string> rescan_keys(TokenSnapshot& snap, KeyScan scan);
   void refuse_token(const std::string& serial, const std::string& why);
+  // Control thread only. After a C_Login: keeps the PIN if a key needs it
+  // for every signature; drops it (with why) on logout or a lost login.
+  void keep_signature_pin(protocol::Secret pin);
+  void drop_signature_pin(const std::string& why);
   void publish(const std::function<void(TokenSnapshot&)>& change);
   void add_key(const KeyConfig& key);
 
@@ -238,6 +252,10 @@ class TokenWorker {
   std::vector<std::thread> sign_threads_;
   std::size_t active_ = 0;
   bool stopping_ = false;
+
+  mutable std::mutex signature_pin_mutex_;
+  std::shared_ptr<const protocol::Secret> signature_pin_;
+  std::string no_signature_pin_ = "the token is not logged in";
 
   mutable std::mutex cancel_mutex_;
   std::map<std::string, Cancellation> cancelled_;

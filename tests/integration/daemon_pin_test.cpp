@@ -202,6 +202,7 @@ TEST_F(PinCustody, SigningNeedsTheKeysAllowList) {
   EXPECT_EQ(client().sign_digest("firma-ec", digest()).empty(), false) << "the same key under an allowed alias signs";
 }
 
+
 }  // namespace
 }  // namespace firmad::test
 
@@ -544,6 +545,135 @@ TEST_F(PinFlags, LockedPinIsReportedAndNotTried) {
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.out.find("locked"), std::string::npos) << r.out;
   EXPECT_EQ(logins(), 0);
+}
+
+
+// A PIV card's signing key (slot 9c) needs the PIN for every signature
+// (CKA_ALWAYS_AUTHENTICATE): C_Login(CKU_CONTEXT_SPECIFIC) between
+// C_SignInit and C_Sign. firmad signs with it only where firmad.toml allows
+// it for the key, giving the kept PIN once per signature; a refused context
+// PIN is never offered again (issue 10, item 5).
+class PinPerSignature : public PinFlags {
+ protected:
+  long counted(const std::string& what) {
+    const std::string n = read_file(control.string() + "." + what);
+    return n.empty() ? 0 : std::stol(n);
+  }
+  std::unique_ptr<Daemon> start_piv(bool allowed, const std::string& pin_source = "pin_source = \"file\"") {
+    std::map<std::string, std::string> replace = {{"module", std::string("module = \"") + FIRMAD_FAULT_MODULE + "\""},
+                                                  {"pin_source", pin_source},
+                                                  {"sessions", "sessions = 2\nrefresh_interval_ms = 100"}};
+    if (pin_source.find("admin") != std::string::npos) replace["pin_file"] = "";
+    if (allowed) replace["uri = \"pkcs11:object=firma-ec"] = "uri = \"pkcs11:object=firma-ec;id=%02\"\npin_per_signature = true";
+    return start(replace);
+  }
+  firma::Json key_status(const std::string& alias) {
+    const auto status = client().status();
+    for (const auto& k : status["keys"])
+      if (k["alias"] == alias) return k;
+    return nullptr;
+  }
+  bool signs_and_verifies(const std::string& text) {
+    const firma::Bytes data(text.begin(), text.end());
+    const auto sig = client().sign_data("firma-ec", data);
+    const fs::path in = rig.dir() / "v.txt", out = rig.dir() / "v.sig";
+    write_file(in, text);
+    write_file(out, std::string(sig.begin(), sig.end()));
+    return run("openssl dgst -sha256 -verify " + quote(rig.public_key_pem("02").string()) + " -signature " + quote(out.string()) + " " +
+               quote(in.string()))
+               .exit_code == 0;
+  }
+};
+
+TEST_F(PinPerSignature, KeyIsListedWithTheReasonAndRefusedWithoutTheOptIn) {
+  write_file(control, "piv");
+  auto d = start_piv(false);
+  ASSERT_TRUE(d->wait_for_log("event=token-login ")) << d->log();
+  const auto k = key_status("firma-ec");
+
+  EXPECT_TRUE(k["pinPerSignature"].get<bool>()) << k;
+  EXPECT_NE(k.value("unusable", "").find("pin_per_signature = true"), std::string::npos) << k;
+  try {
+    client().sign_digest("firma-ec", digest());
+    FAIL() << "signed without the opt-in";
+  } catch (const firma::Error& e) {
+    EXPECT_EQ(e.name(), "io.firmad.Signer.KeyNeedsPinPerSignature");
+    EXPECT_EQ(e.parameters()["key"], "firma-ec");
+    EXPECT_NE(e.parameters()["reason"].get<std::string>().find("CKA_ALWAYS_AUTHENTICATE"), std::string::npos) << e.parameters();
+  }
+  write_file(rig.dir() / "doc.txt", "alta");
+  auto r = ctl("sign firma-ec " + quote((rig.dir() / "doc.txt").string()) + " -o " + quote((rig.dir() / "doc.sig").string()));
+  EXPECT_EQ(r.exit_code, 1) << r.out;
+  EXPECT_NE(r.out.find("needs the PIN for every signature"), std::string::npos) << r.out;
+  EXPECT_EQ(counted("context_logins"), 0) << "nothing reached the token";
+}
+
+TEST_F(PinPerSignature, OptedInKeyGetsTheKeptPinOncePerSignature) {
+  write_file(control, "piv");
+  auto d = start_piv(true);
+  ASSERT_TRUE(d->wait_for_log("event=token-login ")) << d->log();
+  EXPECT_FALSE(key_status("firma-ec").contains("unusable")) << key_status("firma-ec");
+  EXPECT_TRUE(key_status("empresa").contains("unusable")) << "a key without the opt-in stays refused";
+  for (int i = 0; i < 5; ++i) EXPECT_TRUE(signs_and_verifies("recibo " + std::to_string(i)));
+  // Four signers at once, on two sessions: each signature its own context login.
+  std::vector<std::thread> signers;
+  std::atomic<int> made{0};
+  for (int t = 0; t < 4; ++t)
+    signers.emplace_back([&] {
+      for (int i = 0; i < 5; ++i)
+        if (!client().sign_digest("firma-ec", digest()).empty()) ++made;
+    });
+  for (auto& t : signers) t.join();
+  EXPECT_EQ(made, 20);
+  EXPECT_EQ(counted("context_logins"), 25);
+  EXPECT_EQ(logins(), 1) << "one user login; the rest are context logins";
+  EXPECT_EQ(d->log().find(TokenRig::kPin), std::string::npos) << "the PIN never reaches the log";
+}
+
+TEST_F(PinPerSignature, RefusedContextPinIsNeverOfferedAgainUntilAnAdministratorLogsIn) {
+  write_file(control, "piv");
+  auto d = start_piv(true, "pin_source = \"admin\"");
+  ASSERT_TRUE(d->wait_for_log("event=token-found")) << d->log();
+  auto r = ctl("login demo --pin-stdin", TokenRig::kPin);
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_TRUE(signs_and_verifies("con el PIN del administrador"));
+  // Another program changed the PIN: the card refuses the kept one once.
+  write_file(control, "piv pin_changed");
+  EXPECT_EQ(error_of([&] { client().sign_digest("firma-ec", digest()); }), "io.firmad.Signer.PinIncorrect");
+  EXPECT_EQ(counted("context_refused"), 1);
+  for (int i = 0; i < 3; ++i) {
+    try {
+      client().sign_digest("firma-ec", digest());
+      ADD_FAILURE() << "signed with a refused PIN";
+    } catch (const firma::Error& e) {
+      EXPECT_EQ(e.name(), "io.firmad.Signer.KeyNeedsPinPerSignature");
+      EXPECT_NE(e.parameters()["reason"].get<std::string>().find("refused the kept PIN"), std::string::npos) << e.parameters();
+    }
+  }
+  EXPECT_EQ(counted("context_logins"), 2) << "the refused PIN was offered again";
+  EXPECT_NE(key_status("firma-ec").value("unusable", "").find("refused"), std::string::npos);
+  ASSERT_TRUE(d->wait_for_log("event=signature-pin-refused")) << d->log();
+  // The administrator logs out and in again (the card's PIN is right again).
+  write_file(control, "piv");
+  EXPECT_EQ(ctl("logout demo").exit_code, 0);
+  r = ctl("login demo --pin-stdin", TokenRig::kPin);
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_TRUE(signs_and_verifies("otra vez"));
+  EXPECT_EQ(counted("context_logins"), 3);
+}
+
+// A PIV card locks its PIN after 3 wrong tries and never reports a final
+// try: a wrong PIN file costs it one try, however often firmad starts.
+TEST_F(PinPerSignature, WrongPinFileCostsAPivCardOneOfItsThreeTries) {
+  write_file(control, "piv");
+  write_file(rig.pin_file(), "999999\n");
+  for (int start = 0; start < 4; ++start) {
+    auto d = start_piv(true);
+    ASSERT_TRUE(d->wait_for_log("event=token-login-refused")) << d->log();
+    EXPECT_EQ(token_status()["loginState"], "pin-incorrect");
+    EXPECT_FALSE(token_status()["pinFlags"]["locked"].get<bool>()) << "two tries are left on the card";
+    EXPECT_EQ(counted("wrong_pins"), 1) << "start " << start;
+  }
 }
 
 }  // namespace

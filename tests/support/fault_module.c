@@ -41,6 +41,26 @@
  *                                out, until N logouts in all ("<control>.lost"); a
  *                                C_SignInit on a logged-out token then fails with
  *                                CKR_USER_NOT_LOGGED_IN, as a card's does
+ *   piv                          a PIV card's module (ykcs11): every private key has
+ *                                CKA_ALWAYS_AUTHENTICATE, so C_Sign fails with
+ *                                CKR_USER_NOT_LOGGED_IN unless C_Login(CKU_CONTEXT_
+ *                                SPECIFIC) with the user PIN came after C_SignInit
+ *                                (each counted in "<control>.context_logins", a
+ *                                wrong one in "<control>.context_refused"); objects
+ *                                are created only by the security officer
+ *                                (C_CreateObject, C_GenerateKeyPair:
+ *                                CKR_USER_TYPE_INVALID in a user session); no
+ *                                C_SetAttributeValue (CKR_FUNCTION_NOT_SUPPORTED);
+ *                                the user PIN locks after 3 wrong tries in a row,
+ *                                counted across processes in "<control>.wrong_pins",
+ *                                and no final-try flag is ever reported
+ *   pin_changed                  another program changed the user PIN after
+ *                                firmad logged in: a context login fails with
+ *                                CKR_PIN_INCORRECT
+ *   pinpad=PIN                   a PIN-pad reader (CKF_PROTECTED_AUTHENTICATION_PATH):
+ *                                C_Login without a PIN logs in as if the holder
+ *                                typed PIN on the reader; each counted in
+ *                                "<control>.pinpad_logins"
  * A C_CloseSession on a handle the module closed underneath (session_invalid,
  * a removal) and did not hand out again is a stale close: firmad must forget
  * such handles, never close them (a module may give the number to a new
@@ -84,6 +104,25 @@ static int control_lookup(const char *word, long *number) {
 
 static int control_has(const char *word) { return control_lookup(word, NULL); }
 
+// The text after "word=" in the control file into out; returns whether found.
+static int control_text(const char *word, char *out, size_t size) {
+  const char *path = getenv("FIRMAD_FAULT_CONTROL");
+  if (!path) return 0;
+  FILE *f = fopen(path, "r");
+  if (!f) return 0;
+  char buf[256];
+  int found = 0;
+  const size_t len = strlen(word);
+  while (fscanf(f, "%255s", buf) == 1) {
+    if (strncmp(buf, word, len) == 0 && buf[len] == '=') {
+      snprintf(out, size, "%s", buf + len + 1);
+      found = 1;
+    }
+  }
+  fclose(f);
+  return found;
+}
+
 // The number after "word=" in the control file, or 0.
 static long control_number(const char *word) {
   long n = 0;
@@ -112,15 +151,20 @@ static long counter(const char *suffix) {
   return n;
 }
 
+// Signing threads count at once: one read-and-write of a side file at a time.
+static pthread_mutex_t count_lock = PTHREAD_MUTEX_INITIALIZER;
+
 static void count(const char *suffix) {
   char name[4096];
   if (!side_file(suffix, name, sizeof name)) return;
+  pthread_mutex_lock(&count_lock);
   const long n = counter(suffix);
   FILE *f = fopen(name, "w");
   if (f) {
     fprintf(f, "%ld\n", n + 1);
     fclose(f);
   }
+  pthread_mutex_unlock(&count_lock);
 }
 
 static void count_login(void) { count("logins"); }
@@ -180,6 +224,20 @@ static void all_handles_killed(void) {
   pthread_mutex_lock(&handles_lock);
   while (open_count > 0) put(dead_handles, &dead_count, open_handles[--open_count]);
   pthread_mutex_unlock(&handles_lock);
+}
+
+// piv: the user PIN of the last successful login (what a context login must
+// repeat), and the sessions whose signing operation awaits a context login
+// or has had it.
+static pthread_mutex_t piv_lock = PTHREAD_MUTEX_INITIALIZER;
+static char user_pin[64];
+static CK_SESSION_HANDLE awaiting_context[MAX_HANDLES], context_given[MAX_HANDLES];
+static int awaiting_count, given_count;
+
+static int is_private_key(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object) {
+  CK_OBJECT_CLASS cls = 0;
+  CK_ATTRIBUTE a = {CKA_CLASS, &cls, sizeof cls};
+  return real_fns.C_GetAttributeValue(session, object, &a, 1) == CKR_OK && cls == CKO_PRIVATE_KEY;
 }
 
 // Signing threads call concurrently: one kill decision at a time.
@@ -317,6 +375,12 @@ static CK_RV fault_SignInit(CK_SESSION_HANDLE session, CK_MECHANISM_PTR mech, CK
   pthread_rwlock_rdlock(&operations_lock);
   const CK_RV rv = real_fns.C_SignInit(session, mech, key);
   pthread_rwlock_unlock(&operations_lock);
+  if (rv == CKR_OK && control_has("piv") && is_private_key(session, key)) {
+    pthread_mutex_lock(&piv_lock);
+    take(context_given, &given_count, session);
+    put(awaiting_context, &awaiting_count, session);
+    pthread_mutex_unlock(&piv_lock);
+  }
   return rv;
 }
 
@@ -334,15 +398,58 @@ static CK_RV fault_Sign(CK_SESSION_HANDLE session, CK_BYTE_PTR data, CK_ULONG le
     struct timespec ts = {slow / 1000, (slow % 1000) * 1000000L};
     nanosleep(&ts, NULL);  /* the token's own slowness, not a test's wait */
   }
+  /* piv: whether this operation had its context login (a length query keeps it). */
+  pthread_mutex_lock(&piv_lock);
+  const int awaiting = take(awaiting_context, &awaiting_count, session);
+  const int given = take(context_given, &given_count, session);
+  pthread_mutex_unlock(&piv_lock);
   /* The real operation is always finished, as a failing token ends it too. */
   pthread_rwlock_rdlock(&operations_lock);
   const CK_RV rv = real_fns.C_Sign(session, data, len, sig, sig_len);
   pthread_rwlock_unlock(&operations_lock);
-  if (rv == CKR_BUFFER_TOO_SMALL) return rv;
+  if (rv == CKR_BUFFER_TOO_SMALL || (rv == CKR_OK && !sig)) {
+    pthread_mutex_lock(&piv_lock);
+    if (awaiting) put(awaiting_context, &awaiting_count, session);
+    if (given) put(context_given, &given_count, session);
+    pthread_mutex_unlock(&piv_lock);
+    return rv;
+  }
+  if (awaiting) {
+    if (sig) memset(sig, 0, *sig_len);  /* a card without the context login makes no signature */
+    return CKR_USER_NOT_LOGGED_IN;
+  }
   if (removed(first_slot())) return CKR_DEVICE_REMOVED;
   if (control_has("device_error")) return CKR_DEVICE_ERROR;
   if (rv == CKR_OK && sig) record_signature(session);
   return rv;
+}
+
+static CK_RV fault_GetAttributeValue(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object, CK_ATTRIBUTE_PTR tmpl, CK_ULONG n) {
+  if (backend_down()) return CKR_DEVICE_ERROR;
+  const CK_RV rv = real_fns.C_GetAttributeValue(session, object, tmpl, n);
+  if (!control_has("piv") || !is_private_key(session, object)) return rv;
+  for (CK_ULONG i = 0; i < n; ++i) {
+    if (tmpl[i].type != CKA_ALWAYS_AUTHENTICATE) continue;
+    if (tmpl[i].pValue && tmpl[i].ulValueLen >= sizeof(CK_BBOOL)) *(CK_BBOOL *)tmpl[i].pValue = CK_TRUE;
+    tmpl[i].ulValueLen = sizeof(CK_BBOOL);
+  }
+  return rv;
+}
+
+static CK_RV fault_CreateObject(CK_SESSION_HANDLE session, CK_ATTRIBUTE_PTR tmpl, CK_ULONG n, CK_OBJECT_HANDLE_PTR object) {
+  if (control_has("piv")) return CKR_USER_TYPE_INVALID;
+  return real_fns.C_CreateObject(session, tmpl, n, object);
+}
+
+static CK_RV fault_GenerateKeyPair(CK_SESSION_HANDLE session, CK_MECHANISM_PTR mech, CK_ATTRIBUTE_PTR pub, CK_ULONG npub,
+                                   CK_ATTRIBUTE_PTR priv, CK_ULONG npriv, CK_OBJECT_HANDLE_PTR hpub, CK_OBJECT_HANDLE_PTR hpriv) {
+  if (control_has("piv")) return CKR_USER_TYPE_INVALID;
+  return real_fns.C_GenerateKeyPair(session, mech, pub, npub, priv, npriv, hpub, hpriv);
+}
+
+static CK_RV fault_SetAttributeValue(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object, CK_ATTRIBUTE_PTR tmpl, CK_ULONG n) {
+  if (control_has("piv")) return CKR_FUNCTION_NOT_SUPPORTED;
+  return real_fns.C_SetAttributeValue(session, object, tmpl, n);
 }
 
 static CK_RV fault_GetTokenInfo(CK_SLOT_ID slot, CK_TOKEN_INFO_PTR info) {
@@ -356,7 +463,10 @@ static CK_RV fault_GetTokenInfo(CK_SLOT_ID slot, CK_TOKEN_INFO_PTR info) {
   if (rv != CKR_OK) return rv;
   if (control_has("count_low")) info->flags |= CKF_USER_PIN_COUNT_LOW;
   if (control_has("final_try")) info->flags |= CKF_USER_PIN_FINAL_TRY;
-  if (control_has("locked")) info->flags |= CKF_USER_PIN_LOCKED;
+  if (control_has("locked") || (control_has("piv") && counter("wrong_pins") >= 3)) info->flags |= CKF_USER_PIN_LOCKED;
+  if (control_has("piv")) info->flags &= ~(CK_FLAGS)CKF_USER_PIN_FINAL_TRY;
+  char pad[64];
+  if (control_text("pinpad", pad, sizeof pad)) info->flags |= CKF_PROTECTED_AUTHENTICATION_PATH;
   if (control_has("other_serial")) {
     memset(info->serialNumber, ' ', sizeof info->serialNumber);
     memcpy(info->serialNumber, "firmad-other", 12);
@@ -364,11 +474,51 @@ static CK_RV fault_GetTokenInfo(CK_SLOT_ID slot, CK_TOKEN_INFO_PTR info) {
   return CKR_OK;
 }
 
+static void count_wrong_pins(CK_RV rv) {
+  char name[4096];
+  if (!side_file("wrong_pins", name, sizeof name)) return;
+  if (rv == CKR_PIN_INCORRECT) {
+    count("wrong_pins");
+  } else if (rv == CKR_OK) {
+    FILE *f = fopen(name, "w");  // a right PIN resets the card's counter
+    if (f) fclose(f);
+  }
+}
+
+static CK_RV context_login(CK_SESSION_HANDLE session, CK_UTF8CHAR_PTR pin, CK_ULONG len) {
+  count("context_logins");
+  pthread_mutex_lock(&piv_lock);
+  CK_RV rv = CKR_OPERATION_NOT_INITIALIZED;
+  if (take(awaiting_context, &awaiting_count, session)) {
+    const int right = !control_has("pin_changed") && pin && len == strlen(user_pin) && memcmp(pin, user_pin, len) == 0;
+    if (right) put(context_given, &given_count, session), rv = CKR_OK;
+    else put(awaiting_context, &awaiting_count, session), rv = CKR_PIN_INCORRECT;
+  }
+  pthread_mutex_unlock(&piv_lock);
+  if (rv == CKR_PIN_INCORRECT) count("context_refused");
+  return rv;
+}
+
 static CK_RV fault_Login(CK_SESSION_HANDLE session, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin, CK_ULONG len) {
   if (backend_down()) return CKR_DEVICE_ERROR;
+  if (user == CKU_CONTEXT_SPECIFIC && control_has("piv")) return context_login(session, pin, len);
   count_login();
   if (control_has("locked")) return CKR_PIN_LOCKED;
-  return real_fns.C_Login(session, user, pin, len);
+  if (control_has("piv") && counter("wrong_pins") >= 3) return CKR_PIN_LOCKED;
+  char pad[64];
+  if (!pin && control_text("pinpad", pad, sizeof pad)) {
+    count("pinpad_logins");  // the holder types it on the reader
+    return real_fns.C_Login(session, user, (CK_UTF8CHAR_PTR)pad, strlen(pad));
+  }
+  const CK_RV rv = real_fns.C_Login(session, user, pin, len);
+  if (control_has("piv")) count_wrong_pins(rv);
+  if (rv == CKR_OK && pin && len < sizeof user_pin) {
+    pthread_mutex_lock(&piv_lock);
+    memcpy(user_pin, pin, len);
+    user_pin[len] = 0;
+    pthread_mutex_unlock(&piv_lock);
+  }
+  return rv;
 }
 
 CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR list) {
@@ -393,6 +543,10 @@ CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR list) {
     fault_fns.C_GetSessionInfo = fault_GetSessionInfo;
     fault_fns.C_SignInit = fault_SignInit;
     fault_fns.C_Sign = fault_Sign;
+    fault_fns.C_GetAttributeValue = fault_GetAttributeValue;
+    fault_fns.C_CreateObject = fault_CreateObject;
+    fault_fns.C_GenerateKeyPair = fault_GenerateKeyPair;
+    fault_fns.C_SetAttributeValue = fault_SetAttributeValue;
     loaded = 1;
   }
   *list = &fault_fns;
