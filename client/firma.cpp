@@ -282,6 +282,12 @@ std::string Client::login(const std::string& token, const std::optional<std::str
   return call("io.firmad.Signer.Login", params).value("loginState", "");
 }
 
+std::string Client::login_on_reader(const std::string& token, bool force) {
+  Json params = {{"token", token}, {"pinPad", true}};
+  if (force) params["force"] = true;
+  return call("io.firmad.Signer.Login", params).value("loginState", "");
+}
+
 std::string Client::logout(const std::string& token) {
   return call("io.firmad.Signer.Logout", {{"token", token}}).value("loginState", "");
 }

@@ -93,6 +93,9 @@ class Client {
   Bytes sign_cms_detached(const std::string& key, std::span<const std::uint8_t> digest, const std::string& hash = "sha256");
   // Administrators: log the daemon in (pin: nullopt = its configured source) or out.
   std::string login(const std::string& token, const std::optional<std::string>& pin, bool force = false);
+  // Logs firmad in to a token with a PIN pad: the holder types the PIN on
+  // the reader while this call waits (see Token's pinPad in status()).
+  std::string login_on_reader(const std::string& token, bool force = false);
   std::string logout(const std::string& token);
 
   // How long a call waits for each reply before it fails with ConnectionError

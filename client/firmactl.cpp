@@ -341,6 +341,8 @@ void print_keys(const firma::Json& keys) {
     if (k.contains("npie")) std::cout << ", NPIE " << k["npie"].get<std::string>();
     if (k.contains("registroPatronal")) std::cout << ", registro patronal " << k["registroPatronal"].get<std::string>();
     std::cout << "\n";
+    if (k.value("pinPerSignature", false)) std::cout << "  needs the PIN for every signature\n";
+    if (k.contains("unusable")) std::cout << "  CANNOT SIGN: " << k["unusable"].get<std::string>() << "\n";
     if (k.contains("cancelled"))
       std::cout << "  CANCELLED " << k["cancelled"]["at"].get<std::string>() << ": " << k["cancelled"]["reason"].get<std::string>() << "\n";
     for (const auto& h : k.value("history", firma::Json::array()))
@@ -420,6 +422,7 @@ void print_status(const firma::Json& s) {
       else if (f.value("finalTry", false)) std::cout << "  PIN: final try left\n";
       else if (f.value("countLow", false)) std::cout << "  PIN: a wrong PIN was entered\n";
     }
+    if (t.value("pinPad", false)) std::cout << "  PIN pad: the PIN is typed on the reader ('firmactl login' waits for it)\n";
   }
   print_keys(s["keys"]);
 }
@@ -569,13 +572,22 @@ int main(int argc, char** argv) {
     } else if (login->parsed()) {
       std::optional<std::string> pin;
       firmad::protocol::Secret secret;
-      if (!from_source) {
+      // A token with a PIN pad: the holder types the PIN on the reader.
+      bool pin_pad = false;
+      if (!from_source && !pin_stdin) {
+        const auto status = client.status();
+        for (const auto& t : status["tokens"])
+          if (t.value("name", "") == token) pin_pad = t.value("pinPad", false);
+      }
+      if (pin_pad) {
+        std::cerr << "Type the PIN of token " << token << " on the reader's PIN pad.\n";
+      } else if (!from_source) {
         secret = read_pin(pin_stdin, token);
         pin.emplace(secret.view());
       }
       std::string state;
       try {
-        state = client.login(token, pin, force);
+        state = pin_pad ? client.login_on_reader(token, force) : client.login(token, pin, force);
       } catch (...) {
         if (pin) firmad::protocol::wipe(*pin);
         throw;

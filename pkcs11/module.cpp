@@ -159,6 +159,7 @@ TokenInfo Module::token_info(SlotId slot) const {
   t.manufacturer = trim_padded(raw.manufacturerID, sizeof raw.manufacturerID);
   t.model = trim_padded(raw.model, sizeof raw.model);
   t.login_required = raw.flags & CKF_LOGIN_REQUIRED;
+  t.protected_path = raw.flags & CKF_PROTECTED_AUTHENTICATION_PATH;
   t.pin.count_low = raw.flags & CKF_USER_PIN_COUNT_LOW;
   t.pin.final_try = raw.flags & CKF_USER_PIN_FINAL_TRY;
   t.pin.locked = raw.flags & CKF_USER_PIN_LOCKED;

@@ -28,6 +28,11 @@ void Session::login(std::string_view pin) {
   if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) throw Error("C_Login", rv);
 }
 
+void Session::login_on_reader() {
+  const CK_RV rv = module_->fn()->C_Login(handle_, CKU_USER, nullptr, 0);
+  if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) throw Error("C_Login", rv);
+}
+
 void Session::logout() {
   const CK_RV rv = module_->fn()->C_Logout(handle_);
   if (rv != CKR_OK && rv != CKR_USER_NOT_LOGGED_IN) throw Error("C_Logout", rv);

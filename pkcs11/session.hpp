@@ -35,6 +35,10 @@ class Session {
   // Logs the user in with exactly one C_Login call; "already logged in" is
   // success. Throws Error (PinIncorrect, PinLocked, ...). Never retries.
   void login(std::string_view pin);
+  // Logs the user in on a token with a protected authentication path: one
+  // C_Login with no PIN, which returns once the holder typed the PIN on the
+  // reader's PIN pad (or gave up). Throws Error as login() does.
+  void login_on_reader();
   // Logs out; "not logged in" is success. Throws Error on other failures.
   void logout();
   // Whether the application is logged in as the user (C_GetSessionInfo).

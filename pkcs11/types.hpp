@@ -36,6 +36,9 @@ struct TokenInfo {
   std::string manufacturer;
   std::string model;
   bool login_required = true;
+  // CKF_PROTECTED_AUTHENTICATION_PATH: the PIN is typed on the reader's PIN
+  // pad, not given to C_Login.
+  bool protected_path = false;
   PinFlags pin;
 };
 

@@ -142,6 +142,7 @@ Json Service::status(const Peer& peer) const {
       j["label"] = i.label, j["serial"] = i.serial, j["manufacturer"] = i.manufacturer, j["model"] = i.model;
       j["pinFlags"] = {{"countLow", i.pin.count_low}, {"finalTry", i.pin.final_try}, {"locked", i.pin.locked},
                        {"toBeChanged", i.pin.to_be_changed}};
+      j["pinPad"] = i.protected_path;
     }
     tokens.push_back(std::move(j));
   }
@@ -177,13 +178,16 @@ boost::asio::awaitable<Json> Service::login(const Json& params, const Peer& peer
     if (too_long) throw protocol::invalid_parameter("pin");  // never tried cut short
   }
   const bool force = p.optional_bool("force", false);
+  const bool pin_pad = p.optional_bool("pinPad", false);
   p.finish();
+  if (pin_pad && pin) throw protocol::invalid_parameter("pinPad");  // a PIN pad's PIN is typed on the reader
   require_admin("Login", peer);
   TokenWorker& worker = token_named(token);
   log::throttled(log::Level::Notice, "admin-login", peer.uid, {{"token", token}, {"uid", peer.uid}, {"pid", peer.pid}, {"force", force ? "yes" : "no"},
-                              {"pin", pin ? "given" : "configured-source"}});
+                              {"pin", pin ? "given" : pin_pad ? "pin-pad" : "configured-source"}});
   auto shared_pin = std::make_shared<std::optional<protocol::Secret>>(std::move(pin));
-  auto job = [&worker, shared_pin, force] { return worker.login(std::move(*shared_pin), force, false); };
+  const auto from = pin_pad ? TokenWorker::PinFrom::Reader : TokenWorker::PinFrom::Given;
+  auto job = [&worker, shared_pin, force, from] { return worker.login(std::move(*shared_pin), force, false, from); };
   const protocol::LoginState state = co_await run_on<protocol::LoginState>(worker, Lane::Control, std::move(job));
   co_return Json{{"loginState", std::string(protocol::wire_name(state))}};
 }

@@ -11,7 +11,7 @@ namespace perr = protocol::error;
 using protocol::LoginState;
 using protocol::VarlinkError;
 
-LoginState TokenWorker::login(std::optional<protocol::Secret> pin, bool force, bool automatic) {
+LoginState TokenWorker::login(std::optional<protocol::Secret> pin, bool force, bool automatic, PinFrom from) {
   const std::string& name = config_.name;
   if (!control_session_) throw VarlinkError(perr::kTokenAbsent, {{"token", name}});
   // Keys only the login shows may tell the token is not the one firmad served.
@@ -62,9 +62,13 @@ LoginState TokenWorker::login(std::optional<protocol::Secret> pin, bool force, b
     if (info.pin.final_try && (automatic || !force))
       throw fail(LoginState::PinFinalTry, "the next wrong PIN locks the token; log in with 'firmactl login --force'",
                  perr::kPinFinalTry, {{"token", name}});
+    if (from == PinFrom::Reader && !info.protected_path)
+      throw protocol::invalid_parameter("pinPad");  // the token has no PIN pad
     protocol::Secret secret;
-    const bool from_source = !pin;
-    if (pin) {
+    const bool from_source = !pin && from == PinFrom::Given;
+    if (from == PinFrom::Reader) {
+      log::notice("token-login-on-reader", {{"token", name}});
+    } else if (pin) {
       secret = std::move(*pin);
     } else {
       try {
@@ -75,7 +79,7 @@ LoginState TokenWorker::login(std::optional<protocol::Secret> pin, bool force, b
     }
     // The token refused this very PIN before, maybe in an earlier run: an
     // automatic login does not offer it again (an administrator's does).
-    if (automatic && refused_pins_.refused(info.serial, secret))
+    if (automatic && from_source && refused_pins_.refused(info.serial, secret))
       throw fail(LoginState::PinIncorrect,
                  "the token refused the PIN of " + refused_pins_.refused_source() + " at " +
                      iso8601(*refused_pins_.refused_at()) + "; not tried again until it changes or an administrator runs 'firmactl login " +
@@ -83,7 +87,8 @@ LoginState TokenWorker::login(std::optional<protocol::Secret> pin, bool force, b
                  perr::kPinIncorrect, {{"token", name}});
     publish([&](TokenSnapshot& s) { ++s.login_attempts; });
     try {
-      control_session_->login(secret.view());
+      if (from == PinFrom::Reader) control_session_->login_on_reader();
+      else control_session_->login(secret.view());
     } catch (const pkcs11::Error& e) {
       const auto after = module_->token_info(control_session_->slot());
       publish([&](TokenSnapshot& s) { s.info = after; });

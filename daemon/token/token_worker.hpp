@@ -113,11 +113,18 @@ class TokenWorker {
   // Blocks until the control thread has finished discovery (tests, startup log).
   void wait_discovered();
 
+  // Where a login's PIN comes from.
+  enum class PinFrom {
+    Given,   // an administrator's PIN, or without one the configured unattended source
+    Reader,  // the holder types it on the reader's PIN pad (a protected authentication path)
+  };
   // Control thread only. Logs in with the given PIN or, without one, the
-  // configured unattended source: exactly one C_Login, never repeated.
-  // Returns the login state; throws protocol::VarlinkError (PinIncorrect,
-  // PinFinalTry, PinLocked, PinSourceUnavailable, TokenAbsent, TokenError).
-  protocol::LoginState login(std::optional<protocol::Secret> pin, bool force, bool automatic);
+  // configured unattended source, or on the reader's PIN pad: exactly one
+  // C_Login, never repeated. Returns the login state; throws
+  // protocol::VarlinkError (PinIncorrect, PinFinalTry, PinLocked,
+  // PinSourceUnavailable, TokenAbsent, TokenError, InvalidParameter pinPad
+  // for a token without a PIN pad).
+  protocol::LoginState login(std::optional<protocol::Secret> pin, bool force, bool automatic, PinFrom from = PinFrom::Given);
   // Control thread only. Waits for in-flight signatures, then logs out.
   protocol::LoginState logout();
 

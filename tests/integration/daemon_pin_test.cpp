@@ -222,11 +222,14 @@ class PinFlags : public PinCustody {
   std::unique_ptr<Daemon> start_faulty(const std::string& pin_source = "pin_source = \"file\"") {
     return start({{"module", std::string("module = \"") + FIRMAD_FAULT_MODULE + "\""},
                   {"pin_source", pin_source},
+                  {"pin_file", pin_source.find("\"file\"") != std::string::npos ? "pin_file = \"" + rig.pin_file().string() + "\"" : ""},
                   {"log_level", "log_level = \"info\"\nmax_connections_per_peer = 128"},
                   {"sessions", "sessions = 1\nrefresh_interval_ms = 100"}});
   }
-  long logins() {
-    const std::string n = read_file(control.string() + ".logins");
+  long logins() { return counted_file(".logins"); }
+  // A count the fault module keeps in "<control><suffix>" (0 if none yet).
+  long counted_file(const std::string& suffix) {
+    const std::string n = read_file(control.string() + suffix);
     return n.empty() ? 0 : std::stol(n);
   }
 };
@@ -547,6 +550,39 @@ TEST_F(PinFlags, LockedPinIsReportedAndNotTried) {
   EXPECT_EQ(logins(), 0);
 }
 
+
+// A PIN-pad reader (CKF_PROTECTED_AUTHENTICATION_PATH): status says so,
+// 'firmactl login' asks for no PIN and firmad calls C_Login without one while
+// the holder types it on the reader (issue 10, item 6).
+TEST_F(PinFlags, PinPadReaderIsLoggedInWithoutAPin) {
+  write_file(control, "pinpad=" + std::string(TokenRig::kPin));
+  auto d = start_faulty("pin_source = \"admin\"");
+  ASSERT_TRUE(d->wait_for_log("event=token-found")) << d->log();
+  EXPECT_TRUE(token_status()["pinPad"].get<bool>()) << token_status();
+  EXPECT_NE(ctl("status").out.find("PIN pad"), std::string::npos);
+  // A PIN and the PIN pad at once make no sense.
+  EXPECT_EQ(error_of([&] { client().call("io.firmad.Signer.Login", {{"token", "demo"}, {"pin", "1"}, {"pinPad", true}}); }),
+            "org.varlink.service.InvalidParameter");
+  // No PIN on standard input, no terminal: the holder types it on the reader.
+  auto r = run(quote(firmactl_binary().string()) + " --socket " + quote(rig.socket().string()) + " login demo < /dev/null");
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_NE(r.out.find("on the reader's PIN pad"), std::string::npos) << r.out;
+  EXPECT_EQ(counted_file(".pinpad_logins"), 1);
+  EXPECT_EQ(logins(), 1);
+  EXPECT_TRUE(token_status()["loggedIn"].get<bool>());
+  EXPECT_FALSE(client().sign_digest("firma-ec", digest()).empty());
+  ASSERT_TRUE(d->wait_for_log("event=token-login-on-reader")) << d->log();
+}
+
+// A token without a PIN pad is not logged in "on the reader".
+TEST_F(PinFlags, PinPadLoginOnATokenWithoutOneIsRefused) {
+  auto d = start_faulty("pin_source = \"admin\"");
+  ASSERT_TRUE(d->wait_for_log("event=token-found")) << d->log();
+  EXPECT_FALSE(token_status()["pinPad"].get<bool>());
+  EXPECT_EQ(error_of([&] { client().login_on_reader("demo"); }), "org.varlink.service.InvalidParameter");
+  EXPECT_EQ(logins(), 0);
+  EXPECT_FALSE(token_status()["loggedIn"].get<bool>());
+}
 
 // A PIV card's signing key (slot 9c) needs the PIN for every signature
 // (CKA_ALWAYS_AUTHENTICATE): C_Login(CKU_CONTEXT_SPECIFIC) between
