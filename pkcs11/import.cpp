@@ -101,42 +101,59 @@ bool id_in_use(const Session& session, Bytes& id) {
 
 }  // namespace
 
-ImportedObjects import_credential(const Session& session, EVP_PKEY* key, X509* certificate, const std::string& label,
-                                  const Bytes& id) {
+namespace {
+
+// The templates of an import, encoded before anything is written.
+struct ImportTemplates {
+  Template priv, pub, cert;
+};
+
+void build_templates(ImportTemplates& t, EVP_PKEY* key, X509* certificate, const std::string& label, const Bytes& id, bool token) {
   if (!key || !certificate) throw std::invalid_argument("an import needs both a key and its certificate");
   if (id.empty()) throw std::invalid_argument("an imported key needs a non-empty object id");
   if (X509_check_private_key(certificate, key) != 1) {
     ERR_clear_error();
     throw std::invalid_argument("the certificate does not belong to the key");
   }
-
-  // Everything is encoded before anything is written to the token.
   const Bytes subject = encode_der(i2d_X509_NAME, static_cast<const X509_NAME*>(X509_get_subject_name(certificate)),
                                    "certificate's subject");
-  Template priv, pub, cert;
-  add_key_pair_attributes(priv, pub, label, id);
-  for (Template* t : {&priv, &pub}) t->add_copy(CKA_SUBJECT, subject);
+  add_key_pair_attributes(t.priv, t.pub, label, id, token);
+  for (Template* p : {&t.priv, &t.pub}) p->add_copy(CKA_SUBJECT, subject);
   if (EVP_PKEY_is_a(key, "RSA")) {
-    rsa_parts(key, priv, pub);
+    rsa_parts(key, t.priv, t.pub);
   } else if (EVP_PKEY_is_a(key, "EC")) {
-    ec_parts(key, priv, pub);
+    ec_parts(key, t.priv, t.pub);
   } else {
     const char* name = EVP_PKEY_get0_type_name(key);
     throw std::invalid_argument(std::string("cannot import a ") + (name ? name : "(unknown)") +
                                 " key: RSA and EC P-256/P-384 only");
   }
+  add_certificate_attributes(t.cert, encode_der(i2d_X509, static_cast<const X509*>(certificate), "certificate"), label, id);
+}
 
-  add_certificate_attributes(cert, encode_der(i2d_X509, static_cast<const X509*>(certificate), "certificate"), label, id);
+}  // namespace
 
+ImportedObjects import_credential(const Session& session, EVP_PKEY* key, X509* certificate, const std::string& label,
+                                  const Bytes& id) {
+  // Everything is encoded before anything is written to the token.
+  ImportTemplates t;
+  build_templates(t, key, certificate, label, id, true);
   ObjectGuard guard(session);
   ImportedObjects out;
-  out.private_key = create_object(session, priv, "C_CreateObject(private key)");
+  out.private_key = create_object(session, t.priv, "C_CreateObject(private key)");
   guard.add(out.private_key);
-  out.public_key = create_object(session, pub, "C_CreateObject(public key)");
+  out.public_key = create_object(session, t.pub, "C_CreateObject(public key)");
   guard.add(out.public_key);
-  out.certificate = create_object(session, cert, "C_CreateObject(certificate)");
+  out.certificate = create_object(session, t.cert, "C_CreateObject(certificate)");
   guard.release();
   return out;
+}
+
+void rehearse_import(const Session& session, EVP_PKEY* key, X509* certificate, const Bytes& id) {
+  ImportTemplates t;
+  build_templates(t, key, certificate, "firmad-import-rehearsal", id, false);
+  ObjectGuard guard(session);  // destroys the session object again
+  guard.add(create_object(session, t.priv, "C_CreateObject(private key)"));
 }
 
 Bytes new_object_id(const Session& session) {

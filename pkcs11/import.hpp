@@ -30,6 +30,13 @@ struct ImportedObjects {
 ImportedObjects import_credential(const Session& session, EVP_PKEY* key, X509* certificate, const std::string& label,
                                   const Bytes& id);
 
+// Rehearses import_credential: the private key is created as a session
+// object (gone with the session, never on the token) and destroyed at once,
+// so a token that takes no imported keys (tpm2-pkcs11: keys are made in the
+// TPM) says so before anything is written. Throws what import_credential
+// throws.
+void rehearse_import(const Session& session, EVP_PKEY* key, X509* certificate, const Bytes& id);
+
 // Returns a random 8-byte CKA_ID that no object the session can see carries
 // (log in first so that private objects are seen too). Throws Error, or
 // std::runtime_error if the random generator fails.

@@ -40,10 +40,10 @@ ObjectGuard::~ObjectGuard() {
   }
 }
 
-void add_key_pair_attributes(Template& priv, Template& pub, const std::string& label, const Bytes& id) {
+void add_key_pair_attributes(Template& priv, Template& pub, const std::string& label, const Bytes& id, bool token) {
   const Bytes label_bytes(label.begin(), label.end());
   priv.add_ulong(CKA_CLASS, CKO_PRIVATE_KEY);
-  priv.add_bool(CKA_TOKEN, true);
+  priv.add_bool(CKA_TOKEN, token);
   priv.add_bool(CKA_PRIVATE, true);
   priv.add_bool(CKA_SENSITIVE, true);
   priv.add_bool(CKA_EXTRACTABLE, false);
@@ -53,7 +53,7 @@ void add_key_pair_attributes(Template& priv, Template& pub, const std::string& l
   priv.add_bool(CKA_UNWRAP, false);
   priv.add_bool(CKA_DERIVE, false);
   pub.add_ulong(CKA_CLASS, CKO_PUBLIC_KEY);
-  pub.add_bool(CKA_TOKEN, true);
+  pub.add_bool(CKA_TOKEN, token);
   pub.add_bool(CKA_PRIVATE, false);
   // CKA_VERIFY is left to the token: firmad never verifies on it, and
   // tpm2-pkcs11 maps verify and decrypt to one TPM flag, so a public key
@@ -146,6 +146,29 @@ void set_label(const Session& session, ObjectHandle object, const std::string& l
   Bytes value(label.begin(), label.end());
   CK_ATTRIBUTE a{CKA_LABEL, value.empty() ? nullptr : value.data(), static_cast<CK_ULONG>(value.size())};
   check(session.module().fn()->C_SetAttributeValue(session.handle(), object, &a, 1), "C_SetAttributeValue");
+}
+
+WriteProbe probe_writes(const Session& session, const Bytes& certificate_der, const Bytes& id) {
+  WriteProbe out;
+  auto said = [](const Error& e) { return e.call() + ": " + e.code_name(); };
+  ObjectHandle probe = 0;
+  try {
+    probe = create_certificate(session, certificate_der, "firmad-write-probe", id);
+  } catch (const Error& e) {
+    out.create = said(e);
+    return out;
+  }
+  try {
+    set_label(session, probe, "firmad-write-probe-relabelled");
+  } catch (const Error& e) {
+    out.relabel = said(e);
+  }
+  try {
+    session.destroy(probe);
+  } catch (const Error& e) {
+    out.destroy = said(e);
+  }
+  return out;
 }
 
 ObjectsById objects_by_id(const Session& session, const Bytes& id) {

@@ -54,6 +54,21 @@ ObjectHandle create_certificate(const Session& session, const Bytes& der, const 
 // token objects a ReadWrite one. Throws Error (call() "C_SetAttributeValue").
 void set_label(const Session& session, ObjectHandle object, const std::string& label);
 
+// What a logged-in user session may write on the token, learnt before a
+// write that matters (an import, a renewal's new key): a certificate object
+// is created under `id` (the CKA_ID firmad chose) with the label
+// "firmad-write-probe", relabelled, and destroyed again. Each field is empty
+// where the token allowed it, or says what it answered ("C_CreateObject:
+// CKR_USER_TYPE_INVALID"). A PIV module, for one, creates objects only for
+// the security officer and reads CKA_ID as a PIV slot. Nothing is left on
+// the token unless `destroy` says otherwise. The session must be ReadWrite.
+struct WriteProbe {
+  std::string create;
+  std::string relabel;
+  std::string destroy;
+};
+WriteProbe probe_writes(const Session& session, const Bytes& certificate_der, const Bytes& id);
+
 // Every object the session can see that carries one CKA_ID.
 struct ObjectsById {
   std::optional<ObjectHandle> private_key, public_key;
@@ -109,7 +124,10 @@ class ObjectGuard {
 // Adds what every key pair firmad writes carries: class, token object,
 // label and id on both; the private key private, sensitive, not extractable,
 // sign only; the public key public, verify.
-void add_key_pair_attributes(Template& private_key, Template& public_key, const std::string& label, const Bytes& id);
+// With `token` false they are session objects, gone with the session (an
+// import's rehearsal).
+void add_key_pair_attributes(Template& private_key, Template& public_key, const std::string& label, const Bytes& id,
+                             bool token = true);
 
 // Adds a certificate object's attributes for a DER certificate. Throws
 // std::invalid_argument when `der` is not one DER certificate.

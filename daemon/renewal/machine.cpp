@@ -200,7 +200,14 @@ void Manager::begin(Record& r, Target& t) {
     return;
   }
   r.new_key = true;
-  r.new_id = choose_key_id(*t.worker);
+  const Bytes id = choose_key_id(*t.worker);
+  // A token that would refuse the new key's objects (a PIV card's module
+  // writes only for its security officer) is known before anything changes.
+  if (!r.old_certificate.empty()) {
+    if (auto why = refuses_key_writes(*t.worker, id, r.old_certificate))
+      throw StepFailure{Failure::Underconfigured, *why + "; renew with key = \"reuse\""};
+  }
+  r.new_id = id;
   r.step = Step::KeyPending;
   persist(t.key.alias, r, "generating a new " + r.key_type + " key on the token (CKA_ID " + hex(r.new_id) + ")");
 }

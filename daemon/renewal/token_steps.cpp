@@ -71,6 +71,10 @@ Bytes choose_key_id(TokenWorker& token) {
   return id;
 }
 
+std::optional<std::string> refuses_key_writes(TokenWorker& token, const Bytes& id, const Bytes& certificate) {
+  return run_blocking<std::optional<std::string>>(token, Lane::Control, [&] { return token.refuses_writes(certificate, id); });
+}
+
 Bytes make_key_pair(TokenWorker& token, const Bytes& id, const pkcs11::KeySpec& spec, const std::string& label) {
   Bytes spki;
   write_on_token(token, [&](const pkcs11::Session& s) {
@@ -147,11 +151,16 @@ std::optional<std::string> damaged_pair(TokenWorker& token, const Bytes& id, con
   req.input = sha256_of("firmad: does the served key sign for its certificate?");
   const pkcs11::ObjectHandle handle = *key->private_key;
   const pkcs11::KeyType type = key->type;
+  // A key that needs the PIN for every signature gets the kept one.
+  std::string no_pin;
+  const auto pin = key->always_authenticate ? token.signature_pin(&no_pin) : nullptr;
+  if (key->always_authenticate && !pin)
+    throw protocol::VarlinkError(protocol::error::kKeyNeedsPinPerSignature, {{"key", "CKA_ID " + hex(id)}, {"reason", no_pin}});
   Bytes signature;
   try {
     signature = run_blocking<Bytes>(token, Lane::Signing, [&](WorkContext& ctx) -> Bytes {
       if (!ctx.session) throw token_absent(token);
-      return pkcs11::sign(*ctx.session, handle, type, req);
+      return pkcs11::sign(*ctx.session, handle, type, req, pin ? pkcs11::ContextPin(pin->view()) : std::nullopt);
     }, std::chrono::seconds(5));
   } catch (const pkcs11::Error& e) {
     if (e.fault() == pkcs11::Fault::TokenAbsent || e.fault() == pkcs11::Fault::SessionLost ||

@@ -28,6 +28,10 @@ void destroy_key(TokenWorker& token, const Bytes& id);
 // A CKA_ID no object on the token has yet.
 Bytes choose_key_id(TokenWorker& token);
 
+// Why the token would refuse the new key's objects under `id` (probed with
+// `certificate`, see TokenWorker::refuses_writes), or nullopt.
+std::optional<std::string> refuses_key_writes(TokenWorker& token, const Bytes& id, const Bytes& certificate);
+
 // The key pair with CKA_ID `id`: made now (labelled `label`), or the whole
 // pair a crashed run already made. A partial pair is removed and made again.
 // Returns its public key (DER SubjectPublicKeyInfo).

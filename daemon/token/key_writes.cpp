@@ -2,7 +2,9 @@
 #include "daemon/token/token_worker.hpp"
 
 #include "daemon/log.hpp"
+#include "pkcs11/error.hpp"
 #include "pkcs11/import.hpp"
+#include "pkcs11/keygen.hpp"
 #include "pkcs11/key.hpp"
 #include "protocol/base64.hpp"
 
@@ -57,6 +59,20 @@ KeyConfig TokenWorker::import_credential(const Credential& credential, KeyConfig
   try {
     pkcs11::Session rw(module_, control_session_->slot(), pkcs11::Session::Access::ReadWrite);
     const pkcs11::Bytes id = pkcs11::new_object_id(rw);
+    // What the token would refuse part-way is refused before anything is written.
+    const pkcs11::Bytes certificate = pkcs11::encode_der(i2d_X509, static_cast<const X509*>(credential.certificate.get()), "certificate");
+    if (auto why = probe_refusal(rw, certificate, id)) {
+      log::warning("import-refused", {{"token", name}, {"key", key.alias}, {"why", *why}});
+      throw VarlinkError(perr::kImportFailed, {{"reason", "unsupported"}, {"detail", *why}});
+    }
+    try {
+      pkcs11::rehearse_import(rw, credential.key.get(), credential.certificate.get(), id);
+    } catch (const pkcs11::Error& e) {
+      const std::string why = "the token takes no imported private keys (" + e.call() + ": " + e.code_name() +
+                              "): its keys are made on it; give the key a certificate with a renewal (key = \"new\") instead";
+      log::warning("import-refused", {{"token", name}, {"key", key.alias}, {"why", why}});
+      throw VarlinkError(perr::kImportFailed, {{"reason", "unsupported"}, {"detail", why}});
+    }
     pkcs11::import_credential(rw, credential.key.get(), credential.certificate.get(), key.alias, id);
     std::string uri = "pkcs11:object=" + key.alias + ";id=";
     const std::string digits = protocol::hex_encode(id);
@@ -71,6 +87,32 @@ KeyConfig TokenWorker::import_credential(const Credential& credential, KeyConfig
   }
   if (!replace) add_key(key);
   return key;
+}
+
+std::optional<std::string> TokenWorker::probe_refusal(const pkcs11::Session& rw, const pkcs11::Bytes& certificate,
+                                                      const pkcs11::Bytes& id) {
+  const auto probe = pkcs11::probe_writes(rw, certificate, id);
+  auto said = [&](const std::string& answer) {
+    return !probe.create.empty() && &answer != &probe.create ? std::string("not tried") : answer.empty() ? std::string("yes") : answer;
+  };
+  log::info("token-write-probe", {{"token", config_.name}, {"create", said(probe.create)}, {"relabel", said(probe.relabel)},
+                                  {"destroy", said(probe.destroy)}});
+  if (!probe.destroy.empty())
+    log::warning("token-write-probe-left", {{"token", config_.name}, {"label", "firmad-write-probe-relabelled"}, {"error", probe.destroy}});
+  // firmad never relabels: a token without C_SetAttributeValue is fine.
+  if (probe.create.empty()) return std::nullopt;
+  return "the token does not let firmad create objects with the CKA_ID it chose in a user session (" + probe.create +
+         "); a PIV card, for one, creates them only for its security officer (write them there with the card's own tool "
+         "and name them in firmad.toml)";
+}
+
+std::optional<std::string> TokenWorker::refuses_writes(const pkcs11::Bytes& certificate, const pkcs11::Bytes& id) {
+  const std::string& name = config_.name;
+  if (!control_session_) throw VarlinkError(perr::kTokenAbsent, {{"token", name}});
+  const auto snap = snapshot();
+  if (!snap->logged_in) throw not_logged_in(name, snap->login_state);
+  pkcs11::Session rw(module_, control_session_->slot(), pkcs11::Session::Access::ReadWrite);
+  return probe_refusal(rw, certificate, id);
 }
 
 void TokenWorker::serve_replacement(const std::string& alias, const std::string& uri) {

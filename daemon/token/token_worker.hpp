@@ -174,6 +174,13 @@ class TokenWorker {
   // present, logged-in token (reads only; nothing is rescanned). Throws
   // VarlinkError TokenAbsent or NotLoggedIn, or what `read` threw.
   void read_objects(const std::function<void(const pkcs11::Session&)>& read);
+  // Control thread only. Whether the present, logged-in token lets firmad
+  // write a key's objects under `id` (see pkcs11::probe_writes: a
+  // certificate object, here `certificate`, created, relabelled and
+  // destroyed). Returns why not, for a refusal made before anything is
+  // written; nullopt if it does. Throws VarlinkError TokenAbsent or
+  // NotLoggedIn, what the token said otherwise.
+  std::optional<std::string> refuses_writes(const pkcs11::Bytes& certificate, const pkcs11::Bytes& id);
   // Control thread only. Serves `alias` from the objects `uri` selects from
   // now on (a renewal installed a new key). Throws std::invalid_argument for
   // a bad URI.
@@ -207,6 +214,7 @@ class TokenWorker {
   // served when a remembered key now has another public key (Verify only).
   std::optional<std::string> rescan_keys(TokenSnapshot& snap, KeyScan scan);
   void refuse_token(const std::string& serial, const std::string& why);
+  std::optional<std::string> probe_refusal(const pkcs11::Session& rw, const pkcs11::Bytes& certificate, const pkcs11::Bytes& id);
   // Control thread only. After a C_Login: keeps the PIN if a key needs it
   // for every signature; drops it (with why) on logout or a lost login.
   void keep_signature_pin(protocol::Secret pin);

@@ -698,6 +698,30 @@ TEST_F(PinPerSignature, RefusedContextPinIsNeverOfferedAgainUntilAnAdministrator
   EXPECT_EQ(counted("context_logins"), 3);
 }
 
+// Importing onto a PIV card (objects only for its security officer) is
+// refused before anything is written, with the reason (issue 10, item 7).
+TEST_F(PinPerSignature, ImportOntoATokenThatRefusesUserWritesIsRefusedUpFront) {
+  write_file(control, "piv");
+  auto d = start_piv(true);
+  ASSERT_TRUE(d->wait_for_log("event=token-login ")) << d->log();
+  const fs::path work = rig.dir() / "cred";
+  fs::create_directories(work);
+  auto r = run("cd " + quote(work.string()) + " && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout k.pem "
+               "-subj /CN=PIV -days 30 -out c.pem 2>&1 && openssl pkcs12 -export -inkey k.pem -in c.pem -passout pass:x -out c.pfx");
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  const auto keys_before = client().list_keys().size();
+  r = ctl("import piv --token demo --pfx " + quote((work / "c.pfx").string()) + " --password-stdin", "x");
+  EXPECT_EQ(r.exit_code, 1) << r.out;
+  EXPECT_NE(r.out.find("nothing was imported"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("security officer"), std::string::npos) << r.out;
+  EXPECT_TRUE(d->wait_for_log("event=import-refused")) << d->log();
+  EXPECT_EQ(client().list_keys().size(), keys_before);
+  // Nothing reached the token: SoftHSM underneath holds no object labelled for the probe or the key.
+  r = run(std::string("pkcs11-tool --module ") + TokenRig::kModule + " --login --pin " + TokenRig::kPin + " --list-objects 2>/dev/null");
+  EXPECT_EQ(r.out.find("firmad-write-probe"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("label:      piv"), std::string::npos) << r.out;
+}
+
 // A PIV card locks its PIN after 3 wrong tries and never reports a final
 // try: a wrong PIN file costs it one try, however often firmad starts.
 TEST_F(PinPerSignature, WrongPinFileCostsAPivCardOneOfItsThreeTries) {

@@ -60,6 +60,33 @@ TEST_F(Renewal, IdseRenewsWithANewKeyOnTheTokenAndStreamsEachStep) {
   EXPECT_EQ(key("empresa")["curve"], "P-384");
 }
 
+// A token that would refuse the new key's objects (a PIV card's module
+// writes only for its security officer, and reads CKA_ID as a PIV slot) is
+// known before the renewal changes anything: the renewal is refused with the
+// reason, the old key and certificate stay and sign (issue 10, item 7).
+TEST_F(Renewal, NewKeyOnATokenThatRefusesUserWritesIsRefusedBeforeAnythingChanges) {
+  const fs::path control = rig.dir() / "fault";
+  write_file(control, "piv");
+  ::setenv("FIRMAD_FAULT_CONTROL", control.c_str(), 1);
+  start_ca();
+  start(table("empresa", "idse"), "", false, {{"module", std::string("module = \"") + FIRMAD_FAULT_MODULE + "\""}});
+  ::unsetenv("FIRMAD_FAULT_CONTROL");
+  const auto before = key("empresa");
+  const long certs_before = certificates_on_token();
+  auto r = ctl("renew empresa");
+  EXPECT_NE(r.exit_code, 0) << r.out;
+  EXPECT_NE(r.out.find("security officer"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("key = \"reuse\""), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("key-pending"), std::string::npos) << "no key was generated\n" << r.out;
+  EXPECT_TRUE(daemon->wait_for_log("event=token-write-probe level=info token=demo create=\"C_CreateObject(certificate): CKR_USER_TYPE_INVALID\" relabel=\"not tried\""))
+      << daemon->log();
+  const auto after = key("empresa");
+  EXPECT_EQ(after["publicKey"], before["publicKey"]);
+  EXPECT_EQ(after["certificate"]["serial"], before["certificate"]["serial"]);
+  EXPECT_EQ(certificates_on_token(), certs_before);
+  EXPECT_EQ(ca->requests().find("solicitudRenovacion"), std::string::npos) << "nothing was sent to the CA";
+}
+
 TEST_F(Renewal, JsonProgressIsOneObjectPerStep) {
   start_ca();
   start(table("firma-ec", "helper", "key = \"reuse\"\n"));
