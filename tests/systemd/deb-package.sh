@@ -74,7 +74,7 @@ for f in usr/sbin/firmad usr/bin/firmactl lib/systemd/system/firmad.service lib/
          usr/share/man/man1/firmactl.1 usr/share/man/man5/firmad.toml.5 \
          usr/share/bash-completion/completions/firmactl etc/firmad/firmad.toml etc/firmad/softhsm2.conf \
          etc/logrotate.d/firmad usr/include/firma/firma.h usr/include/firma/firma.hpp \
-         usr/share/firmad/pin-credential.conf usr/share/firmad/softhsm-service.conf; do
+         usr/share/firmad/pin-credential.conf usr/share/firmad/softhsm-service.conf usr/share/firmad/tpm2-service.conf; do
   [ -e "$work/root/$f" ] || [ -e "$work/root/$f.gz" ] || fail "missing in the packages: $f"
 done
 grep -q "ExecStart=/usr/sbin/firmad " "$work/root/lib/systemd/system/firmad.service" ||

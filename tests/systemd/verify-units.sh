@@ -15,6 +15,14 @@ sed "s|/usr/bin/firmactl|$(dirname "$binary")/../client/firmactl|" "$src/systemd
 # (--man=no: man-db need not be installed here; the pages Documentation=
 # names are checked against doc/ below.)
 out=$(cd "$work" && systemd-analyze verify --man=no firmad.socket firmad.service firmad-renew.timer firmad-renew.service 2>&1) || true
+# The shipped drop-ins, each on its own over the unit (systemd reads
+# firmad.service.d/ beside the unit file).
+for dropin in pin-credential softhsm-service tpm2-service; do
+  mkdir -p "$work/firmad.service.d"
+  cp "$src/systemd/$dropin.conf" "$work/firmad.service.d/$dropin.conf"
+  out+=$(cd "$work" && systemd-analyze verify --man=no firmad.service 2>&1) || true
+  rm -r "$work/firmad.service.d"
+done
 for page in $(sed -n 's/^Documentation=//p' "$src"/systemd/*.service "$src"/systemd/*.socket | tr ' ' '\n' | sed -n 's/^man:\(.*\)(\([0-9]\))$/\1.\2/p' | sort -u); do
   [ -f "$src/doc/$page" ] || out+="Documentation= names man page $page, which doc/ does not have"$'\n'
 done
