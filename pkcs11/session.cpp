@@ -33,6 +33,12 @@ void Session::login_on_reader() {
   if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) throw Error("C_Login", rv);
 }
 
+void Session::reach_device() const {
+  CK_BYTE byte = 0;
+  const CK_RV rv = module_->fn()->C_GenerateRandom(handle_, &byte, 1);
+  if (rv != CKR_OK && rv != CKR_RANDOM_NO_RNG && rv != CKR_FUNCTION_NOT_SUPPORTED) throw Error("C_GenerateRandom", rv);
+}
+
 void Session::logout() {
   const CK_RV rv = module_->fn()->C_Logout(handle_);
   if (rv != CKR_OK && rv != CKR_USER_NOT_LOGGED_IN) throw Error("C_Logout", rv);

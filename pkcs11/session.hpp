@@ -43,6 +43,10 @@ class Session {
   void logout();
   // Whether the application is logged in as the user (C_GetSessionInfo).
   bool logged_in() const;
+  // One call that must reach the device: C_GenerateRandom of one byte (a
+  // token without a generator, CKR_RANDOM_NO_RNG or CKR_FUNCTION_NOT_SUPPORTED,
+  // tells nothing and passes). Throws Error.
+  void reach_device() const;
 
   // Returns handles of objects of a class matching label and/or id (an absent
   // criterion matches anything), at most `limit`. Throws Error.

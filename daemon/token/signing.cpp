@@ -28,7 +28,7 @@ constexpr std::chrono::milliseconds kRoomWait{5000};
 void report(TokenWorker& token, const pkcs11::Error& e) {
   if (e.fault() == pkcs11::Fault::TokenAbsent || e.fault() == pkcs11::Fault::SessionLost ||
       e.fault() == pkcs11::Fault::NotLoggedIn || e.fault() == pkcs11::Fault::BackendLost)
-    token.suspect_token();
+    token.suspect_token(e.fault() == pkcs11::Fault::BackendLost);
 }
 
 // The kept PIN for a key that needs it for every signature, or nullopt for

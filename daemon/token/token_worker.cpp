@@ -359,6 +359,8 @@ void TokenWorker::refresh() {
     // A session that died with a removed token says so here; a live one
     // says whether the token still has firmad logged in.
     const bool logged_in = control_session_->logged_in();
+    // A signature met what a lost backend says: ask the device itself.
+    if (reach_device_.exchange(false)) control_session_->reach_device();
     publish([&](TokenSnapshot& s) { s.info = info; });
     log::debug("token-refresh", {{"token", config_.name}, {"count_low", info.pin.count_low ? "yes" : "no"},
                                  {"final_try", info.pin.final_try ? "yes" : "no"}, {"locked", info.pin.locked ? "yes" : "no"}});
@@ -511,7 +513,8 @@ void TokenWorker::close_signing_sessions(Handles handles) {
   }
 }
 
-void TokenWorker::suspect_token() {
+void TokenWorker::suspect_token(bool reach_device) {
+  if (reach_device) reach_device_ = true;
   if (this_signing_thread.worker == this) {
     *this_signing_thread.session_suspect = true;  // sign_loop checks the session once the job returns
     return;

@@ -135,7 +135,11 @@ class TokenWorker {
   // signing); only a token that is gone, or a session that cannot be
   // reopened, reaches the control thread. From any other thread the control
   // thread checks the token at once.
-  void suspect_token();
+  // With `reach_device`, the failure was one a lost backend gives
+  // (CKR_DEVICE_ERROR, CKR_GENERAL_ERROR, ...): the check then also makes a
+  // call that must reach the device (C_GenerateRandom), because some modules
+  // answer the refresh's calls from a cache (tpm2-pkcs11).
+  void suspect_token(bool reach_device = false);
 
   // The PIN kept for keys that need it for every signature
   // (pin_per_signature in firmad.toml, CKA_ALWAYS_AUTHENTICATE on the
@@ -235,6 +239,7 @@ class TokenWorker {
   std::condition_variable control_cv_;
   bool discovered_ = false;
   std::atomic<bool> suspected_{false};
+  std::atomic<bool> reach_device_{false};  // the next refresh also calls C_GenerateRandom
   // What the token was when first seen: a different one in its place is
   // refused. Keys change only through firmad (import, renewal) while served.
   std::optional<std::string> known_serial_;
