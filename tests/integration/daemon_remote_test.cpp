@@ -7,8 +7,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <map>
+#include <mutex>
+#include <thread>
+#include <vector>
 
 #include "daemon_fixture.hpp"
 
@@ -33,12 +39,14 @@ class RemoteToken : public ::testing::Test {
     ::unsetenv("P11_KIT_SERVER_ADDRESS");
   }
 
-  // Starts 'p11-kit server' exporting the rig's token, in a process group of
-  // its own (it forks a p11-kit-remote per connection), and waits for its socket.
-  void start_server() {
+  // Starts 'p11-kit server' exporting the rig's token (or the SoftHSM store
+  // `softhsm_conf` names), in a process group of its own (it forks a
+  // p11-kit-remote per connection), and waits for its socket.
+  void start_server(const fs::path& softhsm_conf = {}) {
     server = ::fork();
     if (server == 0) {
       ::setsid();
+      if (!softhsm_conf.empty()) ::setenv("SOFTHSM2_CONF", softhsm_conf.c_str(), 1);
       if (!std::freopen("/dev/null", "w", stdout)) ::_exit(126);
       ::execlp("p11-kit", "p11-kit", "server", "--foreground", "--provider", "/usr/lib/softhsm/libsofthsm2.so", "--name",
                server_socket.c_str(), "pkcs11:token=firmad-demo", static_cast<char*>(nullptr));
@@ -112,6 +120,84 @@ TEST_F(RemoteToken, ServerKilledAndRestartedIsServedAgainWithoutARestartOfFirmad
   std::printf("[ figures  ] first failure after the kill %.1f ms; served again %.0f ms after the server restarted "
               "(refresh interval 200 ms); C_Login calls: %d\n",
               fail_ms, recovery_ms, token_status()["loginAttempts"].get<int>());
+}
+
+// The server dies while four clients sign: no crash, every failure named
+// and answered at once, status says the token is gone; back, it serves.
+TEST_F(RemoteToken, ServerKilledWhileFourClientsSignFailsThemNamedAndServesWhenBack) {
+  start_server();
+  auto d = start_firmad();
+  ASSERT_TRUE(d->wait_for_log("event=token-login ")) << d->log();
+  std::atomic<bool> stop{false};
+  std::atomic<int> signed_ok{0}, failed{0};
+  std::mutex m;
+  std::map<std::string, int> errors;
+  double slowest_failure_ms = 0;
+  std::vector<std::thread> signers;
+  for (int t = 0; t < 4; ++t)
+    signers.emplace_back([&] {
+      firma::Client c(rig.socket().string());
+      while (!stop) {
+        const auto t0 = std::chrono::steady_clock::now();
+        try {
+          c.sign_data("firma-ec", firma::Bytes{4, 5, 6});
+          ++signed_ok;
+        } catch (const firma::Error& e) {
+          ++failed;
+          std::lock_guard lock(m);
+          ++errors[e.name()];
+          slowest_failure_ms = std::max(slowest_failure_ms, ms_since(t0));
+        }
+      }
+    });
+  ASSERT_TRUE(eventually([&] { return signed_ok >= 40; })) << d->log();
+  stop_server();
+  ASSERT_TRUE(eventually([&] { return !token_status()["present"].get<bool>(); })) << d->log();
+  ASSERT_TRUE(eventually([&] { return failed >= 40; })) << "signers kept failing while the server was gone";
+  stop = true;
+  for (auto& t : signers) t.join();
+  for (const auto& [name, n] : errors)
+    EXPECT_TRUE(name == "io.firmad.Signer.TokenAbsent" || name == "io.firmad.Signer.TokenError") << name << " x" << n;
+  EXPECT_GE(errors["io.firmad.Signer.TokenAbsent"], 30) << "once the token is known gone, signatures are refused TokenAbsent";
+  start_server();
+  ASSERT_TRUE(eventually([&] { return token_status()["loggedIn"].get<bool>(); }, std::chrono::seconds(20))) << d->log();
+  signs_and_verifies("after the crash");
+  std::printf("[ figures  ] 4 signers: %d signatures, then %d failures (TokenAbsent %d, TokenError %d), slowest failure %.1f ms\n",
+              signed_ok.load(), failed.load(), errors["io.firmad.Signer.TokenAbsent"], errors["io.firmad.Signer.TokenError"],
+              slowest_failure_ms);
+}
+
+// Another token comes up at the server's address: same label, another
+// serial (another SoftHSM store). It is refused and reported; the real one
+// back in its place is served again.
+TEST_F(RemoteToken, ImpostorAtTheServersAddressIsRefusedAndTheRealTokenServedWhenBack) {
+  const fs::path other = rig.dir() / "impostor";
+  fs::create_directories(other / "tokens");
+  write_file(other / "softhsm2.conf", "directories.tokendir = " + (other / "tokens").string() + "\nobjectstore.backend = file\n");
+  auto r = run("SOFTHSM2_CONF=" + quote((other / "softhsm2.conf").string()) +
+               " softhsm2-util --init-token --free --label firmad-demo --pin " + TokenRig::kPin + " --so-pin 12345678");
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  start_server();
+  auto d = start_firmad();
+  ASSERT_TRUE(d->wait_for_log("event=token-login ")) << d->log();
+  signs_and_verifies("the real one");
+  stop_server();
+  start_server(other / "softhsm2.conf");
+  ASSERT_TRUE(d->wait_for_log("event=token-replaced")) << d->log();
+  ASSERT_TRUE(eventually([&] { return token_status().value("reason", "").find("not the one firmad served") != std::string::npos; }))
+      << token_status();
+  EXPECT_FALSE(token_status()["present"].get<bool>());
+  EXPECT_EQ(token_status()["loginAttempts"], 1) << "no PIN was given to the impostor";
+  try {
+    client().sign_data("firma-ec", firma::Bytes{1});
+    ADD_FAILURE() << "the impostor signed";
+  } catch (const firma::Error& e) {
+    EXPECT_EQ(e.name(), "io.firmad.Signer.TokenAbsent");
+  }
+  stop_server();
+  start_server();
+  ASSERT_TRUE(eventually([&] { return token_status()["loggedIn"].get<bool>(); }, std::chrono::seconds(20))) << d->log();
+  signs_and_verifies("the real one again");
 }
 
 TEST_F(RemoteToken, ServerStartedAfterFirmadIsFound) {
