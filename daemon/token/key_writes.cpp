@@ -45,7 +45,7 @@ int TokenWorker::destroy_key_objects(const std::string& alias) {
   } catch (const std::exception& e) {
     throw token_failure(name, e);
   }
-  known_keys_.erase(alias);  // firmad removed it: a key under the alias later is a new one
+  keys_.forget(alias);  // firmad removed it: a key under the alias later is a new one
   publish([&](TokenSnapshot& s) { rescan_keys(s, KeyScan::Adopt); });
   log::notice("key-objects-destroyed", {{"token", name}, {"key", alias}, {"objects", destroyed}});
   return destroyed;
@@ -145,24 +145,17 @@ void TokenWorker::read_objects(const std::function<void(const pkcs11::Session&)>
 }
 
 void TokenWorker::set_key_uri(const std::string& alias, const std::string& uri) {
-  auto parsed = pkcs11::Uri::parse(uri);
-  for (std::size_t i = 0; i < key_configs_.size(); ++i) {
-    if (key_configs_[i].alias != alias) continue;
-    key_configs_[i].uri = uri;
-    key_uris_[i] = std::move(parsed);
-    publish([&](TokenSnapshot& s) {
-      for (auto& k : s.keys)
-        if (k.config.alias == alias) k.config.uri = uri;
-      rescan_keys(s, KeyScan::Adopt);  // the renewal's new key: what firmad serves from now on
-    });
-    log::info("key-uri-changed", {{"token", config_.name}, {"key", alias}, {"uri", uri}});
-    return;
-  }
+  if (!keys_.set_uri(alias, uri)) return;
+  publish([&](TokenSnapshot& s) {
+    for (auto& k : s.keys)
+      if (k.config.alias == alias) k.config.uri = uri;
+    rescan_keys(s, KeyScan::Adopt);  // the renewal's new key: what firmad serves from now on
+  });
+  log::info("key-uri-changed", {{"token", config_.name}, {"key", alias}, {"uri", uri}});
 }
 
 void TokenWorker::add_key(const KeyConfig& key) {
-  key_configs_.push_back(key);
-  key_uris_.push_back(pkcs11::Uri::parse(key.uri));
+  keys_.add(key);
   publish([&](TokenSnapshot& s) {
     s.keys.push_back(KeyState{key, std::nullopt, std::nullopt});
     rescan_keys(s, KeyScan::Adopt);

@@ -26,7 +26,7 @@ LoginState TokenWorker::login(std::optional<protocol::Secret> pin, bool force, b
     return VarlinkError(perr::kTokenAbsent, {{"token", name}});
   };
   auto fail = [&](LoginState state, std::string reason, const char* error, nlohmann::json params) -> VarlinkError {
-    publish([&](TokenSnapshot& s) { s.logged_in = false, s.login_state = state, s.reason = reason; });
+    publish([&](TokenSnapshot& s) { s.login_failed(state, reason); });
     log::warning("token-login-refused", {{"token", name}, {"state", wire_name(state)}, {"reason", reason},
                                          {"automatic", automatic ? "yes" : "no"}});
     return VarlinkError(error, std::move(params));
@@ -36,7 +36,7 @@ LoginState TokenWorker::login(std::optional<protocol::Secret> pin, bool force, b
   auto publish_logged_in = [&] {
     std::optional<std::string> replaced;
     publish([&](TokenSnapshot& s) {
-      s.logged_in = true, s.login_state = LoginState::LoggedIn, s.reason.clear();
+      s.logged_in_now();
       replaced = rescan_keys(s, KeyScan::Verify);
       if (replaced) s.mark_refused(*replaced);
     });
@@ -123,7 +123,7 @@ LoginState TokenWorker::logout() {
   drop_signature_pin("the token was logged out by an administrator");
   // New jobs see a logged-out token from here on; wait for those already running.
   publish([&](TokenSnapshot& s) {
-    s.logged_in = false, s.login_state = LoginState::LoggedOut, s.reason = "logged out by an administrator";
+    s.logged_out("logged out by an administrator");
   });
   {
     std::unique_lock lock(mutex_);
@@ -138,7 +138,7 @@ LoginState TokenWorker::logout() {
       still = control_session_->logged_in();
     } catch (const std::exception&) {
     }
-    if (still) publish([&](TokenSnapshot& s) { s.logged_in = true, s.login_state = LoginState::LoggedIn, s.reason.clear(); });
+    if (still) publish([&](TokenSnapshot& s) { s.logged_in_now(); });
     throw token_failure(config_.name, e);
   }
   std::optional<std::string> replaced;
@@ -158,7 +158,7 @@ std::shared_ptr<const protocol::Secret> TokenWorker::signature_pin(std::string* 
 }
 
 void TokenWorker::keep_signature_pin(protocol::Secret pin) {
-  const bool wanted = std::any_of(key_configs_.begin(), key_configs_.end(), [](const KeyConfig& k) { return k.pin_per_signature; });
+  const bool wanted = keys_.wants_signature_pin();
   std::lock_guard lock(signature_pin_mutex_);
   if (wanted && !pin.empty()) {
     signature_pin_ = std::make_shared<const protocol::Secret>(std::move(pin));

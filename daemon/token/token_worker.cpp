@@ -27,17 +27,6 @@ thread_local SigningThread this_signing_thread;
 
 }  // namespace
 
-void TokenSnapshot::mark_refused(const std::string& why) {
-  present = false, logged_in = false, login_state = LoginState::Error, reason = why;
-  for (auto& k : keys) k.info.reset(), k.certificate.reset();
-}
-
-const KeyState* TokenSnapshot::key(const std::string& alias) const {
-  for (const auto& k : keys)
-    if (k.config.alias == alias) return &k;
-  return nullptr;
-}
-
 protocol::VarlinkError not_logged_in(const std::string& token, LoginState state) {
   return VarlinkError(perr::kNotLoggedIn, {{"token", token}, {"loginState", std::string(wire_name(state))}});
 }
@@ -68,15 +57,13 @@ protocol::VarlinkError token_failure(const std::string& token, const std::except
 TokenWorker::TokenWorker(TokenConfig config, std::vector<KeyConfig> keys, std::chrono::microseconds busy_poll,
                          std::filesystem::path refused_pins)
     : config_(std::move(config)),
-      key_configs_(std::move(keys)),
+      keys_(keys),
       token_uri_(pkcs11::Uri::parse(config_.uri)),
       refused_pins_(std::move(refused_pins)),
       busy_poll_(busy_poll),
       snapshot_(std::make_shared<TokenSnapshot>()) {
-  for (const auto& k : key_configs_) key_uris_.push_back(pkcs11::Uri::parse(k.uri));
   auto snap = std::make_shared<TokenSnapshot>();
-  for (const auto& k : key_configs_) snap->keys.push_back(KeyState{k, std::nullopt, std::nullopt});
-  snap->reason = "not scanned yet";
+  for (const auto& k : keys) snap->keys.push_back(KeyState{k, std::nullopt, std::nullopt});
   snapshot_ = std::move(snap);
 }
 
@@ -85,7 +72,7 @@ TokenWorker::~TokenWorker() { stop(); }
 void TokenWorker::start() {
   module_ = pkcs11::Module::shared(config_.module);
   module_->join();
-  sessions_.resize(config_.sessions);
+  sessions_ = SessionPool(config_.sessions);
   // Named for ps, top and firmad-load's CPU figures (at most 15 characters).
   control_thread_ = std::thread([this] {
     ::pthread_setname_np(::pthread_self(), "firmad-control");
@@ -112,7 +99,7 @@ void TokenWorker::stop() noexcept {
   sign_threads_.clear();
   {
     std::lock_guard lock(mutex_);
-    sessions_.clear();
+    sessions_.drop_all(Handles::Close);
   }
   if (module_) module_->leave(parked_at_);  // no call into the module from here on (the threads are joined)
 }
@@ -177,7 +164,7 @@ void TokenWorker::sign_loop(std::size_t index) {
       pending_.store(queue_.size(), std::memory_order_release);
       ++active_;
       room_cv_.notify_one();
-      ctx.session = sessions_[index].get();
+      ctx.session = sessions_.at(index);
       ctx.snapshot = snapshot();
     }
     if (ctx.session) reopen_on.reset();  // a rediscovery gave every thread a new session
@@ -259,14 +246,7 @@ void TokenWorker::discover() {
     // found within two refresh intervals of its server starting. (An empty
     // reader is a slot: a card put in later shows there by itself.)
     if (slots.empty() && module_->slot_count() == 0) {
-      publish([&](TokenSnapshot& s) {
-        s.present = false, s.logged_in = false, s.login_state = LoginState::Absent;
-        s.reason = "no token in any slot of " + module_->path() + "; asking the module again";
-      });
-      if (backend_error_ != "no slots") log::warning("token-absent", {{"token", config_.name}, {"uri", config_.uri}, {"slots", 0}});
-      backend_error_ = "no slots";
-      module_->request_reinit();
-      park();
+      lose_module("the module lists no slot", "no token in any slot of " + module_->path() + "; asking the module again");
       return;
     }
   } catch (const pkcs11::Error& e) {
@@ -274,19 +254,16 @@ void TokenWorker::discover() {
       lose_backend(e.what());
       return;
     }
-    publish([&](TokenSnapshot& s) { s.login_state = LoginState::Error, s.reason = e.what(); });
+    publish([&](TokenSnapshot& s) { s.failing(e.what()); });
     log::error("token-scan-failed", {{"token", config_.name}, {"error", e.what()}});
     return;
   } catch (const std::exception& e) {
-    publish([&](TokenSnapshot& s) { s.login_state = LoginState::Error, s.reason = e.what(); });
+    publish([&](TokenSnapshot& s) { s.failing(e.what()); });
     log::error("token-scan-failed", {{"token", config_.name}, {"error", e.what()}});
     return;
   }
   if (!slot) {
-    publish([&](TokenSnapshot& s) {
-      s.present = false, s.logged_in = false, s.login_state = LoginState::Absent;
-      s.reason = "no token matching " + config_.uri + " in any slot of " + module_->path();
-    });
+    publish([&](TokenSnapshot& s) { s.absent("no token matching " + config_.uri + " in any slot of " + module_->path()); });
     log::warning("token-absent", {{"token", config_.name}, {"uri", config_.uri}});
     return;
   }
@@ -301,17 +278,16 @@ void TokenWorker::discover() {
     }
     control_session_.emplace(module_, *slot);
     {
-      std::vector<std::unique_ptr<pkcs11::Session>> opened;
-      for (std::size_t i = 0; i < config_.sessions; ++i) opened.push_back(std::make_unique<pkcs11::Session>(module_, *slot));
+      auto opened = sessions_.open_all(module_, *slot);  // its size never changes: no lock needed to read it
       std::unique_lock lock(mutex_);
       idle_cv_.wait(lock, [this] { return active_ == 0; });
-      sessions_ = std::move(opened);
+      sessions_.replace_all(std::move(opened));
     }
     const auto info = module_->token_info(*slot);
     std::optional<std::string> replaced;
     publish([&](TokenSnapshot& s) {
-      s.present = true, s.info = info, s.login_state = LoginState::LoggedOut;
-      s.reason = unattended(config_) ? "" : "waiting for 'firmactl login " + config_.name + "'";
+      s.info = info;
+      s.found(unattended(config_) ? "" : "waiting for 'firmactl login " + config_.name + "'");
       replaced = rescan_keys(s, KeyScan::Verify);
       if (replaced) s.mark_refused(*replaced);  // never seen as present: no login, no signature
     });
@@ -324,7 +300,7 @@ void TokenWorker::discover() {
     backend_error_.clear();
   } catch (const std::exception& e) {
     control_session_.reset();  // the next refresh tries again
-    publish([&](TokenSnapshot& s) { s.login_state = LoginState::Error, s.reason = e.what(); });
+    publish([&](TokenSnapshot& s) { s.failing(e.what()); });
     log::error("token-open-failed", {{"token", config_.name}, {"error", e.what()}});
     return;
   }
@@ -376,13 +352,19 @@ void TokenWorker::refresh() {
 
 // Control thread only. The module lost its backend (its server died, pcscd
 // restarted, the TPM's context broke): the token is absent until the module,
-// re-initialised, finds it again. One log line per new error.
+// re-initialised, finds it again.
 void TokenWorker::lose_backend(const std::string& why) {
-  if (control_session_) lose_token(why);
-  publish([&](TokenSnapshot& s) {
-    s.present = false, s.logged_in = false, s.login_state = LoginState::Absent;
-    s.reason = "the module lost its backend (" + why + "); re-initialising it";
-  });
+  lose_module(why, "the module lost its backend (" + why + "); re-initialising it");
+}
+
+// Control thread only. The module cannot serve the token until it is
+// re-initialised (its backend is lost, or it lists no slot at all, which
+// p11-kit-client.so fixes at C_Initialize): its sessions are forgotten,
+// status says `status`, one log line per new `why` (never one per refresh),
+// and the module is re-initialised once every token of it has let go.
+void TokenWorker::lose_module(const std::string& why, const std::string& status) {
+  publish([&](TokenSnapshot& s) { s.absent(status); });
+  forget_sessions();
   if (backend_error_ != why) log::warning("token-backend-lost", {{"token", config_.name}, {"module", module_->path()}, {"error", why}});
   backend_error_ = why;
   module_->request_reinit();
@@ -410,16 +392,13 @@ void TokenWorker::refresh_failed(const std::string& why) {
   if (!refresh_error_) {
     const auto snap = snapshot();
     refresh_error_ = RefreshError{why, 0, now, snap->logged_in};
-    publish([&](TokenSnapshot& s) {
-      s.logged_in = false, s.login_state = LoginState::Error;
-      s.reason = "the token does not answer (" + why + ")";
-    });
+    publish([&](TokenSnapshot& s) { s.failing("the token does not answer (" + why + ")"); });
   }
   ++refresh_error_->failures;
   if (refresh_error_->failures == 1 || refresh_error_->error != why) {
     refresh_error_->error = why;
     refresh_error_->logged = now;
-    publish([&](TokenSnapshot& s) { s.reason = "the token does not answer (" + why + ")"; });
+    publish([&](TokenSnapshot& s) { s.failing("the token does not answer (" + why + ")"); });
     log::warning("token-refresh-failed", {{"token", config_.name}, {"error", why}});
   } else if (now - refresh_error_->logged >= std::chrono::minutes(1)) {
     refresh_error_->logged = now;
@@ -441,14 +420,11 @@ void TokenWorker::refresh_answered(bool token_logged_in) {
   log::notice("token-refresh-recovered", {{"token", config_.name}, {"failures", ended.failures}});
   if (snapshot()->login_state != LoginState::Error) return;
   if (token_logged_in) {
-    publish([&](TokenSnapshot& s) { s.logged_in = true, s.login_state = LoginState::LoggedIn, s.reason.clear(); });
+    publish([&](TokenSnapshot& s) { s.logged_in_now(); });
   } else if (ended.was_logged_in) {
     lose_login();
   } else {
-    publish([&](TokenSnapshot& s) {
-      s.login_state = LoginState::LoggedOut;
-      s.reason = unattended(config_) ? "" : "waiting for 'firmactl login " + config_.name + "'";
-    });
+    publish([&](TokenSnapshot& s) { s.logged_out(unattended(config_) ? "" : "waiting for 'firmactl login " + config_.name + "'"); });
   }
 }
 
@@ -460,9 +436,8 @@ void TokenWorker::lose_login() {
   const bool again = unattended(config_) && !pin_refused_;
   drop_signature_pin("the token logged firmad out");
   publish([&](TokenSnapshot& s) {
-    s.logged_in = false, s.login_state = LoginState::LoggedOut;
-    s.reason = "the token logged firmad out (reset by another program, or a session timeout)";
-    if (!again) s.reason += "; waiting for 'firmactl login " + config_.name + "'";
+    s.logged_out(std::string("the token logged firmad out (reset by another program, or a session timeout)") +
+                 (again ? "" : "; waiting for 'firmactl login " + config_.name + "'"));
   });
   log::warning("token-login-lost", {{"token", config_.name}, {"login_again", again ? "yes" : "no"}});
   if (!again) return;
@@ -478,18 +453,21 @@ void TokenWorker::lose_login() {
 // handed the numbers to new sessions of another token already); whatever
 // the module still keeps on the slot is closed with C_CloseAllSessions.
 void TokenWorker::lose_token(const std::string& why) {
+  publish([&](TokenSnapshot& s) { s.absent("the token went away (" + why + "); waiting for it to come back"); });
+  forget_sessions();
+  log::warning("token-removed", {{"token", config_.name}, {"why", why}});
+}
+
+// Control thread only. Forgets every session of the token (new jobs see it
+// absent first; those running finish) and the PIN kept for signatures.
+void TokenWorker::forget_sessions() {
   drop_signature_pin("the token went away");
-  publish([&](TokenSnapshot& s) {
-    s.present = false, s.logged_in = false, s.login_state = LoginState::Absent;
-    s.reason = "the token went away (" + why + "); waiting for it to come back";
-  });
   refresh_error_.reset();  // what follows is the next discovery's to say
   const auto slot = control_session_ ? std::optional(control_session_->slot()) : std::nullopt;
   if (control_session_) control_session_->forget();
   control_session_.reset();
   close_signing_sessions(Handles::Forget);
   if (slot) module_->close_all_sessions(*slot);
-  log::warning("token-removed", {{"token", config_.name}, {"why", why}});
 }
 
 // Control thread only: after mark_refused() was published. Closes every session
@@ -507,10 +485,7 @@ void TokenWorker::refuse_token(const std::string& serial, const std::string& why
 void TokenWorker::close_signing_sessions(Handles handles) {
   std::unique_lock lock(mutex_);
   idle_cv_.wait(lock, [this] { return active_ == 0; });
-  for (auto& session : sessions_) {
-    if (session && handles == Handles::Forget) session->forget();
-    session.reset();
-  }
+  sessions_.drop_all(handles);
 }
 
 void TokenWorker::suspect_token(bool reach_device) {
@@ -536,7 +511,7 @@ void TokenWorker::check_token() {
 // its session failed.
 void TokenWorker::check_session(std::size_t index, const TokenSnapshot& seen,
                                 std::optional<pkcs11::SlotId>& reopen_on) {
-  pkcs11::Session& own = *sessions_[index];
+  pkcs11::Session& own = *sessions_.at(index);
   const pkcs11::SlotId slot = own.slot();
   std::string why;
   try {
@@ -558,8 +533,7 @@ void TokenWorker::check_session(std::size_t index, const TokenSnapshot& seen,
     // give its number to a new session (SoftHSM does), maybe another
     // thread's, which a C_CloseSession would end.
     std::lock_guard lock(mutex_);
-    sessions_[index]->forget();
-    sessions_[index].reset();
+    sessions_.drop(index, Handles::Forget);
   }
   if (!reopen_session(index, slot, seen.logged_in, why)) reopen_on = slot;
 }
@@ -574,7 +548,7 @@ pkcs11::Session* TokenWorker::reopen_session(std::size_t index, pkcs11::SlotId s
     pkcs11::Session* opened = fresh.get();
     {
       std::lock_guard lock(mutex_);
-      sessions_[index] = std::move(fresh);
+      sessions_.reopen(index, std::move(fresh));
     }
     log::throttled(log::Level::Notice, "session-reopened", log::kNoUid, {{"token", config_.name}, {"session", index}, {"why", why},
                                      {"logged_in", logged_in ? "yes" : "no"}});
@@ -593,17 +567,17 @@ std::optional<std::string> TokenWorker::rescan_keys(TokenSnapshot& snap, KeyScan
   for (std::size_t i = 0; i < snap.keys.size(); ++i) {
     KeyState& k = snap.keys[i];
     try {
-      k.info = control_session_ ? pkcs11::find_key(*control_session_, key_uris_[i]) : std::nullopt;
+      k.info = control_session_ ? pkcs11::find_key(*control_session_, keys_.uri(i)) : std::nullopt;
     } catch (const std::exception& e) {
       k.info.reset();
       log::warning("key-scan-failed", {{"token", config_.name}, {"key", k.config.alias}, {"error", e.what()}});
     }
     k.certificate = k.info && !k.info->certificate.empty() ? identify_certificate(k.info->certificate) : std::nullopt;
     if (!k.info || k.info->public_key.empty()) continue;
-    const auto known = known_keys_.find(k.config.alias);
-    if (scan == KeyScan::Adopt || known == known_keys_.end()) {
+    const auto compared = keys_.compare(k.config.alias, k.info->public_key);
+    if (scan == KeyScan::Adopt || compared == KeyRegistry::Seen::First) {
       seen[k.config.alias] = k.info->public_key;
-    } else if (known->second != k.info->public_key && !replaced) {
+    } else if (compared == KeyRegistry::Seen::Other && !replaced) {
       const std::string serial = snap.info ? snap.info->serial : "?";
       replaced = "the token in the slot (serial " + serial + ") is not the one firmad served: key " + k.config.alias +
                  " (" + k.config.uri + ") has another public key than when firmad last saw it (re-initialised or "
@@ -611,7 +585,7 @@ std::optional<std::string> TokenWorker::rescan_keys(TokenSnapshot& snap, KeyScan
     }
   }
   if (!replaced)
-    for (auto& [alias, spki] : seen) known_keys_[alias] = std::move(spki);
+    for (auto& [alias, spki] : seen) keys_.remember(alias, std::move(spki));
   return replaced;
 }
 

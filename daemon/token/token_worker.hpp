@@ -18,7 +18,10 @@
 #include "daemon/mx/identity.hpp"
 #include "daemon/config.hpp"
 #include "daemon/mx/credential.hpp"
+#include "daemon/token/key_registry.hpp"
 #include "daemon/token/pin_refusals.hpp"
+#include "daemon/token/session_pool.hpp"
+#include "daemon/token/snapshot.hpp"
 #include "pkcs11/module.hpp"
 #include "pkcs11/session.hpp"
 #include "pkcs11/types.hpp"
@@ -32,28 +35,6 @@ namespace firmad {
 struct Cancellation {
   std::time_t at = 0;
   std::string reason;
-};
-
-struct KeyState {
-  KeyConfig config;
-  std::optional<pkcs11::KeyInfo> info;        // nullopt: not on the token (or not visible)
-  std::optional<CertificateIdentity> certificate;
-};
-
-// The token as last seen. Immutable once published: readers keep a
-// shared_ptr and never wait for the token.
-struct TokenSnapshot {
-  bool present = false;
-  bool logged_in = false;
-  protocol::LoginState login_state = protocol::LoginState::Absent;
-  std::string reason;
-  std::optional<pkcs11::TokenInfo> info;
-  std::vector<KeyState> keys;
-  std::uint64_t login_attempts = 0;  // C_Login calls made by this daemon
-
-  const KeyState* key(const std::string& alias) const;
-  // A token firmad will not serve: not present, not logged in, no keys, and why.
-  void mark_refused(const std::string& why);
 };
 
 // What a job sees on its worker thread: the worker's own session (null while
@@ -198,13 +179,14 @@ class TokenWorker {
   void lose_token(const std::string& why);
   void lose_login();
   void lose_backend(const std::string& why);
+  void lose_module(const std::string& why, const std::string& status);
+  void forget_sessions();
   void park();
   void refresh_failed(const std::string& why);
   void refresh_answered(bool token_logged_in);
   void check_token();
-  // Whether the sessions' handles are closed (the module still holds them)
-  // or forgotten (the module declared them gone).
-  enum class Handles { Close, Forget };
+  using Handles = SessionPool::Handles;
+  // Waits for the signing threads to be idle, then drops their sessions.
   void close_signing_sessions(Handles handles = Handles::Close);
   void check_session(std::size_t index, const TokenSnapshot& seen, std::optional<pkcs11::SlotId>& reopen_on);
   pkcs11::Session* reopen_session(std::size_t index, pkcs11::SlotId slot, bool expect_login, const std::string& why);
@@ -227,8 +209,7 @@ class TokenWorker {
   void add_key(const KeyConfig& key);
 
   TokenConfig config_;
-  std::vector<KeyConfig> key_configs_;
-  std::vector<pkcs11::Uri> key_uris_;
+  KeyRegistry keys_;  // control thread
   pkcs11::Uri token_uri_;
   std::shared_ptr<pkcs11::Module> module_;
 
@@ -243,7 +224,6 @@ class TokenWorker {
   // What the token was when first seen: a different one in its place is
   // refused. Keys change only through firmad (import, renewal) while served.
   std::optional<std::string> known_serial_;
-  std::map<std::string, pkcs11::Bytes> known_keys_;  // alias -> SubjectPublicKeyInfo DER
   // The token stopped answering refreshes: since when, how often, what it
   // said last, and whether firmad was logged in before.
   struct RefreshError {
@@ -268,7 +248,7 @@ class TokenWorker {
   std::deque<Job> queue_;
   std::atomic<std::size_t> pending_{0};  // queue_.size(), readable without the lock
   std::chrono::microseconds busy_poll_;
-  std::vector<std::unique_ptr<pkcs11::Session>> sessions_;
+  SessionPool sessions_;
   std::vector<std::thread> sign_threads_;
   std::size_t active_ = 0;
   bool stopping_ = false;
