@@ -40,7 +40,8 @@ ObjectGuard::~ObjectGuard() {
   }
 }
 
-void add_key_pair_attributes(Template& priv, Template& pub, const std::string& label, const Bytes& id, bool token) {
+void add_key_pair_attributes(Template& priv, Template& pub, const std::string& label, const Bytes& id, bool token,
+                             bool forbid_decrypt) {
   const Bytes label_bytes(label.begin(), label.end());
   priv.add_ulong(CKA_CLASS, CKO_PRIVATE_KEY);
   priv.add_bool(CKA_TOKEN, token);
@@ -49,7 +50,7 @@ void add_key_pair_attributes(Template& priv, Template& pub, const std::string& l
   priv.add_bool(CKA_EXTRACTABLE, false);
   priv.add_bool(CKA_SIGN, true);
   // A signing key and nothing else: no decryption, unwrapping or derivation.
-  priv.add_bool(CKA_DECRYPT, false);
+  if (forbid_decrypt) priv.add_bool(CKA_DECRYPT, false);
   priv.add_bool(CKA_UNWRAP, false);
   priv.add_bool(CKA_DERIVE, false);
   pub.add_ulong(CKA_CLASS, CKO_PUBLIC_KEY);
@@ -103,11 +104,24 @@ std::optional<KeySpec> parse_key_spec(std::string_view text) {
   return std::nullopt;
 }
 
+namespace {
+
+// Modules that make CKM_RSA_PKCS signatures with their RSA decryption, so
+// that an RSA key that may not decrypt cannot sign PKCS#1 v1.5 over a
+// client's digest there. No flag says so; the library does:
+// tpm2-pkcs11 (1.9) signs CKM_RSA_PKCS with TPM2_RSA_Decrypt (its
+// hash-and-sign mechanisms use TPM2_Sign, but firmad is given digests), and
+// answers CKR_GENERAL_ERROR ("inconsistent attributes") for such a key.
+bool signs_pkcs1_by_decryption(const Module& module) { return module.library_manufacturer() == "tpm2-software.github.io"; }
+
+}  // namespace
+
 GeneratedKey generate_key_pair(const Session& session, const KeySpec& spec, const std::string& label,
                                const Bytes& id) {
   if (id.empty()) throw std::invalid_argument("a generated key needs a non-empty object id");
+  const bool may_decrypt = spec.type == KeyType::Rsa && signs_pkcs1_by_decryption(session.module());
   Template priv, pub;
-  add_key_pair_attributes(priv, pub, label, id);
+  add_key_pair_attributes(priv, pub, label, id, true, !may_decrypt);
   CK_MECHANISM mech{CKM_RSA_PKCS_KEY_PAIR_GEN, nullptr, 0};
   if (spec.type == KeyType::Rsa && (spec.bits == 2048 || spec.bits == 3072 || spec.bits == 4096)) {
     for (Template* t : {&priv, &pub}) t->add_ulong(CKA_KEY_TYPE, CKK_RSA);
@@ -131,7 +145,7 @@ GeneratedKey generate_key_pair(const Session& session, const KeySpec& spec, cons
   ObjectGuard guard(session);
   guard.add(priv_handle);
   guard.add(pub_handle);
-  GeneratedKey out{priv_handle, pub_handle, public_key_info(session, pub_handle)};
+  GeneratedKey out{priv_handle, pub_handle, public_key_info(session, pub_handle), may_decrypt};
   guard.release();
   return out;
 }

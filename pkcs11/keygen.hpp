@@ -28,6 +28,9 @@ struct GeneratedKey {
   ObjectHandle private_key = 0;
   ObjectHandle public_key = 0;
   Bytes public_key_info;  // SubjectPublicKeyInfo DER, read back from the new public key object
+  // The RSA private key may decrypt as well: the token signs PKCS#1 v1.5
+  // with its RSA decryption (see generate_key_pair).
+  bool may_decrypt = false;
 };
 
 // Generates a key pair on the token (C_GenerateKeyPair) as two token objects
@@ -126,8 +129,9 @@ class ObjectGuard {
 // sign only; the public key public, verify.
 // With `token` false they are session objects, gone with the session (an
 // import's rehearsal).
+// With `forbid_decrypt` false, CKA_DECRYPT is left to the token.
 void add_key_pair_attributes(Template& private_key, Template& public_key, const std::string& label, const Bytes& id,
-                             bool token = true);
+                             bool token = true, bool forbid_decrypt = true);
 
 // Adds a certificate object's attributes for a DER certificate. Throws
 // std::invalid_argument when `der` is not one DER certificate.

@@ -68,7 +68,10 @@ std::shared_ptr<Module> Module::shared(const std::string& spec) {
 }
 
 Module::Module(std::string path, CK_FUNCTION_LIST* fn, bool owns_init)
-    : path_(std::move(path)), fn_(fn), owns_init_(owns_init) {}
+    : path_(std::move(path)), fn_(fn), owns_init_(owns_init) {
+  CK_INFO info{};
+  if (fn_->C_GetInfo(&info) == CKR_OK) manufacturer_ = trim_padded(info.manufacturerID, sizeof info.manufacturerID);
+}
 
 Module::~Module() {
   if (owns_init_) fn_->C_Finalize(nullptr);

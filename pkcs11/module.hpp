@@ -27,6 +27,9 @@ class Module {
   ~Module();
 
   const std::string& path() const noexcept { return path_; }
+  // The library's manufacturer (C_GetInfo), for the few things modules do
+  // differently that no flag tells (see keygen.cpp).
+  const std::string& library_manufacturer() const noexcept { return manufacturer_; }
 
   // Re-initialisation (C_Finalize + C_Initialize), the only way back for a
   // module that lost its backend (p11-kit-client.so after its server died
@@ -80,6 +83,7 @@ class Module {
   Module(std::string path, CK_FUNCTION_LIST* fn, bool owns_init);
   unsigned long reinitialize_locked();
   std::string path_;
+  std::string manufacturer_;
   CK_FUNCTION_LIST* fn_;
   bool owns_init_;
 

@@ -92,7 +92,11 @@ Bytes make_key_pair(TokenWorker& token, const Bytes& id, const pkcs11::KeySpec& 
       }
     }
     destroy_objects_by_id(s, id);
-    spki = pkcs11::generate_key_pair(s, spec, label, id).public_key_info;
+    const auto key = pkcs11::generate_key_pair(s, spec, label, id);
+    if (key.may_decrypt)
+      log::notice("renewal-key-may-decrypt", {{"id", hex(id)}, {"module", s.module().library_manufacturer()},
+                                              {"why", "the module signs RSA PKCS#1 v1.5 with its RSA decryption"}});
+    spki = key.public_key_info;
   });
   return spki;
 }
