@@ -1,18 +1,25 @@
 // key=value log lines on stderr, journald-aware; a writer thread and a per-event, per-uid throttle.
 #include "daemon/log.hpp"
 
+#include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdint>
 #include <cstdlib>
 #include <map>
 #include <mutex>
 #include <thread>
 #include <utility>
 #include <vector>
+
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#include <sanitizer/common_interface_defs.h>
+#endif
 
 namespace firmad::log {
 namespace {
@@ -76,6 +83,10 @@ std::string format(Level level, std::string_view event, std::initializer_list<Fi
   line += '\n';
   return line;
 }
+
+// Where log lines go: stderr, or the copy of it kept when capture_stderr()
+// took stderr over for the modules' own output.
+std::atomic<int> out_fd{STDERR_FILENO};
 
 void write_all(int fd, std::string_view data) {
   while (!data.empty()) {
@@ -220,7 +231,7 @@ class Writer {
         if (d.uid == kNoUid) out += format(Level::Warning, "log-throttled", {{"of", d.event}}, &count);
         else out += format(Level::Warning, "log-throttled", {{"of", d.event}, {"uid", d.uid}}, &count);
       }
-      write_all(STDERR_FILENO, out);
+      write_all(out_fd.load(), out);
       if (last) return;
     }
   }
@@ -236,11 +247,97 @@ class Writer {
 Writer writer;
 
 void emit(std::string line) {
-  if (!writer.queue(line)) write_all(STDERR_FILENO, line);
+  if (!writer.queue(line)) write_all(out_fd.load(), line);
 }
 
 
+// What PKCS#11 modules (and the libraries under them) write to stderr, read
+// from a pipe and logged as throttled module-stderr lines.
+class StderrCapture {
+ public:
+  bool start() {
+    if (thread_.joinable()) return true;
+    const int keep = ::fcntl(STDERR_FILENO, F_DUPFD_CLOEXEC, 3);
+    if (keep < 0) return false;
+    int p[2];
+    if (::pipe2(p, O_CLOEXEC) != 0) {
+      ::close(keep);
+      return false;
+    }
+    out_fd = keep;
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+    // A sanitizer's report goes whole to the real stderr, not through the pipe.
+    __sanitizer_set_report_fd(reinterpret_cast<void*>(static_cast<std::uintptr_t>(keep)));
+#endif
+    ::dup2(p[1], STDERR_FILENO);
+    ::close(p[1]);
+    read_fd_ = p[0];
+    stop_ = false;
+    thread_ = std::thread([this] { run(); });
+    return true;
+  }
+
+  void stop() {
+    if (!thread_.joinable()) return;
+    ::dup2(out_fd.load(), STDERR_FILENO);  // stderr is stderr again; the pipe's writer is gone
+    stop_ = true;
+    thread_.join();
+    ::close(read_fd_);
+    const int keep = out_fd.exchange(STDERR_FILENO);
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+    __sanitizer_set_report_fd(reinterpret_cast<void*>(static_cast<std::uintptr_t>(STDERR_FILENO)));
+#endif
+    ::close(keep);
+  }
+
+ private:
+  void run() {
+    ::pthread_setname_np(::pthread_self(), "firmad-stderr");
+    std::string pending;
+    char buf[4096];
+    for (;;) {
+      pollfd p{read_fd_, POLLIN, 0};
+      const int ready = ::poll(&p, 1, 200);
+      if (ready <= 0) {
+        if (stop_) break;
+        continue;
+      }
+      const ssize_t n = ::read(read_fd_, buf, sizeof buf);
+      if (n <= 0) break;  // every writer closed it
+      pending.append(buf, static_cast<std::size_t>(n));
+      for (std::size_t nl; (nl = pending.find('\n')) != std::string::npos;) {
+        emit_line(pending.substr(0, nl));
+        pending.erase(0, nl + 1);
+      }
+      if (pending.size() > kMaxLine) {  // a line without end: logged in pieces
+        emit_line(pending.substr(0, kMaxLine));
+        pending.erase(0, kMaxLine);
+      }
+    }
+    if (!pending.empty()) emit_line(pending);
+  }
+
+  static void emit_line(std::string line) {
+    if (line.size() > kMaxLine) line.resize(kMaxLine);
+    if (line.empty()) return;
+    throttled(Level::Warning, "module-stderr", kNoUid, {{"line", line}});
+  }
+
+  static constexpr std::size_t kMaxLine = 512;
+  int read_fd_ = -1;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+StderrCapture capture;
+
 }  // namespace
+
+void capture_stderr() {
+  if (!capture.start()) write(Level::Warning, "stderr-not-captured", {{"why", "no pipe"}});
+}
+
+void release_stderr() { capture.stop(); }
 
 void write(Level level, std::string_view event, std::initializer_list<Field> fields) {
   if (static_cast<int>(level) > max_level.load(std::memory_order_relaxed)) return;

@@ -44,6 +44,15 @@ inline constexpr std::size_t kThrottledPerSecond = 5;
 inline constexpr unsigned kNoUid = static_cast<unsigned>(-1);
 void throttled(Level level, std::string_view event, unsigned uid, std::initializer_list<Field> fields = {});
 
+// Takes stderr over for what others write there: PKCS#11 modules and the
+// libraries under them (tpm2-pkcs11 writes a line for every failed TPM
+// command, thousands a minute while its TPM is gone). Their lines become
+// throttled module-stderr events (line=..., at most 512 bytes each, at most
+// kThrottledPerSecond a second, the rest counted); firmad's own lines go to
+// the original stderr. release_stderr() gives stderr back.
+void capture_stderr();
+void release_stderr();
+
 // Appends " key=value" to a line, quoting the value as write() does.
 void append_field(std::string& line, std::string_view key, std::string_view value);
 

@@ -188,6 +188,11 @@ int main(int argc, char** argv) {
   struct LogWriterGuard {
     ~LogWriterGuard() { firmad::log::stop_writer(); }
   } log_writer_guard;
+  // Before any module is loaded: their stderr lines are logged, throttled.
+  firmad::log::capture_stderr();
+  struct StderrGuard {
+    ~StderrGuard() { firmad::log::release_stderr(); }
+  } stderr_guard;
   harden_process();
   constexpr rlim_t kFdHeadroom = 256;
   if (const rlim_t fds = raise_open_file_limit(cfg.daemon.max_connections, kFdHeadroom);

@@ -537,6 +537,26 @@ TEST_F(PinFlags, DeviceErrorIsReportedWithItsCode) {
   EXPECT_FALSE(client().sign_digest("firma-ec", digest()).empty()) << "the next signature works";
 }
 
+// A module that floods stderr (tpm2-pkcs11 while its TPM is gone): its lines
+// reach firmad's log as throttled module-stderr events, with the count of
+// those left out, never one line each.
+TEST_F(PinFlags, ModuleStderrFloodIsLoggedThrottled) {
+  auto d = start_faulty();
+  ASSERT_TRUE(d->wait_for_log("event=token-login ")) << d->log();
+  write_file(control, "stderr_flood");
+  ASSERT_TRUE(d->wait_for_log("event=log-throttled level=warning of=module-stderr")) << d->log().substr(0, 4000);
+  std::this_thread::sleep_for(std::chrono::seconds(2));  // ~20 refreshes: ~2,000 lines written
+  write_file(control, "");
+  const std::string log = d->log();
+  std::size_t lines = 0;
+  for (auto p = log.find("event=module-stderr"); p != std::string::npos; p = log.find("event=module-stderr", p + 1)) ++lines;
+  EXPECT_GE(lines, 1u);
+  EXPECT_LE(lines, 5u * 5) << "at most 5 a second (about 3 s of flood)";
+  EXPECT_NE(log.find("line=\"ERROR: fault module: diagnostic line"), std::string::npos) << log.substr(0, 2000);
+  EXPECT_EQ(log.find("\nERROR: fault module"), std::string::npos) << "no raw module line in firmad's log";
+  EXPECT_FALSE(client().sign_digest("firma-ec", digest()).empty()) << "firmad goes on";
+}
+
 TEST_F(PinFlags, LockedPinIsReportedAndNotTried) {
   write_file(control, "locked");
   auto d = start_faulty();

@@ -61,6 +61,8 @@
  *                                C_Login without a PIN logs in as if the holder
  *                                typed PIN on the reader; each counted in
  *                                "<control>.pinpad_logins"
+ *   stderr_flood                 every C_GetTokenInfo writes 100 diagnostic lines to
+ *                                stderr, as tpm2-pkcs11 does while its TPM is gone
  * A C_CloseSession on a handle the module closed underneath (session_invalid,
  * a removal) and did not hand out again is a stale close: firmad must forget
  * such handles, never close them (a module may give the number to a new
@@ -454,6 +456,8 @@ static CK_RV fault_SetAttributeValue(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE
 
 static CK_RV fault_GetTokenInfo(CK_SLOT_ID slot, CK_TOKEN_INFO_PTR info) {
   if (backend_down()) return CKR_DEVICE_ERROR;
+  if (control_has("stderr_flood"))
+    for (int i = 0; i < 100; ++i) fprintf(stderr, "ERROR: fault module: diagnostic line %d of a flood\n", i);
   if (removed(slot)) return CKR_TOKEN_NOT_PRESENT;
   if (control_has("refresh_error")) {
     count("refresh_errors");
