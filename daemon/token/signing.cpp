@@ -98,6 +98,11 @@ pkcs11::Bytes sign_on_signing_thread(const WorkContext& ctx, TokenWorker& token,
       return pkcs11::sign(*ctx.session, *k->info->private_key, k->info->type, req, context_pin);
     });
   } catch (const pkcs11::Error& e) {
+    // The token does not make this signature (tpm2-pkcs11 takes RSA-PSS
+    // only with a salt as long as the digest): what the caller asked for is
+    // not supported, the token is fine.
+    if (e.fault() == pkcs11::Fault::MechanismInvalid && e.call() == "C_SignInit")
+      throw VarlinkError(perr::kMechanismNotSupported, {{"key", alias}, {"scheme", pkcs11::to_string(req.scheme)}});
     throw token_failure(token.config().name, e);
   }
 }

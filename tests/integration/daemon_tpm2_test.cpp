@@ -148,6 +148,17 @@ TEST_F(Tpm2Token, SignsRsaPkcs1RsaPssAndP256VerifiedAgainstTheTokensPublicKeys) 
   EXPECT_TRUE(signs_and_verifies("empresa", tpm->public_key_pem("empresa"), "PKCS#1 v1.5 en el TPM"));
   EXPECT_TRUE(signs_and_verifies("empresa", tpm->public_key_pem("empresa"), "RSA-PSS en el TPM", true));
   EXPECT_TRUE(signs_and_verifies("firma-ec", tpm->public_key_pem("firma-ec"), "ECDSA P-256 en el TPM"));
+  // The TPM makes RSA-PSS only with a salt as long as the digest: another
+  // salt is a scheme it does not support, not a token error.
+  try {
+    firma::SignOptions pss;
+    pss.pss = true, pss.salt_length = 20;
+    client().sign_digest("empresa", firma::Bytes(32, 1), pss);
+    ADD_FAILURE() << "the TPM signed RSA-PSS with a 20-byte salt";
+  } catch (const firma::Error& e) {
+    EXPECT_EQ(e.name(), "io.firmad.Signer.MechanismNotSupported") << e.parameters();
+    EXPECT_EQ(e.parameters()["scheme"], "rsa-pss");
+  }
   // CMS over the same key: what IDSE's login needs.
   {
     const std::string text = "cms en el TPM";
