@@ -66,6 +66,11 @@ Json Service::key_json(const KeyState& key, const std::string& token, std::time_
     if (!key.info->curve.empty()) j["curve"] = key.info->curve;
     for (auto s : key.info->schemes) j["schemes"].push_back(pkcs11::to_string(s));
     if (!key.info->public_key.empty()) j["publicKey"] = protocol::base64_encode(key.info->public_key);
+    // What a PKCS#11 view of the key needs: the objects' CKA_ID and
+    // CKA_LABEL on the token, and the certificate itself.
+    if (!key.info->id.empty()) j["objectId"] = protocol::hex_encode(key.info->id);
+    if (!key.info->label.empty()) j["objectLabel"] = key.info->label;
+    if (!key.info->certificate.empty()) j["certificateDer"] = protocol::base64_encode(key.info->certificate);
     if (key.info->private_key) j["pinPerSignature"] = key.info->always_authenticate;
     if (auto why = pin_per_signature_refusal(key, token_named(token)); !why.empty()) j["unusable"] = why;
   }

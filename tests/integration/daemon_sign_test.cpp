@@ -64,6 +64,27 @@ TEST_F(SignThroughDaemon, PublishedPublicKeyIsTheTokensKey) {
   }
 }
 
+// What a PKCS#11 view of a key needs is in its status: the objects' CKA_ID
+// and CKA_LABEL, and the certificate's DER, the very bytes on the token.
+TEST_F(SignThroughDaemon, KeysCarryTheirObjectIdLabelAndCertificate) {
+  for (const auto& k : client().list_keys()) {
+    const std::string alias = k["alias"];
+    const std::string id = alias == "empresa" ? "01" : alias == "firma-ec" ? "02" : alias == "firma-ed" ? "03" : "04";
+    EXPECT_EQ(k.value("objectId", ""), id) << alias;
+    EXPECT_EQ(k.value("objectLabel", ""), alias);
+    if (alias == "firma-ed") {
+      EXPECT_FALSE(k.contains("certificateDer"));
+      continue;
+    }
+    auto der = protocol::base64_decode(k.value("certificateDer", ""));
+    ASSERT_TRUE(der && !der->empty()) << alias;
+    const auto on_token = run(std::string("pkcs11-tool --module ") + TokenRig::kModule + " --read-object --type cert --id " + id +
+                              " -o " + quote(file("token.der").string()) + " 2>&1");
+    ASSERT_EQ(on_token.exit_code, 0) << on_token.out;
+    EXPECT_EQ(read_file(file("token.der")), std::string(der->begin(), der->end())) << alias;
+  }
+}
+
 TEST_F(SignThroughDaemon, RawSignaturesVerifyWithOpenssl) {
   const std::string text = "Aviso de inscripción del trabajador";
   const firma::Bytes data(text.begin(), text.end());
