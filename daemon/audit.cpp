@@ -58,7 +58,8 @@ Audit::~Audit() {
 void Audit::open_file() {
   int fd = -1;
   if (path_ == "-") {
-    fd = ::fcntl(STDERR_FILENO, F_DUPFD_CLOEXEC, 3);
+    // The real stderr, not the pipe that takes modules' lines (log::capture_stderr).
+    fd = ::fcntl(log::stderr_fd(), F_DUPFD_CLOEXEC, 3);
   } else {
     const std::filesystem::path dir = std::filesystem::path(path_).parent_path();
     if (::mkdir(dir.c_str(), 0750) != 0 && errno != EEXIST)

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <exception>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -272,6 +273,12 @@ class StderrCapture {
     ::dup2(p[1], STDERR_FILENO);
     ::close(p[1]);
     read_fd_ = p[0];
+    // A dying process says why on the real stderr, not into the pipe that
+    // dies with it: std::terminate's message (an uncaught exception).
+    previous_terminate_ = std::set_terminate([] {
+      ::dup2(out_fd.load(), STDERR_FILENO);
+      __gnu_cxx::__verbose_terminate_handler();
+    });
     stop_ = false;
     thread_ = std::thread([this] { run(); });
     return true;
@@ -280,6 +287,7 @@ class StderrCapture {
   void stop() {
     if (!thread_.joinable()) return;
     ::dup2(out_fd.load(), STDERR_FILENO);  // stderr is stderr again; the pipe's writer is gone
+    std::set_terminate(previous_terminate_);
     stop_ = true;
     thread_.join();
     ::close(read_fd_);
@@ -324,6 +332,7 @@ class StderrCapture {
   }
 
   static constexpr std::size_t kMaxLine = 512;
+  std::terminate_handler previous_terminate_ = nullptr;
   int read_fd_ = -1;
   std::atomic<bool> stop_{false};
   std::thread thread_;
@@ -338,6 +347,8 @@ void capture_stderr() {
 }
 
 void release_stderr() { capture.stop(); }
+
+int stderr_fd() { return out_fd.load(); }
 
 void write(Level level, std::string_view event, std::initializer_list<Field> fields) {
   if (static_cast<int>(level) > max_level.load(std::memory_order_relaxed)) return;

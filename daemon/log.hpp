@@ -52,6 +52,8 @@ void throttled(Level level, std::string_view event, unsigned uid, std::initializ
 // the original stderr. release_stderr() gives stderr back.
 void capture_stderr();
 void release_stderr();
+// The process's own stderr: fd 2, or the copy kept while it is captured.
+int stderr_fd();
 
 // Appends " key=value" to a line, quoting the value as write() does.
 void append_field(std::string& line, std::string_view key, std::string_view value);

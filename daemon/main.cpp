@@ -182,17 +182,18 @@ int main(int argc, char** argv) {
     return 0;
   }
   firmad::log::set_max_level(cfg.daemon.log_level);
+  // Before any module is loaded: their stderr lines are logged, throttled.
+  // (Released last: the writer below may write to the kept stderr until it stops.)
+  firmad::log::capture_stderr();
+  struct StderrGuard {
+    ~StderrGuard() { firmad::log::release_stderr(); }
+  } stderr_guard;
   // From here on no thread waits for stderr (a stalled journald); the
   // guard writes what is queued on every way out.
   firmad::log::start_writer();
   struct LogWriterGuard {
     ~LogWriterGuard() { firmad::log::stop_writer(); }
   } log_writer_guard;
-  // Before any module is loaded: their stderr lines are logged, throttled.
-  firmad::log::capture_stderr();
-  struct StderrGuard {
-    ~StderrGuard() { firmad::log::release_stderr(); }
-  } stderr_guard;
   harden_process();
   constexpr rlim_t kFdHeadroom = 256;
   if (const rlim_t fds = raise_open_file_limit(cfg.daemon.max_connections, kFdHeadroom);

@@ -12,6 +12,7 @@
 #include "daemon/renewal/record.hpp"
 #include "daemon/test_hooks.hpp"
 #include "daemon/token/bridge.hpp"
+#include "daemon/token/signing.hpp"
 #include "pkcs11/import.hpp"
 #include "pkcs11/key.hpp"
 #include "pkcs11/error.hpp"
@@ -155,20 +156,19 @@ std::optional<std::string> damaged_pair(TokenWorker& token, const Bytes& id, con
   req.input = sha256_of("firmad: does the served key sign for its certificate?");
   const pkcs11::ObjectHandle handle = *key->private_key;
   const pkcs11::KeyType type = key->type;
-  // A key that needs the PIN for every signature gets the kept one.
-  std::string no_pin;
-  const auto pin = key->always_authenticate ? token.signature_pin(&no_pin) : nullptr;
-  if (key->always_authenticate && !pin)
-    throw protocol::VarlinkError(protocol::error::kKeyNeedsPinPerSignature, {{"key", "CKA_ID " + hex(id)}, {"reason", no_pin}});
+  const bool always = key->always_authenticate;
   Bytes signature;
   try {
     signature = run_blocking<Bytes>(token, Lane::Signing, [&](WorkContext& ctx) -> Bytes {
       if (!ctx.session) throw token_absent(token);
-      return pkcs11::sign(*ctx.session, handle, type, req, pin ? pkcs11::ContextPin(pin->view()) : std::nullopt);
+      // A key that needs the PIN for every signature gets the kept one, where firmad.toml allows it.
+      return sign_as_key(token, key_with_id(*ctx.snapshot, id), "CKA_ID " + hex(id), always,
+                         [&](const pkcs11::ContextPin& pin) { return pkcs11::sign(*ctx.session, handle, type, req, pin); });
     }, std::chrono::seconds(5));
   } catch (const pkcs11::Error& e) {
+    // What stops the test for a while, or a refused PIN, is not the key's damage.
     if (e.fault() == pkcs11::Fault::TokenAbsent || e.fault() == pkcs11::Fault::SessionLost ||
-        e.fault() == pkcs11::Fault::NotLoggedIn)
+        e.fault() == pkcs11::Fault::NotLoggedIn || e.fault() == pkcs11::Fault::PinIncorrect || e.fault() == pkcs11::Fault::PinLocked)
       throw;
     return "the token cannot sign with the key with CKA_ID " + hex(id) + " (" + e.what() + ")";
   }

@@ -68,6 +68,10 @@ KeyConfig TokenWorker::import_credential(const Credential& credential, KeyConfig
     try {
       pkcs11::rehearse_import(rw, credential.key.get(), credential.certificate.get(), id);
     } catch (const pkcs11::Error& e) {
+      // A token gone, a lost session or login is no answer about imports.
+      if (e.fault() == pkcs11::Fault::TokenAbsent || e.fault() == pkcs11::Fault::SessionLost ||
+          e.fault() == pkcs11::Fault::NotLoggedIn || e.fault() == pkcs11::Fault::BackendLost)
+        throw;
       const std::string why = "the token takes no imported private keys (" + e.call() + ": " + e.code_name() +
                               "): its keys are made on it; give the key a certificate with a renewal (key = \"new\") instead";
       log::warning("import-refused", {{"token", name}, {"key", key.alias}, {"why", why}});
@@ -97,8 +101,14 @@ std::optional<std::string> TokenWorker::probe_refusal(const pkcs11::Session& rw,
   };
   log::info("token-write-probe", {{"token", config_.name}, {"create", said(probe.create)}, {"relabel", said(probe.relabel)},
                                   {"destroy", said(probe.destroy)}});
-  if (!probe.destroy.empty())
-    log::warning("token-write-probe-left", {{"token", config_.name}, {"label", "firmad-write-probe-relabelled"}, {"error", probe.destroy}});
+  if (!probe.destroy.empty()) {
+    // It cannot take back what it wrote: refused, as a write failing part-way
+    // would leave its objects behind too.
+    const std::string label = probe.relabel.empty() ? "firmad-write-probe-relabelled" : "firmad-write-probe";
+    log::warning("token-write-probe-left", {{"token", config_.name}, {"label", label}, {"error", probe.destroy}});
+    return "the token does not let firmad destroy an object it wrote (" + probe.destroy + "); a certificate object labelled " +
+           label + " was left on it";
+  }
   // firmad never relabels: a token without C_SetAttributeValue is fine.
   if (probe.create.empty()) return std::nullopt;
   return "the token does not let firmad create objects with the CKA_ID it chose in a user session (" + probe.create +

@@ -176,16 +176,28 @@ void TokenWorker::drop_signature_pin(const std::string& why) {
   no_signature_pin_ = why;
 }
 
-void TokenWorker::refuse_signature_pin(const std::string& key, const std::string& error) {
-  {
-    std::lock_guard lock(signature_pin_mutex_);
-    if (!signature_pin_) return;  // another signing thread saw the refusal first
-    signature_pin_.reset();
-    no_signature_pin_ = "the token refused the kept PIN for a signature with " + key + " (" + error +
-                        "); not offered again until an administrator runs 'firmactl logout " + config_.name + "' and 'firmactl login " +
-                        config_.name + "'";
+pkcs11::Bytes TokenWorker::sign_with_context_pin(const std::string& key,
+                                                 const std::function<pkcs11::Bytes(std::string_view pin)>& sign) {
+  std::lock_guard serial(context_login_mutex_);
+  std::string why;
+  const auto pin = signature_pin(&why);  // fetched in turn: one refused a moment ago is gone
+  if (!pin) throw VarlinkError(perr::kKeyNeedsPinPerSignature, {{"key", key}, {"reason", why}});
+  try {
+    return sign(pin->view());
+  } catch (const pkcs11::Error& e) {
+    if (e.fault() != pkcs11::Fault::PinIncorrect && e.fault() != pkcs11::Fault::PinLocked) throw;
+    {
+      std::lock_guard lock(signature_pin_mutex_);
+      if (signature_pin_ == pin) {  // not a PIN a login kept meanwhile
+        signature_pin_.reset();
+        no_signature_pin_ = "the token refused the kept PIN for a signature with " + key + " (" + e.code_name() +
+                            "); not offered again until firmad logs in again ('firmactl logout " + config_.name +
+                            "' and 'firmactl login " + config_.name + "')";
+      }
+    }
+    log::error("signature-pin-refused", {{"token", config_.name}, {"key", key}, {"error", e.code_name()}});
+    throw;
   }
-  log::error("signature-pin-refused", {{"token", config_.name}, {"key", key}, {"error", error}});
 }
 
 }  // namespace firmad

@@ -31,37 +31,35 @@ void report(TokenWorker& token, const pkcs11::Error& e) {
     token.suspect_token(e.fault() == pkcs11::Fault::BackendLost);
 }
 
-// The kept PIN for a key that needs it for every signature, or nullopt for
-// a key that does not. Throws KeyNeedsPinPerSignature when none is kept.
-std::shared_ptr<const protocol::Secret> context_pin_for(const TokenWorker& token, const std::string& key, bool always_authenticate) {
-  if (!always_authenticate) return nullptr;
-  std::string why;
-  auto pin = token.signature_pin(&why);
-  if (!pin) throw VarlinkError(perr::kKeyNeedsPinPerSignature, {{"key", key}, {"reason", why}});
-  return pin;
+std::string opt_in_missing(const std::string& alias) {
+  return "its private key needs the PIN for every signature (CKA_ALWAYS_AUTHENTICATE) and firmad.toml does not allow "
+         "firmad to keep the PIN for it: set pin_per_signature = true in [keys." + alias + "]";
 }
 
-// Signs through `sign` with the context PIN, if any; a refused one is dropped.
-template <typename Sign>
-pkcs11::Bytes with_context_pin(TokenWorker& token, const std::string& key, const std::shared_ptr<const protocol::Secret>& pin,
-                               Sign&& sign) {
+}  // namespace
+
+pkcs11::Bytes sign_as_key(TokenWorker& token, const KeyState* key, const std::string& name, bool always_authenticate,
+                          const std::function<pkcs11::Bytes(const pkcs11::ContextPin&)>& sign) {
   try {
-    return sign(pin ? pkcs11::ContextPin(pin->view()) : std::nullopt);
+    if (!always_authenticate) return sign(std::nullopt);
+    if (!key || !key->config.pin_per_signature)
+      throw VarlinkError(perr::kKeyNeedsPinPerSignature, {{"key", name}, {"reason", opt_in_missing(key ? key->config.alias : name)}});
+    return token.sign_with_context_pin(name, [&](std::string_view pin) { return sign(pkcs11::ContextPin(pin)); });
   } catch (const pkcs11::Error& e) {
-    if (pin && (e.fault() == pkcs11::Fault::PinIncorrect || e.fault() == pkcs11::Fault::PinLocked))
-      token.refuse_signature_pin(key, e.code_name());
     report(token, e);
     throw;
   }
 }
 
-}  // namespace
+const KeyState* key_with_id(const TokenSnapshot& snap, const pkcs11::Bytes& id) {
+  for (const auto& k : snap.keys)
+    if (k.info && k.info->id == id) return &k;
+  return nullptr;
+}
 
 std::string pin_per_signature_refusal(const KeyState& k, const TokenWorker& token) {
   if (!k.info || !k.info->always_authenticate) return "";
-  if (!k.config.pin_per_signature)
-    return "its private key needs the PIN for every signature (CKA_ALWAYS_AUTHENTICATE) and firmad.toml does not allow "
-           "firmad to keep the PIN for it: set pin_per_signature = true in [keys." + k.config.alias + "]";
+  if (!k.config.pin_per_signature) return opt_in_missing(k.config.alias);
   std::string why;
   return token.signature_pin(&why) ? "" : "firmad holds no PIN to give the token: " + why;
 }
@@ -90,11 +88,8 @@ pkcs11::Bytes sign_on_signing_thread(const WorkContext& ctx, TokenWorker& token,
   if (auto c = token.cancellation(alias)) throw VarlinkError(perr::kKeyCancelled, {{"key", alias}, {"at", iso8601(c->at)}});
   if (!ctx.snapshot->logged_in || !k || !k->info || !k->info->private_key)
     throw not_logged_in(token.config().name, ctx.snapshot->login_state);
-  if (k->info->always_authenticate && !k->config.pin_per_signature)
-    throw VarlinkError(perr::kKeyNeedsPinPerSignature, {{"key", alias}, {"reason", pin_per_signature_refusal(*k, token)}});
-  const auto pin = context_pin_for(token, alias, k->info->always_authenticate);
   try {
-    return with_context_pin(token, alias, pin, [&](const pkcs11::ContextPin& context_pin) {
+    return sign_as_key(token, k, alias, k->info->always_authenticate, [&](const pkcs11::ContextPin& context_pin) {
       return pkcs11::sign(*ctx.session, *k->info->private_key, k->info->type, req, context_pin);
     });
   } catch (const pkcs11::Error& e) {
@@ -113,13 +108,19 @@ ossl::Pkey token_backed_key(TokenWorker& token, const pkcs11::Bytes& id, const p
       if (!ctx.session) throw VarlinkError(perr::kTokenAbsent, {{"token", token.config().name}});
       if (!ctx.snapshot->logged_in)
         throw not_logged_in(token.config().name, ctx.snapshot->login_state);
-      auto objects = pkcs11::objects_by_id(*ctx.session, id);
       const std::string key = "CKA_ID " + protocol::hex_encode(id);
-      if (!objects.private_key) throw std::runtime_error("no private key with " + key + " on the token");
-      const auto pin = context_pin_for(token, key, pkcs11::always_authenticate(*ctx.session, *objects.private_key));
-      // Reported as for clients' signatures.
-      return with_context_pin(token, key, pin, [&](const pkcs11::ContextPin& context_pin) {
-        return pkcs11::sign_raw(*ctx.session, *objects.private_key, op, input, context_pin);
+      std::optional<pkcs11::ObjectHandle> private_key;
+      bool always = false;
+      try {
+        private_key = pkcs11::objects_by_id(*ctx.session, id).private_key;
+        if (private_key) always = pkcs11::always_authenticate(*ctx.session, *private_key);
+      } catch (const pkcs11::Error& e) {
+        report(token, e);  // as for clients' signatures
+        throw;
+      }
+      if (!private_key) throw std::runtime_error("no private key with " + key + " on the token");
+      return sign_as_key(token, key_with_id(*ctx.snapshot, id), key, always, [&](const pkcs11::ContextPin& context_pin) {
+        return pkcs11::sign_raw(*ctx.session, *private_key, op, input, context_pin);
       });
     };
     return run_blocking<pkcs11::Bytes>(token, Lane::Signing, std::move(job), kRoomWait);

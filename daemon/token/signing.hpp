@@ -1,5 +1,6 @@
 // Signing with a token's keys: the checks a signature needs and the work done on a signing thread.
 #pragma once
+#include <functional>
 #include <string>
 
 #include "daemon/token/token_worker.hpp"
@@ -19,6 +20,17 @@ const KeyState& usable_key(const TokenSnapshot& snap, const TokenWorker& token, 
 // signature and firmad.toml does not allow it, or firmad holds no PIN for
 // it. Empty if nothing stands in the way. Any thread.
 std::string pin_per_signature_refusal(const KeyState& key, const TokenWorker& token);
+
+// The served key whose objects carry CKA_ID `id`, or null.
+const KeyState* key_with_id(const TokenSnapshot& snap, const pkcs11::Bytes& id);
+
+// On a signing thread: runs `sign` for `key` (named `name` in errors; null
+// when firmad serves no key with those objects), giving it the kept PIN when
+// the key needs one for every signature and firmad.toml allows it
+// (TokenWorker::sign_with_context_pin). A failed token call is reported to
+// the worker. Throws KeyNeedsPinPerSignature, or what `sign` threw.
+pkcs11::Bytes sign_as_key(TokenWorker& token, const KeyState* key, const std::string& name, bool always_authenticate,
+                          const std::function<pkcs11::Bytes(const pkcs11::ContextPin&)>& sign);
 
 // On a signing thread: signs `req` with the key `alias` as the state current
 // there has it (a login or logout since the request was queued is seen).

@@ -127,10 +127,13 @@ class TokenWorker {
   // token): held in locked memory, wiped when the last signature using it
   // returns. Null when none is kept; then `why` says why. Any thread.
   std::shared_ptr<const protocol::Secret> signature_pin(std::string* why = nullptr) const;
-  // The token refused the kept PIN for a signature (the PIN was changed by
-  // another program, or the card counts differently): it is wiped and never
-  // offered again until an administrator logs in. Any thread.
-  void refuse_signature_pin(const std::string& key, const std::string& error);
+  // Signing thread. Runs `sign` with the kept PIN for `key`'s context
+  // login. One at a time per token, the PIN fetched inside: a PIN the token
+  // refuses is offered once, not once per signing thread, and is then wiped
+  // and never offered again until the next login keeps one. Throws
+  // KeyNeedsPinPerSignature when no PIN is kept, or what `sign` threw.
+  pkcs11::Bytes sign_with_context_pin(const std::string& key,
+                                      const std::function<pkcs11::Bytes(std::string_view pin)>& sign);
 
   // Stops all signing with a key at once: jobs not yet started (queued
   // included) see the cancellation and refuse. Any thread; never waits for
@@ -253,6 +256,7 @@ class TokenWorker {
   std::size_t active_ = 0;
   bool stopping_ = false;
 
+  std::mutex context_login_mutex_;  // one context login at a time (sign_with_context_pin)
   mutable std::mutex signature_pin_mutex_;
   std::shared_ptr<const protocol::Secret> signature_pin_;
   std::string no_signature_pin_ = "the token is not logged in";

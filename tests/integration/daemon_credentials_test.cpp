@@ -169,52 +169,55 @@ TEST_F(Credentials, BadFilesAreRefusedAndLeaveNothingOnTheToken) {
   EXPECT_EQ(daemon->log().find("bien"), std::string::npos) << "no password in the log";
 }
 
-// Two administrators import under one name at the same moment: exactly one
-// import succeeds, the other is told KeyExists, and the token, the key list
-// and state.json all hold the one credential.
+// Two administrators import under one name at the same moment: the second
+// asks while the first is inside the token (a slow token, from the fault
+// module). Exactly one import succeeds, the other is told KeyExists at once,
+// and the token, the key list and state.json hold the one credential.
 TEST_F(Credentials, ConcurrentImportsOfOneNameLeaveExactlyOne) {
   make_credential("uno");
   make_credential("dos", "-algorithm EC -pkeyopt ec_paramgen_curve:P-256", "/CN=OTRO", "7");
   auto r = run("cd " + quote(work.string()) + " && openssl pkcs12 -export -inkey uno.pem -in uno.crt.pem -passout pass:x -out uno.pfx && "
                "openssl pkcs12 -export -inkey dos.pem -in dos.crt.pem -passout pass:x -out dos.pfx");
   ASSERT_EQ(r.exit_code, 0) << r.out;
+  const fs::path control = rig.dir() / "fault";
+  write_file(control, "slow_create_ms=1500");
+  ::setenv("FIRMAD_FAULT_CONTROL", control.c_str(), 1);
+  daemon.reset();
+  Daemon::Options options;
+  options.user = kDaemonUid;
+  daemon = std::make_unique<Daemon>(rig.write_config({{"module", std::string("module = \"") + FIRMAD_FAULT_MODULE + "\""}}),
+                                    rig.socket(), options);
+  ::unsetenv("FIRMAD_FAULT_CONTROL");
+  ASSERT_TRUE(daemon->wait_for_log("event=token-login ")) << daemon->log();
   const long before = objects_on_token();
-  for (int round = 0; round < 3; ++round) {
-    const std::string name = "doble" + std::to_string(round);
-    auto import = [&](const std::string& pfx) {
-      return "printf 'x\\n' | " + quote(firmactl_binary().string()) + " --socket " + quote(rig.socket().string()) + " import " + name +
-             " --token demo --pfx " + f(pfx) + " --password-stdin";
-    };
-    // Both started before either is answered; each one's exit status and output.
-    r = run("(" + import("uno.pfx") + " > " + f("a.out") + " 2>&1; echo $? >> " + f("a.out") + ") & (" + import("dos.pfx") + " > " +
-            f("b.out") + " 2>&1; echo $? >> " + f("b.out") + ") & wait");
-    ASSERT_EQ(r.exit_code, 0) << r.out;
-    const std::string a = read_file(work / "a.out"), b = read_file(work / "b.out");
-    const bool a_won = a.find("imported " + name) != std::string::npos, b_won = b.find("imported " + name) != std::string::npos;
-    EXPECT_NE(a_won, b_won) << "exactly one import succeeds:\n" << a << "\n" << b;
-    const std::string& loser = a_won ? b : a;
-    EXPECT_NE(loser.find("already"), std::string::npos) << "the other is told the name exists (KeyExists): " << loser;
-    EXPECT_EQ(loser.substr(loser.size() - 2), "1\n") << loser;
-
-    const auto keys = client().list_keys();
-    EXPECT_EQ(std::count_if(keys.begin(), keys.end(), [&](const firma::Json& k) { return k["alias"] == name; }), 1)
-        << "keys lists the name once";
-    const auto state = firma::Json::parse(read_file(rig.dir() / "state" / "state.json"));
-    ASSERT_TRUE(state["keys"].contains(name)) << state.dump();
-    // The credential recorded is the one served: its certificate is the winner's.
-    for (const auto& k : keys)
-      if (k["alias"] == name) {
-        EXPECT_EQ(k["certificate"]["subject"].get<std::string>().find("OTRO") != std::string::npos, b_won);
-      }
-  }
-  EXPECT_EQ(objects_on_token(), before + 3 * 3) << "the loser left nothing on the token (3 objects per credential)";
-  // And after a restart, the same: what state.json recorded is what is served.
+  auto import = [&](const std::string& pfx) {
+    return "printf 'x\\n' | " + quote(firmactl_binary().string()) + " --socket " + quote(rig.socket().string()) +
+           " import doble --token demo --pfx " + f(pfx) + " --password-stdin";
+  };
+  // The first, in the background; the second once the first is inside the token.
+  r = run("(" + import("uno.pfx") + " > " + f("a.out") + " 2>&1; echo $? >> " + f("a.out") + ") & "
+          "for i in $(seq 100); do [ -s " + quote(control.string() + ".in_create") + " ] && break; sleep 0.05; done; " +
+          "[ -s " + quote(control.string() + ".in_create") + " ] || { echo 'the first import never reached the token'; exit 3; }; " +
+          import("dos.pfx") + " > " + f("b.out") + " 2>&1; echo $? >> " + f("b.out") + "; wait");
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  const std::string a = read_file(work / "a.out"), b = read_file(work / "b.out");
+  EXPECT_NE(a.find("imported doble"), std::string::npos) << a;
+  EXPECT_NE(b.find("already exists"), std::string::npos) << "the second is told the name exists (KeyExists): " << b;
+  EXPECT_EQ(b.substr(b.size() - 2), "1\n") << b;
+  const auto keys = client().list_keys();
+  EXPECT_EQ(std::count_if(keys.begin(), keys.end(), [](const firma::Json& k) { return k["alias"] == "doble"; }), 1)
+      << "keys lists the name once";
+  for (const auto& k : keys)
+    if (k["alias"] == "doble") {
+      EXPECT_EQ(k["certificate"]["subject"].get<std::string>().find("OTRO"), std::string::npos) << "the first import's credential";
+    }
+  const auto state = firma::Json::parse(read_file(rig.dir() / "state" / "state.json"));
+  EXPECT_TRUE(state["keys"].contains("doble")) << state.dump();
+  EXPECT_EQ(objects_on_token(), before + 3) << "the second import wrote nothing (3 objects per credential)";
+  // After a restart, the same: what state.json recorded is what is served.
   start();
-  for (int round = 0; round < 3; ++round) {
-    int listed = 0;
-    for (const auto& k : client().list_keys()) listed += k["alias"] == "doble" + std::to_string(round);
-    EXPECT_EQ(listed, 1);
-  }
+  const auto again = client().list_keys();
+  EXPECT_EQ(std::count_if(again.begin(), again.end(), [](const firma::Json& k) { return k["alias"] == "doble"; }), 1);
 }
 
 TEST_F(Credentials, StatusShowsHolderRfcCurpAndSerialForms) {

@@ -159,6 +159,7 @@ TEST_F(RemoteToken, ServerKilledWhileFourClientsSignFailsThemNamedAndServesWhenB
   for (const auto& [name, n] : errors)
     EXPECT_TRUE(name == "io.firmad.Signer.TokenAbsent" || name == "io.firmad.Signer.TokenError") << name << " x" << n;
   EXPECT_GE(errors["io.firmad.Signer.TokenAbsent"], 30) << "once the token is known gone, signatures are refused TokenAbsent";
+  EXPECT_LT(slowest_failure_ms, 2000) << "every failure is answered at once, none waits for the token";
   start_server();
   ASSERT_TRUE(eventually([&] { return token_status()["loggedIn"].get<bool>(); }, std::chrono::seconds(20))) << d->log();
   signs_and_verifies("after the crash");

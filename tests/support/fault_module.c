@@ -61,6 +61,8 @@
  *                                C_Login without a PIN logs in as if the holder
  *                                typed PIN on the reader; each counted in
  *                                "<control>.pinpad_logins"
+ *   slow_create_ms=N             C_CreateObject takes N milliseconds longer, each
+ *                                counted in "<control>.in_create" as it starts
  *   stderr_flood                 every C_GetTokenInfo writes 100 diagnostic lines to
  *                                stderr, as tpm2-pkcs11 does while its TPM is gone
  * A C_CloseSession on a handle the module closed underneath (session_invalid,
@@ -440,6 +442,12 @@ static CK_RV fault_GetAttributeValue(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE
 
 static CK_RV fault_CreateObject(CK_SESSION_HANDLE session, CK_ATTRIBUTE_PTR tmpl, CK_ULONG n, CK_OBJECT_HANDLE_PTR object) {
   if (control_has("piv")) return CKR_USER_TYPE_INVALID;
+  const long slow = control_number("slow_create_ms");
+  if (slow > 0) {
+    count("in_create");  /* a write is inside the token now */
+    struct timespec ts = {slow / 1000, (slow % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+  }
   return real_fns.C_CreateObject(session, tmpl, n, object);
 }
 
