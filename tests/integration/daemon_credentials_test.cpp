@@ -181,6 +181,7 @@ TEST_F(Credentials, ConcurrentImportsOfOneNameLeaveExactlyOne) {
   ASSERT_EQ(r.exit_code, 0) << r.out;
   const fs::path control = rig.dir() / "fault";
   write_file(control, "slow_create_ms=1500");
+  ASSERT_EQ(::chown(control.c_str(), kDaemonUid, kDaemonUid), 0) << "firmad, as its own uid, reads the fault module's control file";
   ::setenv("FIRMAD_FAULT_CONTROL", control.c_str(), 1);
   daemon.reset();
   Daemon::Options options;
