@@ -87,9 +87,10 @@ static CK_FUNCTION_LIST real_fns;
 static CK_FUNCTION_LIST fault_fns;
 static int loaded;
 
-// Looks for `word` ("word" or "word=N") among the control file's words;
-// returns whether it is there and, for "word=N", stores N in *number.
-static int control_lookup(const char *word, long *number) {
+// Looks for `word` among the control file's words, bare ("word") or with a
+// value ("word=VALUE"): returns 1 for the bare word, 2 for a value (copied
+// into `value` when given), 0 when it is not there. The last one counts.
+static int control_find(const char *word, char *value, size_t size) {
   const char *path = getenv("FIRMAD_FAULT_CONTROL");
   if (!path) return 0;
   FILE *f = fopen(path, "r");
@@ -99,40 +100,27 @@ static int control_lookup(const char *word, long *number) {
   const size_t len = strlen(word);
   while (fscanf(f, "%255s", buf) == 1) {
     if (strncmp(buf, word, len) != 0) continue;
-    if (buf[len] == '\0') found = 1;
-    else if (buf[len] == '=' && number) found = 1, *number = strtol(buf + len + 1, NULL, 10);
-  }
-  fclose(f);
-  return found;
-}
-
-static int control_has(const char *word) { return control_lookup(word, NULL); }
-
-// The text after "word=" in the control file into out; returns whether found.
-static int control_text(const char *word, char *out, size_t size) {
-  const char *path = getenv("FIRMAD_FAULT_CONTROL");
-  if (!path) return 0;
-  FILE *f = fopen(path, "r");
-  if (!f) return 0;
-  char buf[256];
-  int found = 0;
-  const size_t len = strlen(word);
-  while (fscanf(f, "%255s", buf) == 1) {
-    if (strncmp(buf, word, len) == 0 && buf[len] == '=') {
-      snprintf(out, size, "%s", buf + len + 1);
+    if (buf[len] == '\0') {
       found = 1;
+    } else if (buf[len] == '=') {
+      found = 2;
+      if (value) snprintf(value, size, "%s", buf + len + 1);
     }
   }
   fclose(f);
   return found;
 }
 
+static int control_has(const char *word) { return control_find(word, NULL, 0) == 1; }
+
 // The number after "word=" in the control file, or 0.
 static long control_number(const char *word) {
-  long n = 0;
-  control_lookup(word, &n);
-  return n;
+  char value[64];
+  return control_find(word, value, sizeof value) == 2 ? strtol(value, NULL, 10) : 0;
 }
+
+// The text after "word=" in the control file into out; returns whether found.
+static int control_text(const char *word, char *out, size_t size) { return control_find(word, out, size) == 2; }
 
 // "$FIRMAD_FAULT_CONTROL.<suffix>" into `out`; returns 0 without a control file.
 static int side_file(const char *suffix, char *out, size_t size) {

@@ -37,13 +37,8 @@ umask 077
 printf '%s\n' "$pin" > "$dir/pin"
 
 # The test CA.
-openssl req -x509 -newkey rsa:2048 -nodes -keyout "$dir/ca/ca.key" -out "$dir/ca/ca.pem" -days 3650 \
-  -subj "/C=MX/O=firmad test CA/CN=firmad Test CA" \
-  -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
-cat > "$dir/work/ext.cnf" <<EXT
-basicConstraints=CA:FALSE
-keyUsage=critical,digitalSignature,nonRepudiation
-EXT
+. "$(dirname "${BASH_SOURCE[0]}")/token-common.sh"
+make_test_ca "$dir"
 
 # put ALIAS ID OPENSSL-GENPKEY-ARGS...: key made in software, certified, moved
 # onto the token with its certificate under one CKA_ID and label.
@@ -71,16 +66,11 @@ pkcs11-tool --module "$module" --token-label "$label" --login --pin "$pin" \
 rm -rf "$dir/work"
 
 me=$(id -u)
-cat > "$dir/firmad.toml" <<TOML
-# firmad configuration for the token made by tests/support/make-token.sh.
-[daemon]
-socket = "$dir/run/firmad.sock"
-state_directory = "$dir/state"
-audit_file = "$dir/audit.log"
-log_level = "${FIRMAD_LOG_LEVEL:-info}"
-
-[access]
-admin_users = [$me]
+{
+  echo "# firmad configuration for the token made by tests/support/make-token.sh."
+  firmad_toml_head "$dir"
+} > "$dir/firmad.toml"
+cat >> "$dir/firmad.toml" <<TOML
 
 [tokens.demo]
 module = "$module"

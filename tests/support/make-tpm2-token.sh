@@ -83,13 +83,8 @@ umask 077
 printf '%s\n' "$pin" > "$dir/pin"
 
 # The test CA.
-openssl req -x509 -newkey rsa:2048 -nodes -keyout "$dir/ca/ca.key" -out "$dir/ca/ca.pem" -days 3650 \
-  -subj "/C=MX/O=firmad test CA/CN=firmad Test CA" \
-  -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
-cat > "$dir/work/ext.cnf" <<EXT
-basicConstraints=CA:FALSE
-keyUsage=critical,digitalSignature,nonRepudiation
-EXT
+. "$(dirname "${BASH_SOURCE[0]}")/token-common.sh"
+make_test_ca "$dir"
 
 # key ALIAS ID ALGORITHM: a key pair generated in the TPM, its public key
 # read back through the module, and a certificate for that public key (the
@@ -126,16 +121,11 @@ key firma-ec 02 ecc256
 rm -rf "$dir/work"
 
 me=$(id -u)
-cat > "$dir/firmad.toml" <<TOML
-# firmad configuration for the tpm2-pkcs11 token made by tests/support/make-tpm2-token.sh.
-[daemon]
-socket = "$dir/run/firmad.sock"
-state_directory = "$dir/state"
-audit_file = "$dir/audit.log"
-log_level = "${FIRMAD_LOG_LEVEL:-info}"
-
-[access]
-admin_users = [$me]
+{
+  echo "# firmad configuration for the tpm2-pkcs11 token made by tests/support/make-tpm2-token.sh."
+  firmad_toml_head "$dir"
+} > "$dir/firmad.toml"
+cat >> "$dir/firmad.toml" <<TOML
 
 [tokens.tpm]
 module = "$module"
