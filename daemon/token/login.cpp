@@ -101,8 +101,19 @@ LoginState TokenWorker::login(std::optional<protocol::Secret> pin, bool force, b
         throw fail(LoginState::PinIncorrect, "the token refused the PIN (" + e.code_name() + "); not retried", perr::kPinIncorrect,
                    {{"token", name}});
       }
-      if (e.fault() == pkcs11::Fault::PinLocked)
-        throw fail(LoginState::PinLocked, "the token's user PIN is locked", perr::kPinLocked, {{"token", name}});
+      if (e.fault() == pkcs11::Fault::PinLocked) {
+        // Locked without saying so in its flags: the token refuses every
+        // login for a while, whatever the PIN (a TPM in dictionary-attack
+        // lockout answers so even to the right PIN, and clears by itself).
+        if (!after.pin.locked)
+          throw fail(LoginState::PinLocked,
+                     "the token refuses every login for now (" + e.code_name() +
+                         ", its PIN not marked locked): a TPM's dictionary-attack lockout clears by itself after its recovery "
+                         "time; then run 'firmactl login " + name + "'",
+                     perr::kPinLocked, {{"token", name}});
+        throw fail(LoginState::PinLocked, "the token's user PIN is locked; the security officer must unlock it", perr::kPinLocked,
+                   {{"token", name}});
+      }
       throw fail(LoginState::Error, e.what(), perr::kTokenError, {{"token", name}, {"call", e.call()}, {"code", e.code_name()}});
     }
     keep_signature_pin(std::move(secret));

@@ -560,6 +560,26 @@ TEST_F(PinFlags, ModuleStderrFloodIsLoggedThrottled) {
   EXPECT_FALSE(client().sign_digest("firma-ec", digest()).empty()) << "firmad goes on";
 }
 
+// A TPM in dictionary-attack lockout refuses every login, the right PIN too,
+// with CKR_PIN_LOCKED and no locked flag: status says it clears by itself,
+// not that a security officer must unlock it; once it cleared, an
+// administrator's login (the file's PIN again) works.
+TEST_F(PinFlags, LoginRefusedForAWhileSaysItClearsByItself) {
+  write_file(control, "lockout");
+  auto d = start_faulty();
+  ASSERT_TRUE(d->wait_for_log("event=token-login-refused")) << d->log();
+  auto t = token_status();
+  EXPECT_EQ(t["loginState"], "pin-locked");
+  EXPECT_FALSE(t["pinFlags"]["locked"].get<bool>());
+  EXPECT_NE(t.value("reason", "").find("clears by itself"), std::string::npos) << t;
+  EXPECT_EQ(t.value("reason", "").find("security officer"), std::string::npos) << t;
+  write_file(control, "");
+  auto r = ctl("login demo --from-source");
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_TRUE(token_status()["loggedIn"].get<bool>());
+  EXPECT_EQ(logins(), 2);
+}
+
 TEST_F(PinFlags, LockedPinIsReportedAndNotTried) {
   write_file(control, "locked");
   auto d = start_faulty();

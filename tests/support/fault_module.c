@@ -61,6 +61,9 @@
  *                                C_Login without a PIN logs in as if the holder
  *                                typed PIN on the reader; each counted in
  *                                "<control>.pinpad_logins"
+ *   lockout                      C_Login fails CKR_PIN_LOCKED whatever the PIN while the
+ *                                token info shows no locked PIN (a TPM in
+ *                                dictionary-attack lockout)
  *   slow_create_ms=N             C_CreateObject takes N milliseconds longer, each
  *                                counted in "<control>.in_create" as it starts
  *   stderr_flood                 every C_GetTokenInfo writes 100 diagnostic lines to
@@ -503,7 +506,7 @@ static CK_RV fault_Login(CK_SESSION_HANDLE session, CK_USER_TYPE user, CK_UTF8CH
   if (backend_down()) return CKR_DEVICE_ERROR;
   if (user == CKU_CONTEXT_SPECIFIC && control_has("piv")) return context_login(session, pin, len);
   count_login();
-  if (control_has("locked")) return CKR_PIN_LOCKED;
+  if (control_has("locked") || control_has("lockout")) return CKR_PIN_LOCKED;
   if (control_has("piv") && counter("wrong_pins") >= 3) return CKR_PIN_LOCKED;
   char pad[64];
   if (!pin && control_text("pinpad", pad, sizeof pad)) {
