@@ -45,8 +45,12 @@ std::string default_socket() {
 }
 
 Bytes digest(const std::string& hash, std::span<const std::uint8_t> data) {
-  const EVP_MD* md = hash == "sha256" ? EVP_sha256() : hash == "sha384" ? EVP_sha384() : hash == "sha512" ? EVP_sha512() : nullptr;
-  if (!md) throw std::invalid_argument("unknown hash '" + hash + "' (accepted: sha256, sha384, sha512)");
+  const EVP_MD* md = hash == "sha256"   ? EVP_sha256()
+                      : hash == "sha384" ? EVP_sha384()
+                      : hash == "sha512" ? EVP_sha512()
+                      : hash == "sha1"   ? EVP_sha1()
+                                         : nullptr;
+  if (!md) throw std::invalid_argument("unknown hash '" + hash + "' (accepted: sha256, sha384, sha512, sha1)");
   Bytes out(EVP_MAX_MD_SIZE);
   unsigned int len = 0;
   if (!EVP_Digest(data.data(), data.size(), out.data(), &len, md, nullptr)) throw std::runtime_error("digest failed");

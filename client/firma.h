@@ -22,7 +22,8 @@ int firma_connect(const char *socket_path, firma_client **out);
 void firma_close(firma_client *client);
 const char *firma_last_error(const firma_client *client);
 
-/* Hashes data locally with hash ("sha256", "sha384", "sha512"; NULL means
+/* Hashes data locally with hash ("sha256", "sha384", "sha512", or "sha1" for
+ * keys that allow it; NULL means
  * "sha256") and has the key sign the digest. *sig is malloc'd: firma_free(). */
 int firma_sign_data(firma_client *client, const char *key, const char *hash, const uint8_t *data, size_t len,
                     uint8_t **sig, size_t *sig_len);

@@ -301,6 +301,8 @@ std::string explain(const firma::Error& e) {
            "' for this request (see the command's --help; for sign, the key's schemes in 'firmactl keys'; an import "
            "under a cancelled key's name keeps that key's allow lists, NPIE, registro patronal and role)";
   if (n == "CertificateExpired") return "the certificate of key " + s("key") + " expired on " + s("notAfter") + "; firmad does not sign with it (renew it)";
+  if (n == "HashNotAllowed")
+    return "key " + s("key") + " may not sign " + s("hash") + " digests (firmad.toml: allow_sha1 = true in [keys." + s("key") + "])";
   if (n == "KeyNeedsPinPerSignature") return "key " + s("key") + " needs the PIN for every signature: " + s("reason");
   if (n == "KeyCancelled") return "key " + s("key") + " was cancelled on " + s("at") + " and signs no more";
   if (n == "KeyExists") return "a key named " + s("key") + " already exists; choose another name";
@@ -453,7 +455,7 @@ int main(int argc, char** argv) {
   sign->add_option("key", key, "Key alias")->required();
   sign->add_option("file", input, "File to sign ('-' for stdin)")->capture_default_str();
   sign->add_option("-o,--output", output, "Where to write the signature (default stdout)");
-  sign->add_option("--hash", hash, "sha256, sha384 or sha512")->check(CLI::IsMember({"sha256", "sha384", "sha512"}))->capture_default_str();
+  sign->add_option("--hash", hash, "sha256, sha384, sha512, or sha1 (only for keys that allow it)")->check(CLI::IsMember({"sha256", "sha384", "sha512", "sha1"}))->capture_default_str();
   sign->add_flag("--cms", cms, "Make a CMS SignedData with the certificate embedded");
   sign->add_flag("--detached", detached, "CMS without the content (any size)");
   sign->add_flag("--pss", pss, "RSA keys: RSA-PSS instead of PKCS#1 v1.5");

@@ -284,7 +284,7 @@ TokenConfig read_token(const Reader& r, std::string name, const toml::table& t) 
 KeyConfig read_key(const Reader& r, std::string alias, const toml::table& t) {
   const std::string w = "keys." + alias;
   r.only(t, w, {"token", "uri", "allow_users", "allow_groups", "npie", "registro_patronal", "role", "renewal",
-                  "pin_per_signature"});
+                  "pin_per_signature", "allow_sha1"});
   KeyConfig k;
   k.alias = std::move(alias);
   k.token = r.required_string(t, w, "token");
@@ -296,6 +296,7 @@ KeyConfig read_key(const Reader& r, std::string alias, const toml::table& t) {
   k.registro_patronal = r.string(t, w, "registro_patronal").value_or("");
   k.role = r.string(t, w, "role").value_or("principal");
   k.pin_per_signature = r.boolean(t, w, "pin_per_signature").value_or(false);
+  k.allow_sha1 = r.boolean(t, w, "allow_sha1").value_or(false);
   if (k.role != "principal" && k.role != "additional") r.fail(w + ".role", "accepted: \"principal\", \"additional\"");
   for (const auto* field : {&k.npie, &k.registro_patronal}) {
     if (field->size() > 64 || field->find_first_of("\n\r\t") != std::string::npos)

@@ -102,6 +102,10 @@ struct KeyConfig {
   // slot 9c, qualified-signature cards) and the administrator lets firmad
   // keep the PIN, in locked memory, to give it to the token each time.
   bool pin_per_signature = false;
+  // The key may sign SHA-1 digests (default false): for services that still
+  // ask for rsa-sha1 (SAT's download web service's XMLDSig, old PKCS#11
+  // programs). Refused with HashNotAllowed otherwise.
+  bool allow_sha1 = false;
   std::optional<RenewalConfig> renewal;  // [keys.<alias>.renewal]; nullopt: not renewed by firmad
 };
 

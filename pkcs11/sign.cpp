@@ -15,6 +15,8 @@ constexpr std::array<std::uint8_t, 19> kSha256Info = {0x30, 0x31, 0x30, 0x0d, 0x
                                                       0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20};
 constexpr std::array<std::uint8_t, 19> kSha384Info = {0x30, 0x41, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01,
                                                       0x65, 0x03, 0x04, 0x02, 0x02, 0x05, 0x00, 0x04, 0x30};
+constexpr std::array<std::uint8_t, 15> kSha1Info = {0x30, 0x21, 0x30, 0x09, 0x06, 0x05, 0x2b, 0x0e,
+                                                    0x03, 0x02, 0x1a, 0x05, 0x00, 0x04, 0x14};
 constexpr std::array<std::uint8_t, 19> kSha512Info = {0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01,
                                                       0x65, 0x03, 0x04, 0x02, 0x03, 0x05, 0x00, 0x04, 0x40};
 
@@ -23,6 +25,7 @@ CK_MECHANISM_TYPE hash_mechanism(Hash h) {
     case Hash::Sha256: return CKM_SHA256;
     case Hash::Sha384: return CKM_SHA384;
     case Hash::Sha512: return CKM_SHA512;
+    case Hash::Sha1: return CKM_SHA_1;
   }
   return CKM_SHA256;
 }
@@ -32,6 +35,7 @@ CK_RSA_PKCS_MGF_TYPE mgf_of(Hash h) {
     case Hash::Sha256: return CKG_MGF1_SHA256;
     case Hash::Sha384: return CKG_MGF1_SHA384;
     case Hash::Sha512: return CKG_MGF1_SHA512;
+    case Hash::Sha1: return CKG_MGF1_SHA1;
   }
   return CKG_MGF1_SHA256;
 }
@@ -105,6 +109,7 @@ std::span<const std::uint8_t> digest_info_prefix(Hash hash) {
     case Hash::Sha256: return kSha256Info;
     case Hash::Sha384: return kSha384Info;
     case Hash::Sha512: return kSha512Info;
+    case Hash::Sha1: return kSha1Info;
   }
   return kSha256Info;
 }
@@ -199,6 +204,7 @@ const char* to_string(Hash h) {
     case Hash::Sha256: return "sha256";
     case Hash::Sha384: return "sha384";
     case Hash::Sha512: return "sha512";
+    case Hash::Sha1: return "sha1";
   }
   return "?";
 }
@@ -208,6 +214,7 @@ std::size_t digest_size(Hash h) {
     case Hash::Sha256: return 32;
     case Hash::Sha384: return 48;
     case Hash::Sha512: return 64;
+    case Hash::Sha1: return 20;
   }
   return 0;
 }

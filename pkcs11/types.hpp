@@ -13,7 +13,8 @@ using ObjectHandle = unsigned long;
 
 enum class KeyType { Rsa, Ec, Ed25519 };
 enum class Scheme { RsaPkcs1, RsaPss, Ecdsa, EdDsa };
-enum class Hash { Sha256, Sha384, Sha512 };
+// SHA-1 only for keys whose configuration allows it (allow_sha1).
+enum class Hash { Sha256, Sha384, Sha512, Sha1 };
 
 // A bare private key operation on the token, for callers (OpenSSL) that do
 // the hashing and padding themselves.

@@ -32,6 +32,7 @@ inline constexpr const char* kContentTooLarge = "io.firmad.Signer.ContentTooLarg
 inline constexpr const char* kCertificateExpired = "io.firmad.Signer.CertificateExpired";
 inline constexpr const char* kKeyCancelled = "io.firmad.Signer.KeyCancelled";
 inline constexpr const char* kKeyExists = "io.firmad.Signer.KeyExists";
+inline constexpr const char* kHashNotAllowed = "io.firmad.Signer.HashNotAllowed";
 inline constexpr const char* kKeyNeedsPinPerSignature = "io.firmad.Signer.KeyNeedsPinPerSignature";
 inline constexpr const char* kImportInProgress = "io.firmad.Signer.ImportInProgress";
 inline constexpr const char* kImportFailed = "io.firmad.Signer.ImportFailed";

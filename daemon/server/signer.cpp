@@ -22,7 +22,14 @@ pkcs11::Hash parse_hash(const std::optional<std::string>& name) {
   if (!name || *name == "sha256") return pkcs11::Hash::Sha256;
   if (*name == "sha384") return pkcs11::Hash::Sha384;
   if (*name == "sha512") return pkcs11::Hash::Sha512;
+  if (*name == "sha1") return pkcs11::Hash::Sha1;
   throw protocol::invalid_parameter("hash");
+}
+
+// SHA-1 only for a key whose configuration allows it.
+void check_hash_allowed(const KeyConfig& key, pkcs11::Hash hash) {
+  if (hash == pkcs11::Hash::Sha1 && !key.allow_sha1)
+    throw VarlinkError(perr::kHashNotAllowed, {{"key", key.alias}, {"hash", "sha1"}});
 }
 
 void check_digest(const pkcs11::Bytes& digest, pkcs11::Hash hash) {
@@ -67,6 +74,7 @@ boost::asio::awaitable<Json> sign(TokenWorker& token, const KeyConfig& key, cons
   const KeyState& k = usable_key(*snap, token, key, peer, "Sign");
   pkcs11::SignRequest req;
   req.hash = parse_hash(hash_name);
+  check_hash_allowed(key, req.hash);
   switch (k.info->type) {
     case pkcs11::KeyType::Rsa:
       if (!padding || *padding == "pkcs1") req.scheme = pkcs11::Scheme::RsaPkcs1;
@@ -106,7 +114,10 @@ boost::asio::awaitable<Json> sign(TokenWorker& token, const KeyConfig& key, cons
   const std::string alias = key.alias;
   const char* scheme = pkcs11::to_string(req.scheme);
   record.add("scheme", scheme);
-  if (req.scheme != pkcs11::Scheme::EdDsa) record.add("digest", protocol::hex_encode(req.input));
+  if (req.scheme != pkcs11::Scheme::EdDsa) {
+    record.add("hash", pkcs11::to_string(req.hash));
+    record.add("digest", protocol::hex_encode(req.input));
+  }
   auto job = [&token, alias, req = std::move(req)](WorkContext& ctx) { return sign_on_signing_thread(ctx, token, alias, req); };
   const pkcs11::Bytes signature = co_await run_on<pkcs11::Bytes>(token, Lane::Signing, std::move(job));
   co_return Json{{"signature", protocol::base64_encode(signature)}, {"scheme", scheme}};
@@ -130,6 +141,7 @@ boost::asio::awaitable<Json> sign_cms(TokenWorker& token, const KeyConfig& key, 
 
   const auto snap = token.snapshot();
   const KeyState& k = usable_key(*snap, token, key, peer, "SignCms");
+  check_hash_allowed(key, in.hash);
   if (k.info->certificate.empty()) throw VarlinkError(perr::kCertificateMissing, {{"key", key.alias}});
   pkcs11::SignRequest req;
   req.hash = in.hash;
@@ -139,6 +151,7 @@ boost::asio::awaitable<Json> sign_cms(TokenWorker& token, const KeyConfig& key, 
   require_scheme(k, req.scheme);
   in.certificate = k.info->certificate;
   record.add("scheme", pkcs11::to_string(req.scheme));
+  record.add("hash", pkcs11::to_string(req.hash));
   if (digest) record.add("digest", protocol::hex_encode(*digest));
   in.digest = std::move(digest);
 

@@ -17,6 +17,7 @@ const EVP_MD* md_of(pkcs11::Hash h) {
     case pkcs11::Hash::Sha256: return EVP_sha256();
     case pkcs11::Hash::Sha384: return EVP_sha384();
     case pkcs11::Hash::Sha512: return EVP_sha512();
+    case pkcs11::Hash::Sha1: return EVP_sha1();
   }
   return EVP_sha256();
 }

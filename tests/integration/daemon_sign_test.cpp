@@ -535,3 +535,67 @@ TEST_F(SignThroughDaemon, OnewayCallsGetNoReply) {
 
 }  // namespace
 }  // namespace firmad::test
+
+namespace firmad::test {
+namespace {
+
+// SHA-1 is signed only for keys whose configuration allows it (allow_sha1):
+// here empresa (RSA) does, firma-ec does not (issue 14, item 5).
+class Sha1OptIn : public DaemonSuite {
+ protected:
+  static void SetUpTestSuite() {
+    start({{"uri = \"pkcs11:object=empresa;id=%01\"", "uri = \"pkcs11:object=empresa;id=%01\"\nallow_sha1 = true"}});
+  }
+};
+
+TEST_F(Sha1OptIn, OnlyKeysThatAllowItSignSha1) {
+  write_file(file("sat.xml"), "<SignedInfo>descarga masiva</SignedInfo>");
+  auto r = ctl("sign empresa " + quote(file("sat.xml").string()) + " --hash sha1 -o " + quote(file("sat.sig").string()));
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  r = run("openssl dgst -sha1 -verify " + quote(rig_->public_key_pem("01").string()) + " -signature " + quote(file("sat.sig").string()) +
+          " " + quote(file("sat.xml").string()));
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  // RSA-PSS over SHA-1 (MGF1-SHA1) as well.
+  firma::SignOptions pss;
+  pss.hash = "sha1", pss.pss = true;
+  const std::string text = "pss sha1";
+  write_file(file("p.txt"), text);
+  write_file(file("p.sig"), bytes(client().sign_data("empresa", firma::Bytes(text.begin(), text.end()), pss)));
+  r = run("openssl dgst -sha1 -sigopt rsa_padding_mode:pss -sigopt rsa_pss_saltlen:20 -verify " +
+          quote(rig_->public_key_pem("01").string()) + " -signature " + quote(file("p.sig").string()) + " " + quote(file("p.txt").string()));
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+
+  // A key without the opt-in: a named refusal, through libfirma and firmactl.
+  try {
+    firma::SignOptions sha1;
+    sha1.hash = "sha1";
+    client().sign_data("firma-ec", firma::Bytes{1, 2, 3}, sha1);
+    ADD_FAILURE() << "firma-ec signed SHA-1";
+  } catch (const firma::Error& e) {
+    EXPECT_EQ(e.name(), "io.firmad.Signer.HashNotAllowed");
+    EXPECT_EQ(e.parameters()["key"], "firma-ec");
+    EXPECT_EQ(e.parameters()["hash"], "sha1");
+  }
+  r = ctl("sign firma-ec " + quote(file("sat.xml").string()) + " --hash sha1 -o " + quote(file("ec.sig").string()));
+  EXPECT_EQ(r.exit_code, 1) << r.out;
+  EXPECT_NE(r.out.find("allow_sha1 = true"), std::string::npos) << r.out;
+  // SignCms too.
+  try {
+    client().sign_cms("firma-ec", firma::Bytes{1}, "sha1");
+    ADD_FAILURE() << "firma-ec made a SHA-1 CMS";
+  } catch (const firma::Error& e) {
+    EXPECT_EQ(e.name(), "io.firmad.Signer.HashNotAllowed");
+  }
+  const auto cms = client().sign_cms("empresa", firma::Bytes(text.begin(), text.end()), "sha1");
+  write_file(file("c.der"), bytes(cms));
+  r = run("openssl cms -verify -inform DER -in " + quote(file("c.der").string()) + " -CAfile " + quote(rig_->ca().string()) +
+          " -purpose any -cmsout -print | grep -c 'algorithm: sha1'");
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  // The audit trail names the hash of each signature.
+  const std::string audit = read_file(rig_->audit_log());
+  EXPECT_NE(audit.find("key=empresa scheme=rsa-pkcs1 hash=sha1 digest="), std::string::npos) << audit;
+  EXPECT_NE(audit.find("method=SignCms key=empresa scheme=rsa-pkcs1 hash=sha1"), std::string::npos) << audit;
+}
+
+}  // namespace
+}  // namespace firmad::test

@@ -193,6 +193,19 @@ TEST_F(ConfigTest, AMinimalFileGetsTheDocumentedDefaults) {
   EXPECT_TRUE(c.keys.empty());
 }
 
+TEST_F(ConfigTest, KeyOptInsDefaultOffAndTakeOnlyBooleans) {
+  const std::string key = "[keys.k]\ntoken = \"t\"\nuri = \"pkcs11:object=k\"\n";
+  Config c = load_config(write(std::string(kToken) + key));
+  ASSERT_EQ(c.keys.size(), 1u);
+  EXPECT_FALSE(c.keys[0].allow_sha1);
+  EXPECT_FALSE(c.keys[0].pin_per_signature);
+  c = load_config(write(std::string(kToken) + key + "allow_sha1 = true\npin_per_signature = true\n"));
+  EXPECT_TRUE(c.keys[0].allow_sha1);
+  EXPECT_TRUE(c.keys[0].pin_per_signature);
+  expect_refused(std::string(kToken) + key + "allow_sha1 = \"yes\"\n", {"keys.k.allow_sha1", "true or false"});
+  expect_refused(std::string(kToken) + key + "pin_per_signature = 1\n", {"keys.k.pin_per_signature", "true or false"});
+}
+
 TEST_F(ConfigTest, AcceptsSessionCountsAtTheLimits) {
   for (int n : {1, 64}) {
     const Config c = load_config(write(std::string(kToken) + "sessions = " + std::to_string(n) + "\n"));
