@@ -384,7 +384,9 @@ CK_RV GetTokenInfo(CK_SLOT_ID id, CK_TOKEN_INFO_PTR info) {
   CK_ULONG open = 0;
   for (const auto& [h, session] : s.sessions) open += session.slot == id;
   info->ulSessionCount = open;
-  info->ulRwSessionCount = 0;
+  CK_ULONG rw = 0;
+  for (const auto& [h, session] : s.sessions) rw += session.slot == id && (session.flags & CKF_RW_SESSION);
+  info->ulRwSessionCount = rw;
   info->ulMaxPinLen = 0;
   info->ulMinPinLen = 0;
   info->ulTotalPublicMemory = info->ulFreePublicMemory = info->ulTotalPrivateMemory = info->ulFreePrivateMemory = CK_UNAVAILABLE_INFORMATION;
@@ -459,7 +461,9 @@ CK_RV OpenSession(CK_SLOT_ID id, CK_FLAGS flags, CK_VOID_PTR, CK_NOTIFY, CK_SESS
   if (it == s.slots.end()) return CKR_SLOT_ID_INVALID;
   if (!it->second.present) return CKR_TOKEN_NOT_PRESENT;
   if (!(flags & CKF_SERIAL_SESSION)) return CKR_SESSION_PARALLEL_NOT_SUPPORTED;
-  if (flags & CKF_RW_SESSION) return CKR_TOKEN_WRITE_PROTECTED;
+  // R/W sessions are accepted although the token says write-protected:
+  // OpenSSH opens every session R/W (ssh-pkcs11.c) and would see no key.
+  // Nothing can be written through them: every writing call is not supported.
   const CK_SESSION_HANDLE h = s.next_session++;
   s.sessions[h] = Session{id, flags, std::nullopt, 0, std::nullopt};
   *handle = h;
@@ -499,7 +503,12 @@ CK_RV GetSessionInfo(CK_SESSION_HANDLE h, CK_SESSION_INFO_PTR info) {
   if (session == nullptr) return CKR_SESSION_HANDLE_INVALID;
   if (info == nullptr) return CKR_ARGUMENTS_BAD;
   info->slotID = session->slot;
-  info->state = s.slots[session->slot].logged_in ? CKS_RO_USER_FUNCTIONS : CKS_RO_PUBLIC_SESSION;
+  const bool user = s.slots[session->slot].logged_in;
+  if (session->flags & CKF_RW_SESSION) {
+    info->state = user ? CKS_RW_USER_FUNCTIONS : CKS_RW_PUBLIC_SESSION;
+  } else {
+    info->state = user ? CKS_RO_USER_FUNCTIONS : CKS_RO_PUBLIC_SESSION;
+  }
   info->flags = session->flags;
   info->ulDeviceError = 0;
   return CKR_OK;

@@ -1,0 +1,291 @@
+// libfirma-pkcs11.so driven by real PKCS#11 programs (OpenSC's pkcs11-tool,
+// OpenSSH's ssh-keygen) against a real firmad on SoftHSM; every signature
+// verified by OpenSSL against the key read straight from the token.
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <set>
+#include <string>
+
+#include "client/firma.hpp"
+#include "daemon_fixture.hpp"
+#include "rig.hpp"
+
+namespace firmad::test {
+namespace {
+
+std::string module() { return FIRMA_PKCS11_MODULE; }
+
+// pkcs11-tool on the module, as `who` (a setpriv prefix, or empty for root).
+CommandResult tool(const fs::path& socket, const std::string& args, const std::string& who = "") {
+  return run("FIRMAD_SOCKET=" + quote(socket.string()) + " " + who + " pkcs11-tool --module " + quote(module()) + " " + args);
+}
+
+std::string as_uid(uid_t uid) {
+  return "setpriv --reuid=" + std::to_string(uid) + " --regid=65534 --clear-groups";
+}
+
+std::size_t count(const std::string& text, const std::string& what) {
+  std::size_t n = 0;
+  for (auto at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+  return n;
+}
+
+class Pkcs11Module : public DaemonSuite {
+ protected:
+  static CommandResult p11(const std::string& args) { return tool(rig_->socket(), args); }
+
+  // Signs `data.txt` (or `input`) with pkcs11-tool and returns the signature file.
+  static fs::path sign(const std::string& args, const fs::path& input, const std::string& name) {
+    const fs::path out = file(name);
+    fs::remove(out);
+    const auto r = p11("--sign " + args + " -i " + quote(input.string()) + " -o " + quote(out.string()));
+    EXPECT_EQ(r.exit_code, 0) << args << ": " << r.out;
+    return out;
+  }
+
+  static CommandResult verify(const std::string& md, const std::string& id, const fs::path& sig, const fs::path& data,
+                              const std::string& extra = "") {
+    return run("openssl dgst -" + md + " " + extra + " -verify " + quote(rig_->public_key_pem(id).string()) + " -signature " +
+               quote(sig.string()) + " " + quote(data.string()));
+  }
+
+  static fs::path data_file() {
+    write_file(file("data.txt"), "nómina de diciembre\n");
+    return file("data.txt");
+  }
+
+  static fs::path digest_file(const std::string& hash, const std::string& name, const firma::Bytes& prefix = {}) {
+    const std::string text = read_file(data_file());
+    auto d = firma::digest(hash, firma::Bytes(text.begin(), text.end()));
+    d.insert(d.begin(), prefix.begin(), prefix.end());
+    write_file(file(name), bytes(d));
+    return file(name);
+  }
+};
+
+TEST_F(Pkcs11Module, ExportsOnlyThePkcs11EntryPoints) {
+  const auto r = run("nm -D --defined-only " + quote(module()) + " | awk '{print $3}' | sort");
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_EQ(r.out, "C_GetFunctionList\nC_GetInterface\nC_GetInterfaceList\n");
+}
+
+TEST_F(Pkcs11Module, ListsOneSlotPerTokenWithEdDsaKeysApartAndNoLogin) {
+  const auto r = p11("-L");
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_EQ(count(r.out, "Slot "), 2u) << r.out;
+  EXPECT_NE(r.out.find("firmad token demo"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("firmad token demo (EdDSA keys)"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("token label        : firmad-demo\n"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("token label        : firmad-demo EdDSA"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("login required"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("readonly"), std::string::npos) << r.out;
+}
+
+TEST_F(Pkcs11Module, MechanismsAreThoseOfTheSlotsKeys) {
+  auto r = p11("-M");
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  for (const char* m : {"RSA-PKCS,", "SHA256-RSA-PKCS,", "RSA-PKCS-PSS,", "SHA512-RSA-PKCS-PSS,", "ECDSA,", "ECDSA-SHA384,"})
+    EXPECT_NE(r.out.find(m), std::string::npos) << m << "\n" << r.out;
+  EXPECT_EQ(r.out.find("EDDSA"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("RSA-X-509"), std::string::npos) << r.out;
+  r = p11("--slot-index 1 -M");
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_NE(r.out.find("EDDSA"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("RSA"), std::string::npos) << r.out;
+}
+
+// The private key, public key and certificate of each key, with the token's
+// CKA_ID and CKA_LABEL; what is read through the module is the token's bytes.
+TEST_F(Pkcs11Module, ObjectsMirrorTheTokensKeysAndCertificates) {
+  auto r = p11("-O");
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_EQ(count(r.out, "Private Key Object"), 3u) << r.out;
+  EXPECT_EQ(count(r.out, "Public Key Object"), 3u) << r.out;
+  EXPECT_EQ(count(r.out, "Certificate Object"), 3u) << r.out;
+  for (const char* label : {"label:      empresa", "label:      firma-ec", "label:      firma-p384"})
+    EXPECT_EQ(count(r.out, label), 3u) << label << "\n" << r.out;
+  EXPECT_NE(r.out.find("Access:     sensitive, always sensitive, never extractable"), std::string::npos) << r.out;
+  r = p11("--slot-index 1 -O");
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_EQ(count(r.out, "Private Key Object; EC_EDWARDS"), 1u) << r.out;
+  EXPECT_EQ(count(r.out, "Public Key Object; EC_EDWARDS"), 1u) << r.out;
+  EXPECT_NE(r.out.find("ID:         03"), std::string::npos) << r.out;
+
+  for (const std::string id : {"01", "02"}) {
+    // The certificate's DER, as SoftHSM holds it.
+    const fs::path through = file("through-" + id + ".der"), direct = file("direct-" + id + ".der");
+    r = p11("--read-object --type cert --id " + id + " -o " + quote(through.string()));
+    ASSERT_EQ(r.exit_code, 0) << r.out;
+    r = run("pkcs11-tool --module " + std::string(TokenRig::kModule) + " --read-object --type cert --id " + id + " -o " +
+            quote(direct.string()));
+    ASSERT_EQ(r.exit_code, 0) << r.out;
+    EXPECT_EQ(read_file(through), read_file(direct)) << id;
+    // The public key (pkcs11-tool builds it from CKA_MODULUS/EXPONENT or CKA_EC_PARAMS/POINT).
+    r = p11("--read-object --type pubkey --id " + id + " -o " + quote(file("pub-" + id + ".der").string()));
+    ASSERT_EQ(r.exit_code, 0) << r.out;
+    r = run("openssl pkey -pubin -inform DER -in " + quote(file("pub-" + id + ".der").string()));
+    ASSERT_EQ(r.exit_code, 0) << r.out;
+    EXPECT_EQ(r.out, read_file(rig_->public_key_pem(id))) << id;
+  }
+}
+
+TEST_F(Pkcs11Module, RsaSignaturesOfEachMechanismVerify) {
+  const fs::path data = data_file();
+  auto sig = sign("-m SHA256-RSA-PKCS --id 01", data, "rsa-sha256.sig");
+  auto r = verify("sha256", "01", sig, data);
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  sig = sign("-m SHA512-RSA-PKCS --id 01", data, "rsa-sha512.sig");
+  r = verify("sha512", "01", sig, data);
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+
+  // CKM_RSA_PKCS over a SHA-256 DigestInfo.
+  const firma::Bytes sha256_info{0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01,
+                                 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20};
+  sig = sign("-m RSA-PKCS --id 01", digest_file("sha256", "digest-info.bin", sha256_info), "rsa-pkcs.sig");
+  r = verify("sha256", "01", sig, data);
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+
+  const std::string pss = "-sigopt rsa_padding_mode:pss -sigopt rsa_pss_saltlen:-1";
+  sig = sign("-m RSA-PKCS-PSS --mgf MGF1-SHA256 --hash-algorithm SHA256 --id 01", digest_file("sha256", "d256.bin"), "pss.sig");
+  r = verify("sha256", "01", sig, data, pss);
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  sig = sign("-m SHA384-RSA-PKCS-PSS --mgf MGF1-SHA384 --id 01", data, "pss384.sig");
+  r = verify("sha384", "01", sig, data, pss);
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  // A signature verifies only over its own data.
+  write_file(file("other.txt"), "otra nómina\n");
+  r = verify("sha384", "01", sig, file("other.txt"), pss);
+  EXPECT_NE(r.exit_code, 0) << r.out;
+}
+
+TEST_F(Pkcs11Module, RsaRefusesRawDataAndMismatchedPssParameters) {
+  // Not a DigestInfo (the MD5+SHA-1 of TLS 1.0 is 36 bytes like this): never raw RSA.
+  write_file(file("raw36.bin"), std::string(36, 'x'));
+  auto r = p11("--sign -m RSA-PKCS --id 01 -i " + quote(file("raw36.bin").string()) + " -o " + quote(file("raw.sig").string()));
+  EXPECT_NE(r.exit_code, 0) << r.out;
+  EXPECT_NE(r.out.find("CKR_DATA_INVALID"), std::string::npos) << r.out;
+  // firmad's RSA-PSS uses MGF1 with the signature's hash.
+  r = p11("--sign -m SHA256-RSA-PKCS-PSS --mgf MGF1-SHA512 --id 01 -i " + quote(data_file().string()) +
+          " -o " + quote(file("bad-pss.sig").string()));
+  EXPECT_NE(r.exit_code, 0) << r.out;
+  EXPECT_NE(r.out.find("CKR_MECHANISM_PARAM_INVALID"), std::string::npos) << r.out;
+  r = p11("--sign -m RSA-X-509 --id 01 -i " + quote(file("raw36.bin").string()) + " -o " + quote(file("x509.sig").string()));
+  EXPECT_NE(r.exit_code, 0) << r.out;
+}
+
+TEST_F(Pkcs11Module, EcdsaAndEdDsaSignaturesVerify) {
+  const fs::path data = data_file();
+  // CKM_ECDSA returns r||s; pkcs11-tool turns it into DER for openssl.
+  auto sig = sign("-m ECDSA --id 02 --signature-format openssl", digest_file("sha256", "d256.bin"), "ec.sig");
+  auto r = verify("sha256", "02", sig, data);
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_EQ(fs::file_size(sign("-m ECDSA --id 02", file("d256.bin"), "ec-raw.sig")), 64u);
+  sig = sign("-m ECDSA --id 04 --signature-format openssl", digest_file("sha384", "d384.bin"), "p384.sig");
+  r = verify("sha384", "04", sig, data);
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  sig = sign("-m ECDSA-SHA256 --id 02 --signature-format openssl", data, "ec-sha256.sig");
+  r = verify("sha256", "02", sig, data);
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  sig = sign("-m ECDSA-SHA512 --id 04 --signature-format openssl", data, "p384-sha512.sig");
+  r = verify("sha512", "04", sig, data);
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  r = verify("sha512", "04", sig, file("d384.bin"));
+  EXPECT_NE(r.exit_code, 0) << r.out;
+
+  sig = sign("--slot-index 1 -m EDDSA --id 03", data, "ed.sig");
+  r = run("openssl pkeyutl -verify -pubin -inkey " + quote(rig_->public_key_pem("03").string()) + " -rawin -in " +
+          quote(data.string()) + " -sigfile " + quote(sig.string()));
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_NE(r.out.find("Signature Verified Successfully"), std::string::npos) << r.out;
+}
+
+// The audit trail names the program that signed through the module.
+TEST_F(Pkcs11Module, AuditNamesThePkcs11Program) {
+  sign("-m SHA256-RSA-PKCS --id 01", data_file(), "audited.sig");
+  // exe= when firmad may read the program's /proc/PID/exe, else its comm=.
+  EXPECT_TRUE(eventually([] {
+    const auto audit = read_file(rig_->audit_log());
+    return audit.find("exe=/usr/bin/pkcs11-tool ") != std::string::npos || audit.find("comm=pkcs11-tool ") != std::string::npos;
+  })) << read_file(rig_->audit_log());
+}
+
+TEST_F(Pkcs11Module, SshKeygenListsTheKeys) {
+  const auto r = run("FIRMAD_SOCKET=" + quote(rig_->socket().string()) + " ssh-keygen -D " + quote(module()));
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  for (const std::string id : {"01", "02", "04"}) {
+    auto pub = run("ssh-keygen -i -m PKCS8 -f " + quote(rig_->public_key_pem(id).string()));
+    ASSERT_EQ(pub.exit_code, 0) << pub.out;
+    pub.out.pop_back();  // the newline
+    EXPECT_NE(r.out.find(pub.out), std::string::npos) << id << ": " << pub.out << "\nin\n" << r.out;
+  }
+}
+
+// firmad's allow lists reach the module: a uid sees only the keys it may use
+// and signs with them; a uid allowed nothing sees no slot and cannot sign.
+TEST(Pkcs11ModulePolicy, AUidSeesAndSignsWithOnlyTheKeysItMayUse) {
+  TokenRig rig;
+  rig.hand_to(kDaemonUid);
+  const std::string config = rig.write_config(
+      {{"socket =", "socket = \"" + rig.socket().string() + "\"\nsocket_group = \"nogroup\""}},
+      "\n[keys.compartida]\ntoken = \"demo\"\nuri = \"pkcs11:object=firma-p384;id=%04\"\nallow_users = [0, 65532]\n");
+  Daemon::Options options;
+  options.user = kDaemonUid;
+  options.groups = {65534};
+  Daemon daemon(config, rig.socket(), options);
+  ASSERT_TRUE(daemon.wait_for_log("event=token-login")) << daemon.log();
+
+  auto r = tool(rig.socket(), "-O", as_uid(65532));
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_EQ(count(r.out, "Private Key Object"), 1u) << r.out;
+  EXPECT_EQ(count(r.out, "label:      firma-p384"), 3u) << r.out;
+  EXPECT_EQ(r.out.find("empresa"), std::string::npos) << r.out;
+  r = tool(rig.socket(), "-L", as_uid(65532));
+  EXPECT_EQ(count(r.out, "Slot "), 1u) << r.out;  // no EdDSA key: no EdDSA slot
+
+  write_file(rig.dir() / "data.txt", "compartida\n", 0644);
+  fs::create_directory(rig.dir() / "out");
+  ASSERT_EQ(::chown((rig.dir() / "out").c_str(), 65532, 65534), 0);
+  const fs::path sig = rig.dir() / "out" / "shared.sig";
+  r = tool(rig.socket(), "--sign -m ECDSA-SHA256 --id 04 --signature-format openssl -i " + quote((rig.dir() / "data.txt").string()) +
+                             " -o " + quote(sig.string()), as_uid(65532));
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  r = run("openssl dgst -sha256 -verify " + quote(rig.public_key_pem("04").string()) + " -signature " + quote(sig.string()) +
+          " " + quote((rig.dir() / "data.txt").string()));
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+
+  r = tool(rig.socket(), "-L", as_uid(65533));
+  EXPECT_EQ(r.out.find("Slot "), std::string::npos) << r.out;
+  r = tool(rig.socket(), "--sign -m ECDSA-SHA256 --id 04 -i " + quote((rig.dir() / "data.txt").string()) + " -o /dev/null",
+           as_uid(65533));
+  EXPECT_NE(r.exit_code, 0) << r.out;
+  EXPECT_TRUE(eventually([&] { return read_file(rig.audit_log()).find("uid=65532") != std::string::npos; }))
+      << read_file(rig.audit_log());
+  EXPECT_EQ(read_file(rig.audit_log()).find("uid=65533"), std::string::npos) << read_file(rig.audit_log());
+}
+
+// Without firmad the module still loads and shows no token; a program
+// started once firmad is back sees the slots again.
+TEST(Pkcs11ModuleAvailability, FirmadUnreachableMeansNoTokenNotAFailure) {
+  TokenRig rig;
+  // C_Initialize and C_GetInfo succeed (pkcs11-tool -I then exits 1 for "No slots.").
+  auto r = tool(rig.socket(), "-I");
+  EXPECT_EQ(r.out.find("C_Initialize failed"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("firmad signing daemon"), std::string::npos) << r.out;
+  r = tool(rig.socket(), "-L");
+  EXPECT_NE(r.out.find("No slots."), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("Slot "), std::string::npos) << r.out;
+  r = tool(rig.socket(), "--sign -m ECDSA --id 02 -i /etc/hostname -o /dev/null");
+  EXPECT_NE(r.exit_code, 0) << r.out;
+
+  const std::string config = rig.write_config({{"socket =", "socket = \"" + rig.socket().string() + "\""}});
+  Daemon daemon(config, rig.socket());
+  ASSERT_TRUE(daemon.wait_for_log("event=token-login")) << daemon.log();
+  r = tool(rig.socket(), "-L");
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_EQ(count(r.out, "Slot "), 2u) << r.out;
+}
+
+}  // namespace
+}  // namespace firmad::test
