@@ -5,8 +5,11 @@
 
 #include <unistd.h>
 
+#include <chrono>
 #include <set>
 #include <string>
+#include <thread>
+#include <tuple>
 
 #include "client/firma.hpp"
 #include "daemon_fixture.hpp"
@@ -199,6 +202,62 @@ TEST_F(Pkcs11Module, EcdsaAndEdDsaSignaturesVerify) {
           quote(data.string()) + " -sigfile " + quote(sig.string()));
   EXPECT_EQ(r.exit_code, 0) << r.out;
   EXPECT_NE(r.out.find("Signature Verified Successfully"), std::string::npos) << r.out;
+}
+
+// OpenSC's pkcs11-spy between a program and the module: the calls it made.
+constexpr const char* kSpy = "/usr/lib/x86_64-linux-gnu/pkcs11/pkcs11-spy.so";
+
+// Large input goes through C_SignUpdate/C_SignFinal, hashed in the program:
+// firmad receives (and audits) only the digest.
+TEST_F(Pkcs11Module, MultiPartSigningHashesLocally) {
+  std::string big(200000, '\0');
+  for (std::size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>(i * 7 + i / 251);
+  write_file(file("big.bin"), big);
+  const fs::path spy = file("spy.log"), sig = file("big.sig");
+  for (const auto& [mech, md, id, extra] : {std::tuple<std::string, std::string, std::string, std::string>{
+                                               "ECDSA-SHA384 --signature-format openssl", "sha384", "04", ""},
+                                           {"SHA512-RSA-PKCS-PSS --mgf MGF1-SHA512", "sha512", "01",
+                                            "-sigopt rsa_padding_mode:pss -sigopt rsa_pss_saltlen:-1"}}) {
+    fs::remove(spy);
+    fs::remove(sig);
+    auto r = run("PKCS11SPY=" + quote(module()) + " PKCS11SPY_OUTPUT=" + quote(spy.string()) + " FIRMAD_SOCKET=" +
+                 quote(rig_->socket().string()) + " pkcs11-tool --module " + kSpy + " --sign -m " + mech + " --id " + id +
+                 " -i " + quote(file("big.bin").string()) + " -o " + quote(sig.string()));
+    ASSERT_EQ(r.exit_code, 0) << r.out;
+    const std::string trace = read_file(spy);
+    EXPECT_GT(count(trace, ": C_SignUpdate"), 1u) << mech;
+    EXPECT_EQ(count(trace, ": C_SignFinal"), 1u) << mech;
+    r = verify(md, id, sig, file("big.bin"), extra);
+    EXPECT_EQ(r.exit_code, 0) << mech << ": " << r.out;
+    const auto d = firma::digest(md, firma::Bytes(big.begin(), big.end()));
+    static const char* hex = "0123456789abcdef";
+    std::string digest_hex;
+    for (auto b : d) digest_hex += std::string{hex[b >> 4], hex[b & 15]};
+    EXPECT_TRUE(eventually([&] { return read_file(rig_->audit_log()).find("digest=" + digest_hex) != std::string::npos; }))
+        << mech << ": " << read_file(rig_->audit_log());
+  }
+}
+
+// GnuTLS's p11tool asks C_Sign for the length with a NULL buffer first: that
+// makes no signature, so each test-sign leaves exactly one audit record.
+TEST_F(Pkcs11Module, LengthQueryMakesNoSignature) {
+  const fs::path spy = file("spy-len.log");
+  for (const std::string key : {"empresa", "firma-ec"}) {
+    fs::remove(spy);
+    const auto before = count(read_file(rig_->audit_log()), "event=sign ");
+    auto r = run("PKCS11SPY=" + quote(module()) + " PKCS11SPY_OUTPUT=" + quote(spy.string()) + " FIRMAD_SOCKET=" +
+                 quote(rig_->socket().string()) + " p11tool --provider " + kSpy + " --test-sign 'pkcs11:object=" + key +
+                 ";type=private'");
+    ASSERT_EQ(r.exit_code, 0) << r.out;
+    EXPECT_NE(r.out.find("Verifying against public key in the token... ok"), std::string::npos) << r.out;
+    const std::string trace = read_file(spy);
+    EXPECT_EQ(count(trace, ": C_Sign\n"), 2u) << trace;
+    EXPECT_NE(trace.find("pSignature[*pulSignatureLen] NULL"), std::string::npos) << trace;
+    // The audit writer is asynchronous: wait for the record, then make sure no second one follows.
+    EXPECT_TRUE(eventually([&] { return count(read_file(rig_->audit_log()), "event=sign ") == before + 1; }));
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    EXPECT_EQ(count(read_file(rig_->audit_log()), "event=sign "), before + 1) << key;
+  }
 }
 
 // The audit trail names the program that signed through the module.
