@@ -305,11 +305,11 @@ CK_RV GetFunctionList(CK_FUNCTION_LIST_PTR_PTR list) {
 // ---- slots and tokens ----
 
 CK_RV GetSlotList(CK_BBOOL token_present, CK_SLOT_ID_PTR slots, CK_ULONG_PTR count) {
-  if (count == nullptr) return CKR_ARGUMENTS_BAD;
   {
     std::lock_guard lock(mu);
     if (!ready(state())) return CKR_CRYPTOKI_NOT_INITIALIZED;
   }
+  if (count == nullptr) return CKR_ARGUMENTS_BAD;
   // The count query reads firmad afresh; the call that fills the list that follows answers from it.
   if (slots == nullptr) {
     const auto status = fetch_status();
