@@ -10,6 +10,8 @@
 #include <string>
 #include <thread>
 #include <tuple>
+#include <utility>
+#include <vector>
 
 #include "client/firma.hpp"
 #include "daemon_fixture.hpp"
@@ -279,6 +281,44 @@ TEST_F(Pkcs11Module, SshKeygenListsTheKeys) {
     pub.out.pop_back();  // the newline
     EXPECT_NE(r.out.find(pub.out), std::string::npos) << id << ": " << pub.out << "\nin\n" << r.out;
   }
+}
+
+// Java's SunPKCS11 (keytool, jarsigner) through the module: the keystore
+// lists each key with its certificate, jarsigner signs (Java signs with
+// C_SignInit/C_SignUpdate/C_SignFinal), jarsigner and OpenSSL verify.
+TEST_F(Pkcs11Module, JavaKeytoolListsAndJarsignerSigns) {
+  write_file(file("java.cfg"), "name = firmad\nlibrary = " + module() + "\nslotListIndex = 0\n");
+  const std::string env = "FIRMAD_SOCKET=" + quote(rig_->socket().string()) + " ";
+  const std::string store = " -keystore NONE -storetype PKCS11 -providerClass sun.security.pkcs11.SunPKCS11 -providerArg " +
+                            quote(file("java.cfg").string()) + " -storepass 000000 ";
+  auto r = run(env + "keytool -list" + store, 120);
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_NE(r.out.find("Your keystore contains 3 entries"), std::string::npos) << r.out;
+  for (const char* alias : {"empresa, PrivateKeyEntry", "firma-ec, PrivateKeyEntry", "firma-p384, PrivateKeyEntry"})
+    EXPECT_NE(r.out.find(alias), std::string::npos) << alias << "\n" << r.out;
+
+  write_file(file("hola.txt"), "hola\n");
+  for (const auto& [alias, block] : std::vector<std::pair<std::string, std::string>>{{"empresa", "EMPRESA.RSA"}, {"firma-ec", "FIRMA-EC.EC"}}) {
+    const fs::path jar = file(alias + ".jar"), dir = file(alias + "-unpacked");
+    r = run("cd " + quote(rig_->dir().string()) + " && jar cf " + quote(jar.string()) + " hola.txt");
+    ASSERT_EQ(r.exit_code, 0) << r.out;
+    r = run(env + "jarsigner" + store + quote(jar.string()) + " " + alias, 120);
+    ASSERT_EQ(r.exit_code, 0) << r.out;
+    r = run("jarsigner -verify " + quote(jar.string()), 120);
+    EXPECT_NE(r.out.find("jar verified."), std::string::npos) << alias << ": " << r.out;
+    // The signature block, checked by OpenSSL over the signed .SF file.
+    r = run("mkdir -p " + quote(dir.string()) + " && cd " + quote(dir.string()) + " && unzip -o -q " + quote(jar.string()) +
+            " && openssl cms -verify -inform DER -binary -noverify -in META-INF/" + block + " -content META-INF/" +
+            block.substr(0, block.find('.')) + ".SF -out /dev/null");
+    EXPECT_EQ(r.exit_code, 0) << alias << ": " << r.out;
+    // A changed file no longer verifies.
+    write_file(file("hola.txt"), "adiós\n");
+    r = run("cd " + quote(rig_->dir().string()) + " && zip -q " + quote(jar.string()) + " hola.txt && jarsigner -verify " + quote(jar.string()), 120);
+    EXPECT_EQ(r.out.find("jar verified."), std::string::npos) << alias << ": " << r.out;
+    write_file(file("hola.txt"), "hola\n");
+  }
+  EXPECT_TRUE(eventually([] { return read_file(rig_->audit_log()).find("jarsigner") != std::string::npos; }))
+      << read_file(rig_->audit_log());
 }
 
 // firmad's allow lists reach the module: a uid sees only the keys it may use
