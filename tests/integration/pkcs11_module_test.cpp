@@ -321,6 +321,65 @@ TEST_F(Pkcs11Module, JavaKeytoolListsAndJarsignerSigns) {
       << read_file(rig_->audit_log());
 }
 
+// OpenSSL with libp11's engine (Debian's libengine-pkcs11-openssl) and
+// pkcs11: URIs: pkeyutl, a self-signed certificate, CMS, and TLS client
+// authentication against s_server -Verify, TLS 1.2 and 1.3, RSA (PSS) and ECDSA.
+TEST_F(Pkcs11Module, OpenSslEngineSignsCertificatesCmsAndTlsClientAuth) {
+  const std::string env = "FIRMAD_SOCKET=" + quote(rig_->socket().string()) + " PKCS11_MODULE_PATH=" + quote(module()) + " ";
+  const std::string engine = " -engine pkcs11 -keyform engine ";
+  auto uri = [](const std::string& key) { return quote("pkcs11:object=" + key + ";type=private"); };
+  const fs::path data = data_file();
+  const fs::path digest = digest_file("sha256", "engine.sha256");
+  for (const auto& [key, id] : std::vector<std::pair<std::string, std::string>>{{"empresa", "01"}, {"firma-ec", "02"}}) {
+    const fs::path sig = file("engine-" + key + ".sig");
+    auto r = run(env + "openssl pkeyutl -sign" + engine + "-inkey " + uri(key) + " -in " + quote(digest.string()) + " -out " +
+                 quote(sig.string()) + " -pkeyopt digest:sha256");
+    ASSERT_EQ(r.exit_code, 0) << r.out;
+    r = verify("sha256", id, sig, data);
+    EXPECT_EQ(r.exit_code, 0) << key << ": " << r.out;
+  }
+
+  // A self-signed certificate made with the token key verifies under itself.
+  const fs::path self = file("self.pem");
+  auto r = run(env + "openssl req -new -x509 -days 1 -subj /CN=firmad-p11" + engine + "-key " + uri("empresa") + " -out " +
+               quote(self.string()));
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  r = run("openssl verify -CAfile " + quote(self.string()) + " " + quote(self.string()));
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  r = run("openssl x509 -noout -pubkey -in " + quote(self.string()));
+  EXPECT_EQ(r.out, read_file(rig_->public_key_pem("01")));
+
+  // CMS SignedData with the key's certificate, verified against the test CA.
+  const fs::path cms = file("engine.cms");
+  r = run(env + "openssl cms -sign -binary -nodetach -outform DER" + engine + "-inkey " + uri("empresa") + " -signer " +
+          quote((rig_->dir() / "empresa.crt.pem").string()) + " -in " + quote(data.string()) + " -out " + quote(cms.string()));
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  r = run("openssl cms -verify -inform DER -in " + quote(cms.string()) + " -CAfile " + quote(rig_->ca().string()) + " -out /dev/null");
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+
+  // TLS: a server that demands a client certificate from the test CA.
+  r = run("cd " + quote(rig_->dir().string()) +
+          " && openssl req -x509 -newkey rsa:2048 -nodes -keyout tls-server.key -out tls-server.pem -subj /CN=localhost -days 1");
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  const std::string port = std::to_string(20000 + ::getpid() % 20000);
+  const std::string server = "openssl s_server -accept 127.0.0.1:" + port + " -cert " + quote(file("tls-server.pem").string()) +
+                             " -key " + quote(file("tls-server.key").string()) + " -Verify 1 -verify_return_error -CAfile " +
+                             quote(rig_->ca().string()) + " -www >" + quote(file("s_server.log").string()) + " 2>&1 & s=$!; sleep 1; ";
+  for (const std::string key : {"empresa", "firma-ec"})
+    for (const std::string version : {"tls1_2", "tls1_3"}) {
+      const auto signs = count(read_file(rig_->audit_log()), "key=" + key + " ");
+      r = run(server + "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | " + env + "openssl s_client -connect 127.0.0.1:" + port + " -" +
+              version + engine + "-key " + uri(key) + " -cert " + quote((rig_->dir() / (key + ".crt.pem")).string()) +
+              " -CAfile " + quote(file("tls-server.pem").string()) + " -verify_return_error -quiet; rc=$?; kill $s; exit $rc");
+      EXPECT_EQ(r.exit_code, 0) << key << " " << version << ": " << r.out << read_file(file("s_server.log"));
+      EXPECT_NE(r.out.find("HTTP/1.0 200 ok"), std::string::npos) << key << " " << version << ": " << r.out;
+      EXPECT_TRUE(eventually([&] { return count(read_file(rig_->audit_log()), "key=" + key + " ") == signs + 1; }))
+          << key << " " << version;
+    }
+  // TLS 1.3 signs with RSA-PSS, never PKCS#1 v1.5.
+  EXPECT_NE(read_file(rig_->audit_log()).find("key=empresa scheme=rsa-pss"), std::string::npos);
+}
+
 // firmad's allow lists reach the module: a uid sees only the keys it may use
 // and signs with them; a uid allowed nothing sees no slot and cannot sign.
 TEST(Pkcs11ModulePolicy, AUidSeesAndSignsWithOnlyTheKeysItMayUse) {
