@@ -380,6 +380,39 @@ TEST_F(Pkcs11Module, OpenSslEngineSignsCertificatesCmsAndTlsClientAuth) {
   EXPECT_NE(read_file(rig_->audit_log()).find("key=empresa scheme=rsa-pss"), std::string::npos);
 }
 
+// NSS (libnss3-tools): the module added to a fresh database with modutil;
+// certutil lists the certificates and the keys, and signs certificate
+// requests with the RSA and the EC key (NSS names a key by its CKA_ID),
+// verified by OpenSSL. (cmsutil -S refuses the rig's certificates with
+// SEC_ERROR_INADEQUATE_KEY_USAGE on SoftHSM directly too: not tested here.)
+TEST_F(Pkcs11Module, NssListsCertificatesAndKeysAndSignsRequests) {
+  const fs::path db = file("nssdb");
+  fs::create_directories(db);
+  const std::string env = "FIRMAD_SOCKET=" + quote(rig_->socket().string()) + " ";
+  const std::string d = " -d sql:" + quote(db.string()) + " ";
+  auto r = run("certutil -N --empty-password" + d + "&& modutil -add firmad -force -libfile " + quote(module()) + " -dbdir sql:" +
+               quote(db.string()));
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  r = run(env + "certutil -L -h all" + d);
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  for (const char* nick : {"firmad-demo:empresa ", "firmad-demo:firma-ec ", "firmad-demo:firma-p384 "})
+    EXPECT_NE(r.out.find(nick), std::string::npos) << nick << "\n" << r.out;
+  r = run(env + "certutil -K -h firmad-demo" + d);
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_NE(r.out.find("rsa      01"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("ec       02"), std::string::npos) << r.out;
+  for (const std::string id : {"01", "02"}) {
+    const fs::path req = file("nss-" + id + ".csr");
+    r = run(env + "certutil -R -h firmad-demo -k " + id + " -s CN=nss-through-firmad -Z SHA256 -a -o " + quote(req.string()) + d);
+    ASSERT_EQ(r.exit_code, 0) << r.out;
+    r = run("openssl req -verify -noout -in " + quote(req.string()));
+    EXPECT_EQ(r.exit_code, 0) << id << ": " << r.out;
+    EXPECT_NE(r.out.find("verify OK"), std::string::npos) << r.out;
+    r = run("openssl req -noout -pubkey -in " + quote(req.string()));
+    EXPECT_EQ(r.out, read_file(rig_->public_key_pem(id))) << id;
+  }
+}
+
 // firmad's allow lists reach the module: a uid sees only the keys it may use
 // and signs with them; a uid allowed nothing sees no slot and cannot sign.
 TEST(Pkcs11ModulePolicy, AUidSeesAndSignsWithOnlyTheKeysItMayUse) {
