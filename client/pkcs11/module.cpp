@@ -15,6 +15,8 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
+#include <tuple>
 
 #include "client/firma.hpp"
 #include "client/pkcs11/ck.hpp"
@@ -107,9 +109,14 @@ void apply_status(State& s, const std::optional<Json>& status) {
   if (status->contains("tokens") && (*status)["tokens"].is_array())
     for (const auto& t : (*status)["tokens"])
       if (t.is_object() && t.contains("name") && t["name"].is_string()) tokens[t["name"]] = t;
+  // Two aliases may name one key on the token (each with its own allow
+  // list): the token's objects are shown once, under the first alias.
+  std::set<std::tuple<std::string, std::string, std::string>> shown;  // token, CKA_ID, SPKI
   for (const auto& k : (*status)["keys"]) {
     KeyInfo info;
     if (!key_info(k, info)) continue;
+    const std::string object_id = k.contains("objectId") && k["objectId"].is_string() ? k["objectId"].get<std::string>() : info.alias;
+    if (!shown.emplace(info.token, object_id, std::string(info.spki.begin(), info.spki.end())).second) continue;
     std::vector<Object> objects;
     try {
       objects = objects_of(k, info);

@@ -446,6 +446,12 @@ TEST(Pkcs11ModulePolicy, AUidSeesAndSignsWithOnlyTheKeysItMayUse) {
           " " + quote((rig.dir() / "data.txt").string()));
   EXPECT_EQ(r.exit_code, 0) << r.out;
 
+  // Root may use both aliases of the P-384 key: the token's objects appear once.
+  r = tool(rig.socket(), "-O");
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_EQ(count(r.out, "Private Key Object"), 3u) << r.out;
+  EXPECT_EQ(count(r.out, "label:      firma-p384"), 3u) << r.out;
+
   r = tool(rig.socket(), "-L", as_uid(65533));
   EXPECT_EQ(r.out.find("Slot "), std::string::npos) << r.out;
   r = tool(rig.socket(), "--sign -m ECDSA-SHA256 --id 04 -i " + quote((rig.dir() / "data.txt").string()) + " -o /dev/null",
