@@ -413,6 +413,48 @@ TEST_F(Pkcs11Module, NssListsCertificatesAndKeysAndSignsRequests) {
   }
 }
 
+// OpenSSH: ssh -I logs into a local sshd with the token key (RSA, then
+// ECDSA), signed in ssh-pkcs11-helper through firmad; a key sshd does not
+// know is refused, so the login is the token key's doing.
+TEST_F(Pkcs11Module, SshLogsIntoSshdWithTheTokenKey) {
+  const fs::path dir = file("sshd");
+  fs::create_directories(dir);
+  fs::create_directories("/run/sshd");  // sshd's privilege separation directory
+  auto r = run("ssh-keygen -q -t ed25519 -N '' -f " + quote((dir / "host").string()));
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  const std::string port = std::to_string(40000 + ::getpid() % 20000);
+  write_file(dir / "config", "Port " + port + "\nListenAddress 127.0.0.1\nHostKey " + (dir / "host").string() +
+                                 "\nAuthorizedKeysFile " + (dir / "authorized_keys").string() +
+                                 "\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+                                 "PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\nPidFile " +
+                                 (dir / "pid").string() + "\n");
+  const std::string ssh = "FIRMAD_SOCKET=" + quote(rig_->socket().string()) + " ssh -F /dev/null -I " + quote(module()) +
+                          " -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -p " + port +
+                          " root@127.0.0.1 echo logged-in-through-firmad";
+  auto login_with = [&](const std::string& authorized) {
+    write_file(dir / "authorized_keys", authorized);
+    const auto out = run("/usr/sbin/sshd -f " + quote((dir / "config").string()) + " -E " + quote((dir / "sshd.log").string()) +
+                         " && sleep 0.5 && " + ssh + "; rc=$?; kill $(cat " + quote((dir / "pid").string()) + "); exit $rc");
+    return out;
+  };
+  for (const std::string id : {"01", "02"}) {
+    const std::string alias = id == "01" ? "empresa" : "firma-ec";
+    auto pub = run("ssh-keygen -i -m PKCS8 -f " + quote(rig_->public_key_pem(id).string()));
+    ASSERT_EQ(pub.exit_code, 0) << pub.out;
+    const auto signs = count(read_file(rig_->audit_log()), "key=" + alias + " ");
+    r = login_with(pub.out);
+    EXPECT_EQ(r.exit_code, 0) << alias << ": " << r.out << read_file(dir / "sshd.log");
+    EXPECT_NE(r.out.find("logged-in-through-firmad"), std::string::npos) << alias << ": " << r.out;
+    EXPECT_TRUE(eventually([&] { return count(read_file(rig_->audit_log()), "key=" + alias + " ") > signs; })) << alias;
+  }
+  // A key that is not on the token.
+  r = run("ssh-keygen -q -t ed25519 -N '' -f " + quote((dir / "stranger").string()));
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  r = login_with(read_file(dir / "stranger.pub"));
+  EXPECT_NE(r.exit_code, 0) << r.out;
+  EXPECT_EQ(r.out.find("logged-in-through-firmad"), std::string::npos) << r.out;
+}
+
 // firmad's allow lists reach the module: a uid sees only the keys it may use
 // and signs with them; a uid allowed nothing sees no slot and cannot sign.
 TEST(Pkcs11ModulePolicy, AUidSeesAndSignsWithOnlyTheKeysItMayUse) {
