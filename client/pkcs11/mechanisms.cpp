@@ -84,8 +84,9 @@ CK_RV plan_for(const CK_MECHANISM& mechanism, const KeyInfo& key, MechanismPlan&
   if (named.empty() || (!plan.hash.empty() && named != plan.hash)) return CKR_MECHANISM_PARAM_INVALID;
   // firmad's RSA-PSS uses MGF1 with the signature's hash.
   if (p->mgf != mgf_of_hash(named)) return CKR_MECHANISM_PARAM_INVALID;
-  const CK_ULONG max_salt = static_cast<CK_ULONG>((key.bits + 7) / 8) - digest_length(named) - 2;
-  if (p->sLen > max_salt) return CKR_MECHANISM_PARAM_INVALID;
+  // RFC 8017 §9.1.1: emLen >= hLen + sLen + 2.
+  const long max_salt = static_cast<long>((key.bits + 7) / 8) - static_cast<long>(digest_length(named)) - 2;
+  if (max_salt < 0 || p->sLen > static_cast<CK_ULONG>(max_salt)) return CKR_MECHANISM_PARAM_INVALID;
   plan.pss = true;
   plan.pss_hash = named;
   plan.salt = static_cast<int>(p->sLen);

@@ -112,7 +112,7 @@ void apply_status(State& s, const std::optional<Json>& status) {
   // Two aliases may name one key on the token (each with its own allow
   // list): the token's objects are shown once, under the first alias.
   std::set<std::tuple<std::string, std::string, std::string>> shown;  // token, CKA_ID, SPKI
-  for (const auto& k : (*status)["keys"]) {
+  for (const auto& k : (*status)["keys"]) try {
     KeyInfo info;
     if (!key_info(k, info)) continue;
     const std::string object_id = k.contains("objectId") && k["objectId"].is_string() ? k["objectId"].get<std::string>() : info.alias;
@@ -131,7 +131,8 @@ void apply_status(State& s, const std::optional<Json>& status) {
     slot.eddsa = slot_key.second;
     const auto t = tokens.find(info.token);
     slot.token_info = t == tokens.end() ? Json::object() : t->second;
-    slot.present = slot.token_info.value("present", true);
+    const auto present = slot.token_info.find("present");
+    slot.present = present == slot.token_info.end() || !present->is_boolean() || present->get<bool>();
     for (auto& o : objects) {
       auto [h, fresh] = s.object_ids.try_emplace({o.alias, o.object_class}, s.next_object);
       if (fresh) ++s.next_object;
@@ -139,6 +140,8 @@ void apply_status(State& s, const std::optional<Json>& status) {
       s.objects[h->second] = std::move(o);
     }
     slot.keys.push_back(std::move(info));
+  } catch (const std::exception&) {
+    continue;  // a key entry this module cannot read: no objects, never an exception through the C API
   }
   for (auto& [id, slot] : s.slots)
     if (!slot.present) {

@@ -36,10 +36,21 @@ Bytes ulong_bytes(CK_ULONG v) {
 Bytes bool_bytes(bool v) { return Bytes{static_cast<std::uint8_t>(v ? CK_TRUE : CK_FALSE)}; }
 Bytes text_bytes(const std::string& s) { return Bytes(s.begin(), s.end()); }
 
+int hex_digit(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
 Bytes from_hex(const std::string& hex) {
-  if (hex.size() % 2 != 0) throw std::runtime_error("objectId is not hex: " + hex);
+  if (hex.size() % 2 != 0) throw std::runtime_error("objectId is not hex");
   Bytes out;
-  for (std::size_t i = 0; i < hex.size(); i += 2) out.push_back(static_cast<std::uint8_t>(std::stoul(hex.substr(i, 2), nullptr, 16)));
+  for (std::size_t i = 0; i < hex.size(); i += 2) {
+    const int hi = hex_digit(hex[i]), lo = hex_digit(hex[i + 1]);
+    if (hi < 0 || lo < 0) throw std::runtime_error("objectId is not hex");
+    out.push_back(static_cast<std::uint8_t>(hi * 16 + lo));
+  }
   return out;
 }
 
@@ -144,11 +155,27 @@ bool Object::matches(const CK_ATTRIBUTE* templ, CK_ULONG count) const {
   return true;
 }
 
+namespace {
+// A member of the type asked, or nullptr: firmad's answer is parsed, never trusted.
+const Json* member(const Json& object, const char* name, Json::value_t type) {
+  const auto it = object.find(name);
+  if (it == object.end()) return nullptr;
+  if (type == Json::value_t::number_integer) return it->is_number_integer() ? &*it : nullptr;
+  return it->type() == type ? &*it : nullptr;
+}
+}  // namespace
+
 bool key_info(const Json& key, KeyInfo& out) {
-  if (!key.is_object() || !key.value("found", false) || !key.contains("publicKey") || !key["publicKey"].is_string() ||
-      !key.contains("type") || !key["type"].is_string())
+  using T = Json::value_t;
+  if (!key.is_object()) return false;
+  const Json* found = member(key, "found", T::boolean);
+  const Json* public_key = member(key, "publicKey", T::string);
+  const Json* type_field = member(key, "type", T::string);
+  const Json* alias = member(key, "alias", T::string);
+  const Json* token = member(key, "token", T::string);
+  if (found == nullptr || !found->get<bool>() || public_key == nullptr || type_field == nullptr || alias == nullptr || token == nullptr)
     return false;
-  const std::string type = key["type"];
+  const std::string type = type_field->get<std::string>();
   if (type == "rsa") {
     out.kind = KeyKind::rsa;
   } else if (type == "ec") {
@@ -158,15 +185,17 @@ bool key_info(const Json& key, KeyInfo& out) {
   } else {
     return false;
   }
-  out.alias = key.value("alias", "");
-  out.token = key.value("token", "");
-  out.bits = key.contains("bits") && key["bits"].is_number_integer() ? key["bits"].get<int>() : 0;
+  out.alias = alias->get<std::string>();
+  out.token = token->get<std::string>();
+  const Json* bits = member(key, "bits", T::number_integer);
+  // At most 16384 bits: beyond any key a token holds, and a size the signature length can carry.
+  out.bits = bits != nullptr && bits->get<std::int64_t>() > 0 && bits->get<std::int64_t>() <= 16384 ? bits->get<int>() : 0;
   if (out.kind == KeyKind::ed25519) out.bits = 255;
   out.pss = false;
-  if (key.contains("schemes") && key["schemes"].is_array())
-    for (const auto& s : key["schemes"])
-      if (s == "rsa-pss") out.pss = true;
-  const auto spki = firmad::protocol::base64_decode(key["publicKey"].get<std::string>());
+  if (const Json* schemes = member(key, "schemes", T::array))
+    for (const auto& s : *schemes)
+      if (s.is_string() && s.get<std::string>() == "rsa-pss") out.pss = true;
+  const auto spki = firmad::protocol::base64_decode(public_key->get<std::string>());
   if (!spki || out.alias.empty() || out.bits <= 0) return false;
   out.spki.assign(spki->begin(), spki->end());
   return true;
