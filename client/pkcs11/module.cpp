@@ -735,38 +735,55 @@ CK_RV not_supported(Args...) {
   return CKR_FUNCTION_NOT_SUPPORTED;
 }
 
+// Every entry point answers a CK_RV: nothing thrown inside (memory, a
+// library) crosses into the calling program.
+template <auto F>
+struct Guarded;
+template <typename... Args, CK_RV (*F)(Args...)>
+struct Guarded<F> {
+  static CK_RV call(Args... args) noexcept {
+    try {
+      return F(args...);
+    } catch (const std::bad_alloc&) {
+      return CKR_HOST_MEMORY;
+    } catch (...) {
+      return CKR_FUNCTION_FAILED;
+    }
+  }
+};
+
 CK_FUNCTION_LIST make_function_list() {
   CK_FUNCTION_LIST l{};
   l.version = {CRYPTOKI_VERSION_MAJOR, CRYPTOKI_VERSION_MINOR};
-  l.C_Initialize = Initialize;
-  l.C_Finalize = Finalize;
-  l.C_GetInfo = GetInfo;
-  l.C_GetFunctionList = GetFunctionList;
-  l.C_GetSlotList = GetSlotList;
-  l.C_GetSlotInfo = GetSlotInfo;
-  l.C_GetTokenInfo = GetTokenInfo;
-  l.C_GetMechanismList = GetMechanismList;
-  l.C_GetMechanismInfo = GetMechanismInfo;
+  l.C_Initialize = Guarded<Initialize>::call;
+  l.C_Finalize = Guarded<Finalize>::call;
+  l.C_GetInfo = Guarded<GetInfo>::call;
+  l.C_GetFunctionList = Guarded<GetFunctionList>::call;
+  l.C_GetSlotList = Guarded<GetSlotList>::call;
+  l.C_GetSlotInfo = Guarded<GetSlotInfo>::call;
+  l.C_GetTokenInfo = Guarded<GetTokenInfo>::call;
+  l.C_GetMechanismList = Guarded<GetMechanismList>::call;
+  l.C_GetMechanismInfo = Guarded<GetMechanismInfo>::call;
   l.C_InitToken = not_supported;
   l.C_InitPIN = not_supported;
   l.C_SetPIN = not_supported;
-  l.C_OpenSession = OpenSession;
-  l.C_CloseSession = CloseSession;
-  l.C_CloseAllSessions = CloseAllSessions;
-  l.C_GetSessionInfo = GetSessionInfo;
+  l.C_OpenSession = Guarded<OpenSession>::call;
+  l.C_CloseSession = Guarded<CloseSession>::call;
+  l.C_CloseAllSessions = Guarded<CloseAllSessions>::call;
+  l.C_GetSessionInfo = Guarded<GetSessionInfo>::call;
   l.C_GetOperationState = not_supported;
   l.C_SetOperationState = not_supported;
-  l.C_Login = Login;
-  l.C_Logout = Logout;
+  l.C_Login = Guarded<Login>::call;
+  l.C_Logout = Guarded<Logout>::call;
   l.C_CreateObject = not_supported;
   l.C_CopyObject = not_supported;
   l.C_DestroyObject = not_supported;
   l.C_GetObjectSize = not_supported;
-  l.C_GetAttributeValue = GetAttributeValue;
+  l.C_GetAttributeValue = Guarded<GetAttributeValue>::call;
   l.C_SetAttributeValue = not_supported;
-  l.C_FindObjectsInit = FindObjectsInit;
-  l.C_FindObjects = FindObjects;
-  l.C_FindObjectsFinal = FindObjectsFinal;
+  l.C_FindObjectsInit = Guarded<FindObjectsInit>::call;
+  l.C_FindObjects = Guarded<FindObjects>::call;
+  l.C_FindObjectsFinal = Guarded<FindObjectsFinal>::call;
   l.C_EncryptInit = not_supported;
   l.C_Encrypt = not_supported;
   l.C_EncryptUpdate = not_supported;
@@ -780,10 +797,10 @@ CK_FUNCTION_LIST make_function_list() {
   l.C_DigestUpdate = not_supported;
   l.C_DigestKey = not_supported;
   l.C_DigestFinal = not_supported;
-  l.C_SignInit = SignInit;
-  l.C_Sign = Sign;
-  l.C_SignUpdate = SignUpdate;
-  l.C_SignFinal = SignFinal;
+  l.C_SignInit = Guarded<SignInit>::call;
+  l.C_Sign = Guarded<Sign>::call;
+  l.C_SignUpdate = Guarded<SignUpdate>::call;
+  l.C_SignFinal = Guarded<SignFinal>::call;
   l.C_SignRecoverInit = not_supported;
   l.C_SignRecover = not_supported;
   l.C_VerifyInit = not_supported;
@@ -801,10 +818,10 @@ CK_FUNCTION_LIST make_function_list() {
   l.C_WrapKey = not_supported;
   l.C_UnwrapKey = not_supported;
   l.C_DeriveKey = not_supported;
-  l.C_SeedRandom = SeedRandom;
-  l.C_GenerateRandom = GenerateRandom;
-  l.C_GetFunctionStatus = GetFunctionStatus;
-  l.C_CancelFunction = CancelFunction;
+  l.C_SeedRandom = Guarded<SeedRandom>::call;
+  l.C_GenerateRandom = Guarded<GenerateRandom>::call;
+  l.C_GetFunctionStatus = Guarded<GetFunctionStatus>::call;
+  l.C_CancelFunction = Guarded<CancelFunction>::call;
   l.C_WaitForSlotEvent = not_supported;
   return l;
 }
@@ -818,7 +835,7 @@ CK_INTERFACE interfaces[] = {{interface_name, &function_list, kInterfaceForkSafe
 
 }  // namespace
 
-FIRMA_EXPORT CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR list) { return GetFunctionList(list); }
+FIRMA_EXPORT CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR list) { return Guarded<GetFunctionList>::call(list); }
 
 FIRMA_EXPORT CK_RV C_GetInterfaceList(CK_INTERFACE* list, CK_ULONG_PTR count) {
   if (count == nullptr) return CKR_ARGUMENTS_BAD;
