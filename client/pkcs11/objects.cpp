@@ -10,6 +10,7 @@
 #include <memory>
 #include <stdexcept>
 
+#include "client/pkcs11/mechanisms.hpp"
 #include "protocol/base64.hpp"
 
 namespace firma::p11 {
@@ -234,6 +235,13 @@ std::vector<Object> objects_of(const Json& key, const KeyInfo& info) {
     a[t] = bool_bytes(false);
   for (CK_ATTRIBUTE_TYPE t : {CKA_SENSITIVE, CKA_ALWAYS_SENSITIVE, CKA_NEVER_EXTRACTABLE}) a[t] = bool_bytes(true);
   a[CKA_SUBJECT] = subject;
+  {
+    // The mechanisms firmad signs with for this key (PKCS#11 2.40 §4.9).
+    const auto mechanisms = mechanisms_for(info.kind, info.pss);
+    Bytes allowed(mechanisms.size() * sizeof(CK_MECHANISM_TYPE));
+    if (!mechanisms.empty()) std::memcpy(allowed.data(), mechanisms.data(), allowed.size());
+    a[CKA_ALLOWED_MECHANISMS] = allowed;
+  }
   public_parts(info, a, false);
   a.erase(CKA_MODULUS_BITS);  // a public key attribute
   out.push_back(std::move(priv));

@@ -112,6 +112,10 @@ TEST_F(Pkcs11Module, ObjectsMirrorTheTokensKeysAndCertificates) {
   for (const char* label : {"label:      empresa", "label:      firma-ec", "label:      firma-p384"})
     EXPECT_EQ(count(r.out, label), 3u) << label << "\n" << r.out;
   EXPECT_NE(r.out.find("Access:     sensitive, always sensitive, never extractable"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("Allowed mechanisms: RSA-PKCS,SHA256-RSA-PKCS,SHA384-RSA-PKCS,SHA512-RSA-PKCS,RSA-PKCS-PSS,"), std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("Allowed mechanisms: ECDSA,ECDSA-SHA256,ECDSA-SHA384,ECDSA-SHA512\n"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("RSA-X-509"), std::string::npos) << r.out;
   r = p11("--slot-index 1 -O");
   ASSERT_EQ(r.exit_code, 0) << r.out;
   EXPECT_EQ(count(r.out, "Private Key Object; EC_EDWARDS"), 1u) << r.out;
