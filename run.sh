@@ -19,7 +19,8 @@ build_dir=${FIRMAD_BUILD_DIR:-$root/build}
 packages=(g++ cmake ninja-build pkg-config openssl libssl-dev libp11-kit-dev p11-kit libboost-dev
           nlohmann-json3-dev libtomlplusplus-dev libcli11-dev libgtest-dev softhsm2 opensc systemd python3
           strace binutils p11-kit-modules debhelper dpkg-dev lintian systemd-container mmdebstrap
-          swtpm swtpm-tools libtpm2-pkcs11-1 libtpm2-pkcs11-tools tpm2-tools tpm2-abrmd libtss2-tcti-tabrmd0 dbus)
+          swtpm swtpm-tools libtpm2-pkcs11-1 libtpm2-pkcs11-tools tpm2-tools tpm2-abrmd libtss2-tcti-tabrmd0 dbus
+          gnutls-bin openssh-client openssh-server libengine-pkcs11-openssl libnss3-tools openjdk-17-jdk-headless zip unzip)
 
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 

@@ -6,7 +6,7 @@
 #
 # Environment:
 #   FUZZ_SECONDS       seconds per target (default 60)
-#   FUZZ_TARGETS       targets to run (default: all seven)
+#   FUZZ_TARGETS       targets to run (default: all eight)
 #   FUZZ_BUILD_DIR     build directory (default <source>/build-fuzz); the corpus
 #                      grows in <build>/corpus/<target> from run to run
 #   FIRMAD_SOURCE_DIR  the CMake source tree (default: this repository)
@@ -22,7 +22,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 src="${FIRMAD_SOURCE_DIR:-$(cd "$here/../.." && pwd)}"
 build="${FUZZ_BUILD_DIR:-$src/build-fuzz}"
 seconds="${FUZZ_SECONDS:-60}"
-targets="${FUZZ_TARGETS:-fuzz_protocol fuzz_config fuzz_credential fuzz_identity fuzz_http_url fuzz_subject fuzz_ca_answer}"
+targets="${FUZZ_TARGETS:-fuzz_protocol fuzz_config fuzz_credential fuzz_identity fuzz_http_url fuzz_subject fuzz_ca_answer fuzz_pkcs11_module}"
 jobs="${JOBS:-2}"
 
 die() { echo "fuzz: $*" >&2; exit 2; }
@@ -114,6 +114,25 @@ fi
 seed fuzz_ca_answer idse-issued $'ESTADO=EMITIDO\r\nSERIAL_NOM=00001000000504465028\r\n'
 seed fuzz_ca_answer idse-pending $'ESTADO=PENDIENTE\nSERIAL_NOM=42\nREINTENTAR=120\n'
 seed fuzz_ca_answer retry-after ' 120 '
+
+# libfirma-pkcs11: a Status key entry as firmad sends it (selector byte 0),
+# mechanism parameters (1: CKM_SHA256_RSA_PKCS_PSS with SHA-256/MGF1-SHA256,
+# salt 32), a SHA-256 DigestInfo (2) and a DER ECDSA signature (3).
+if [[ ! -e "$build/corpus/fuzz_pkcs11_module/seed-key-entry" ]]; then
+  tmp=$(mktemp -d)
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$tmp/k.pem" -out "$tmp/c.pem" \
+    -days 30 -subj "/CN=SEED" 2>/dev/null
+  spki=$(openssl pkey -in "$tmp/k.pem" -pubout -outform DER | base64 -w0)
+  cert=$(openssl x509 -in "$tmp/c.pem" -outform DER | base64 -w0)
+  printf '\0{"alias":"seed","token":"t","found":true,"type":"ec","bits":256,"curve":"P-256","schemes":["ecdsa"],"publicKey":"%s","objectId":"0a0B","objectLabel":"seed","certificateDer":"%s"}' \
+    "$spki" "$cert" >"$build/corpus/fuzz_pkcs11_module/seed-key-entry"
+  printf '\3\x20' >"$build/corpus/fuzz_pkcs11_module/seed-ecdsa"
+  printf 'x' | openssl dgst -sha256 -sign "$tmp/k.pem" >>"$build/corpus/fuzz_pkcs11_module/seed-ecdsa"
+  rm -rf "$tmp"
+fi
+printf '\1\0\70\1\103\0\0\x50\2\0\0\0\0\0\0\2\0\0\0\0\0\0\0\x20\0\0\0\0\0\0\0' >"$build/corpus/fuzz_pkcs11_module/seed-pss"
+printf '\2\x30\x31\x30\x0d\x06\x09\x60\x86\x48\x01\x65\x03\x04\x02\x01\x05\x00\x04\x20%s' \
+  "0123456789abcdef0123456789abcdef" >"$build/corpus/fuzz_pkcs11_module/seed-digest-info"
 
 seed fuzz_http_url absolute 'https://CA.example.test:8443/idse/consulta.idse?NPIE=A%20B#f'
 seed fuzz_http_url ipv6 'http://[2001:db8::1]:8080/.well-known/est'

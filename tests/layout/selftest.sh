@@ -7,7 +7,7 @@ set -euo pipefail
 check=$(dirname "$0")/check_layout.py
 tree=$(mktemp -d)
 trap 'rm -rf "$tree"' EXIT
-mkdir -p "$tree"/daemon/{token,server,mx,stray} "$tree"/pkcs11 "$tree"/protocol "$tree"/client
+mkdir -p "$tree"/daemon/{token,server,mx,stray} "$tree"/pkcs11 "$tree"/protocol "$tree"/client/pkcs11
 printf '#include "daemon/config.hpp"\n#include "pkcs11/session.hpp"\n// CK_RV in a comment is fine\n' > "$tree/daemon/token/worker.cpp"
 printf '#include "daemon/token/worker.hpp"\n' > "$tree/daemon/server/server.cpp"
 printf '#include "daemon/token/worker.hpp"\n' > "$tree/daemon/server/server.hpp"
@@ -15,6 +15,7 @@ printf 'const char* s = "CKR_OK in a string is fine";\n' > "$tree/daemon/mx/ok.c
 printf '#include <pkcs11.h>\nCK_RV f();\n' > "$tree/pkcs11/module.cpp"
 printf 'constexpr Names k{{{LoginState::LoggedIn, "logged-in"}, {LoginState::Error, "error"}, {LoginState::PinLocked, "pin-locked"}, {RenewalStep::Retired, "retired"}}};\n' > "$tree/protocol/states.cpp"
 printf 'void f() { log("error", 1); } // state == "logged-in" in a comment is fine\n' > "$tree/daemon/token/login.cpp"
+printf '#include <p11-kit/pkcs11.h>\n#include "client/firma.hpp"\nCK_RV C_Initialize(void*);\n' > "$tree/client/pkcs11/module.cpp"
 python3 "$check" "$tree" >/dev/null || { echo "a clean tree was refused" >&2; exit 1; }
 
 printf '#include "daemon/server/server.hpp"\n' >> "$tree/daemon/token/worker.cpp"
@@ -22,6 +23,7 @@ printf 'unsigned long rv = CKR_OK;\n' >> "$tree/daemon/mx/ok.cpp"
 printf '#include "daemon/token/worker.hpp"\n' > "$tree/daemon/mx/identity.cpp"
 printf '#include <p11-kit/pkcs11.h>\n' > "$tree/client/module.cpp"
 printf 'int x;\n' > "$tree/daemon/stray/lost.cpp"
+printf '#include "client/pkcs11/module.hpp"\n' > "$tree/client/firmactl.cpp"
 printf 'bool in(const S& s) {\n  return s.state == "logged-in";\n}\n' >> "$tree/daemon/token/login.cpp"
 printf '#include <daemon/server/server.hpp>\n#include "../server/server.hpp"\n#include <string>\n' > "$tree/daemon/token/sneaky.cpp"
 printf 'bool f(const S& s) { return s.step.compare("retired") == 0 || s.state == std::string("pin-locked"); }\n' >> "$tree/daemon/token/sneaky.cpp"
@@ -41,7 +43,8 @@ for expected in "daemon/token/worker.cpp:4: token includes daemon/server/server.
                 "daemon/token/sneaky.cpp:2: token includes daemon/server/server.hpp" \
                 'daemon/token/sneaky.cpp:4: the state "retired" by its wire name' \
                 'daemon/token/sneaky.cpp:4: the state "pin-locked" by its wire name' \
-                "layout: 10 violation(s)"; do
+                "client/firmactl.cpp:1: client includes client/pkcs11/module.hpp" \
+                "layout: 11 violation(s)"; do
   grep -qF "$expected" <<<"$out" || { echo "missing: $expected"$'\n'"in: $out" >&2; exit 1; }
 done
 echo "layout check: refuses each kind of violation, passes the clean tree"

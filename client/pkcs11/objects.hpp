@@ -1,0 +1,43 @@
+// The PKCS#11 objects (private key, public key, certificate) libfirma-pkcs11 shows for one firmad key.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "client/firma.hpp"
+#include "client/pkcs11/ck.hpp"
+
+namespace firma::p11 {
+
+enum class KeyKind { rsa, ec, ed25519 };
+
+// One object: its attributes as the bytes C_GetAttributeValue returns.
+struct Object {
+  CK_OBJECT_CLASS object_class = CKO_DATA;
+  std::string alias;  // the firmad key it mirrors
+  std::map<CK_ATTRIBUTE_TYPE, Bytes> attributes;
+
+  // Whether every attribute of the template is present with equal bytes.
+  bool matches(const CK_ATTRIBUTE* templ, CK_ULONG count) const;
+};
+
+// What signing with a key needs to know.
+struct KeyInfo {
+  std::string alias;
+  std::string token;
+  KeyKind kind = KeyKind::rsa;
+  int bits = 0;  // RSA modulus bits, EC field bits (Ed25519: 255)
+  bool pss = false;
+  Bytes spki;
+};
+
+// Reads a Key entry of firmad's Status; returns false for a key firmad has not
+// found on its token or whose public key cannot be read (it gets no objects).
+bool key_info(const Json& key, KeyInfo& out);
+
+// The objects of a key: private key, public key and, if the token holds one,
+// the certificate. Throws std::runtime_error if the key's DER cannot be parsed.
+std::vector<Object> objects_of(const Json& key, const KeyInfo& info);
+
+}  // namespace firma::p11
