@@ -180,17 +180,17 @@ CK_RV sign_with_firmad(const MechanismPlan& plan, const KeyInfo& key, const Byte
       firma::SignOptions options;
       Bytes digest = input;
       if (plan.digest_info) {
-        const auto parsed = parse_digest_info(input);
-        if (!parsed) return CKR_DATA_INVALID;  // not a SHA-2 DigestInfo: never raw RSA
+        const auto parsed = parse_digest_info(input, key.sha1);
+        if (!parsed) return CKR_DATA_INVALID;  // not a SHA-2 (or allowed SHA-1) DigestInfo: never raw RSA
         options.hash = parsed->first;
         digest = parsed->second;
       } else if (!plan.hash.empty()) {
         options.hash = plan.hash;  // input is the local digest
       } else if (plan.pss) {
         options.hash = plan.pss_hash;
-        if (hash_for_digest_length(input.size()) != plan.pss_hash) return CKR_DATA_LEN_RANGE;
+        if (hash_for_digest_length(input.size(), key.sha1) != plan.pss_hash) return CKR_DATA_LEN_RANGE;
       } else {
-        options.hash = hash_for_digest_length(input.size());  // raw ECDSA
+        options.hash = hash_for_digest_length(input.size(), key.sha1);  // raw ECDSA
         if (options.hash.empty()) return CKR_DATA_LEN_RANGE;
       }
       options.pss = plan.pss;
@@ -409,7 +409,7 @@ CK_RV GetTokenInfo(CK_SLOT_ID id, CK_TOKEN_INFO_PTR info) {
 std::map<CK_MECHANISM_TYPE, std::pair<CK_ULONG, CK_ULONG>> slot_mechanisms(const Slot& slot) {
   std::map<CK_MECHANISM_TYPE, std::pair<CK_ULONG, CK_ULONG>> out;
   for (const auto& k : slot.keys)
-    for (CK_MECHANISM_TYPE m : mechanisms_for(k.kind, k.pss)) {
+    for (CK_MECHANISM_TYPE m : mechanisms_for(k.kind, k.pss, k.sha1)) {
       const auto bits = static_cast<CK_ULONG>(k.bits);
       auto [it, added] = out.try_emplace(m, bits, bits);
       it->second.first = std::min(it->second.first, bits);

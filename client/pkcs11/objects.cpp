@@ -196,6 +196,8 @@ bool key_info(const Json& key, KeyInfo& out) {
   if (const Json* schemes = member(key, "schemes", T::array))
     for (const auto& s : *schemes)
       if (s.is_string() && s.get<std::string>() == "rsa-pss") out.pss = true;
+  const Json* sha1 = member(key, "allowSha1", T::boolean);
+  out.sha1 = sha1 != nullptr && sha1->get<bool>() && out.kind != KeyKind::ed25519;
   const auto spki = firmad::protocol::base64_decode(public_key->get<std::string>());
   if (!spki || out.alias.empty() || out.bits <= 0) return false;
   out.spki.assign(spki->begin(), spki->end());
@@ -237,7 +239,7 @@ std::vector<Object> objects_of(const Json& key, const KeyInfo& info) {
   a[CKA_SUBJECT] = subject;
   {
     // The mechanisms firmad signs with for this key (PKCS#11 2.40 §4.9).
-    const auto mechanisms = mechanisms_for(info.kind, info.pss);
+    const auto mechanisms = mechanisms_for(info.kind, info.pss, info.sha1);
     Bytes allowed(mechanisms.size() * sizeof(CK_MECHANISM_TYPE));
     if (!mechanisms.empty()) std::memcpy(allowed.data(), mechanisms.data(), allowed.size());
     a[CKA_ALLOWED_MECHANISMS] = allowed;

@@ -29,6 +29,7 @@ struct KeyInfo {
   KeyKind kind = KeyKind::rsa;
   int bits = 0;  // RSA modulus bits, EC field bits (Ed25519: 255)
   bool pss = false;
+  bool sha1 = false;  // firmad.toml lets the key sign SHA-1 (allowSha1)
   Bytes spki;
 };
 

@@ -95,6 +95,7 @@ Json Service::key_json(const KeyState& key, const std::string& token, std::time_
     put("serialText", c.serial_ascii);
     j["certificate"] = std::move(cert);
   }
+  if (key.config.allow_sha1) j["allowSha1"] = true;
   j["role"] = key.config.role;
   j["imported"] = key.config.imported;
   if (!key.config.npie.empty()) j["npie"] = key.config.npie;

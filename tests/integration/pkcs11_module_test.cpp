@@ -530,5 +530,34 @@ TEST(Pkcs11ModuleAvailability, FirmadUnreachableMeansNoTokenNotAFailure) {
   EXPECT_EQ(count(r.out, "Slot "), 2u) << r.out;
 }
 
+// SHA-1 through the module only for keys whose configuration allows it
+// (allow_sha1; issue 14, item 5): here empresa (RSA), not firma-ec.
+class Pkcs11ModuleSha1 : public Pkcs11Module {
+ protected:
+  static void SetUpTestSuite() {
+    start({{"uri = \"pkcs11:object=empresa;id=%01\"", "uri = \"pkcs11:object=empresa;id=%01\"\nallow_sha1 = true"}});
+  }
+};
+
+TEST_F(Pkcs11ModuleSha1, SignsSha1OnlyWithAKeyThatAllowsIt) {
+  auto r = p11("-M");
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_NE(r.out.find("SHA1-RSA-PKCS,"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("ECDSA-SHA1"), std::string::npos) << "firma-ec does not allow SHA-1\n" << r.out;
+  const auto data = data_file();
+  auto sig = sign("-m SHA1-RSA-PKCS --id 01", data, "rsa-sha1.sig");
+  EXPECT_EQ(verify("sha1", "01", sig, data).exit_code, 0);
+  // A SHA-1 DigestInfo through CKM_RSA_PKCS, as old programs send it.
+  const firma::Bytes sha1_info{0x30, 0x21, 0x30, 0x09, 0x06, 0x05, 0x2b, 0x0e, 0x03, 0x02, 0x1a, 0x05, 0x00, 0x04, 0x14};
+  sig = sign("-m RSA-PKCS --id 01", digest_file("sha1", "sha1-info.bin", sha1_info), "rsa-pkcs-sha1.sig");
+  EXPECT_EQ(verify("sha1", "01", sig, data).exit_code, 0);
+  // firma-ec: refused before firmad is asked, with nothing signed.
+  r = p11("--sign -m ECDSA-SHA1 --id 02 -i " + quote(data.string()) + " -o " + quote(file("ec-sha1.sig").string()));
+  EXPECT_NE(r.exit_code, 0) << r.out;
+  r = p11("--sign -m ECDSA --id 02 -i " + quote(digest_file("sha1", "ec-d1.bin").string()) + " -o " + quote(file("ec-d1.sig").string()));
+  EXPECT_NE(r.exit_code, 0) << "a 20-byte digest is no SHA-2 digest, and SHA-1 is not allowed for firma-ec\n" << r.out;
+  EXPECT_NE(read_file(rig_->audit_log()).find("key=empresa scheme=rsa-pkcs1 hash=sha1"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace firmad::test

@@ -29,6 +29,12 @@ TEST(Pkcs11DigestInfo, RecognisesSha2AndRefusesEverythingElse) {
   Bytes sha1_info = sha1;
   sha1_info.insert(sha1_info.end(), 20, 1);
   EXPECT_FALSE(parse_digest_info(sha1_info));                                       // SHA-1: not without opt-in
+  const auto with_opt_in = parse_digest_info(sha1_info, true);                       // ... and with it (allow_sha1)
+  ASSERT_TRUE(with_opt_in);
+  EXPECT_EQ(with_opt_in->first, "sha1");
+  EXPECT_EQ(with_opt_in->second, Bytes(20, 1));
+  EXPECT_EQ(hash_for_digest_length(20), "");
+  EXPECT_EQ(hash_for_digest_length(20, true), "sha1");
 }
 
 TEST(Pkcs11Ecdsa, DerBecomesFixedLengthRAndS) {
