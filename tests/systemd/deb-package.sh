@@ -19,6 +19,7 @@ package() {
 deb=$(package firmad)
 lib=$(package libfirma0)
 dev=$(package libfirma-dev)
+p11=$(package firma-pkcs11)
 field() { dpkg-deb --field "$1" "$2"; }
 
 # Relations: shared-library dependencies and systemd; the smart-card stack
@@ -67,14 +68,23 @@ contents() { dpkg-deb --fsys-tarfile "$1" | tar -t | sed 's|^\./|/|'; }
 grep -qE '/libfirma\.so\.0' <<<"$(contents "$lib")" || fail "libfirma0 has no libfirma.so.0"
 grep -qE '/libfirma\.so$|/include/|\.pc$' <<<"$(contents "$lib")" && fail "libfirma0 holds development files"
 grep -qE 'libfirma' <<<"$(contents "$deb")" && fail "firmad holds libfirma"
-for p in "$deb" "$lib" "$dev"; do dpkg-deb -x "$p" "$work/root"; done
+for p in "$deb" "$lib" "$dev" "$p11"; do dpkg-deb -x "$p" "$work/root"; done
+# The PKCS#11 module: in the system's module directory, registered with
+# p11-kit, exporting the PKCS#11 entry points and nothing else.
+module=$(find "$work/root/usr/lib" -path '*/pkcs11/libfirma-pkcs11.so' | head -1)
+[ -n "$module" ] || fail "firma-pkcs11 has no libfirma-pkcs11.so in a pkcs11/ directory: $(contents "$p11")"
+exports=$(nm -D --defined-only "$module" | awk '{print $3}' | sort | tr '\n' ' ')
+[ "$exports" = "C_GetFunctionList C_GetInterface C_GetInterfaceList " ] || fail "libfirma-pkcs11.so exports: $exports"
+grep -qx 'module: libfirma-pkcs11.so' "$work/root/usr/share/p11-kit/modules/firma.module" || fail "no p11-kit firma.module"
+grep -qE 'libfirma-pkcs11|pkcs11' <<<"$(contents "$deb")" && fail "firmad holds the PKCS#11 module"
 for f in usr/sbin/firmad usr/bin/firmactl lib/systemd/system/firmad.service lib/systemd/system/firmad.socket \
          lib/systemd/system/firmad-renew.service lib/systemd/system/firmad-renew.timer \
          usr/lib/sysusers.d/firmad.conf usr/lib/tmpfiles.d/firmad.conf usr/share/man/man8/firmad.8 \
          usr/share/man/man1/firmactl.1 usr/share/man/man5/firmad.toml.5 \
          usr/share/bash-completion/completions/firmactl etc/firmad/firmad.toml etc/firmad/softhsm2.conf \
          etc/logrotate.d/firmad usr/include/firma/firma.h usr/include/firma/firma.hpp \
-         usr/share/firmad/pin-credential.conf usr/share/firmad/softhsm-service.conf usr/share/firmad/tpm2-service.conf; do
+         usr/share/firmad/pin-credential.conf usr/share/firmad/softhsm-service.conf usr/share/firmad/tpm2-service.conf \
+         usr/share/man/man8/libfirma-pkcs11.8; do
   [ -e "$work/root/$f" ] || [ -e "$work/root/$f.gz" ] || fail "missing in the packages: $f"
 done
 grep -q "ExecStart=/usr/sbin/firmad " "$work/root/lib/systemd/system/firmad.service" ||
@@ -89,7 +99,7 @@ grep -q "^firmactl " <<<"$version" || { echo "packaged firmactl does not run: $v
 sed 's/firmad-admin/root/; s/firmad-signers/root/' "$work/root/etc/firmad/firmad.toml" > "$work/example.toml"
 "$work/root/usr/sbin/firmad" --check-config --config "$work/example.toml"
 # Stripped (the symbols are in the -dbgsym packages): no debug sections in what ships.
-for f in "$work/root"/usr/sbin/firmad "$work/root"/usr/bin/firmactl "$work/root"/usr/lib/*/libfirma.so.0; do
+for f in "$work/root"/usr/sbin/firmad "$work/root"/usr/bin/firmactl "$work/root"/usr/lib/*/libfirma.so.0 "$module"; do
   if readelf -S "$f" | grep -q '\.debug_'; then fail "${f#"$work/root"} ships with debug sections"; fi
 done
 # libfirma: a shared library with a SONAME, its headers and a pkg-config file,

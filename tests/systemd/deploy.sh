@@ -267,9 +267,11 @@ command -v systemd-nspawn >/dev/null || { echo "systemd-nspawn is missing: apt-g
 shopt -s nullglob
 firmad_debs=("$deb_dir"/firmad_*.deb)
 lib_debs=("$deb_dir"/libfirma0_*.deb)
+module_debs=("$deb_dir"/firma-pkcs11_*.deb)
 shopt -u nullglob
 [ ${#firmad_debs[@]} = 1 ] || fail "expected one firmad_*.deb in $deb_dir, found ${#firmad_debs[@]}"
-install_debs=("${firmad_debs[0]}" "${lib_debs[@]}")
+[ ${#module_debs[@]} = 1 ] || fail "expected one firma-pkcs11_*.deb in $deb_dir, found ${#module_debs[@]}"
+install_debs=("${firmad_debs[0]}" "${lib_debs[@]}" "${module_debs[0]}")
 work=$(mktemp -d /tmp/firmad-deploy.XXXXXX)
 
 step "Preparing: the cached Debian 12 tree and the rebuilt (upgrade) packages"
@@ -445,6 +447,25 @@ status=$(as adm firmactl status 2>&1) || fail "firmactl status as adm: $status"
 grep -q '^token firmad: logged-in' <<<"$status" || fail "status after login: $status"
 ok "adm: firmactl login firmad --pin-stdin -> $out; status: $(grep '^token' <<<"$status")"
 sign_as alice doc2
+
+step "Signing through the PKCS#11 module (firma-pkcs11), as a program that only speaks PKCS#11"
+out=$(ns p11-kit list-modules 2>&1) || fail "p11-kit list-modules: $out"
+grep -q '^module: firma$' <<<"$out" || fail "p11-kit does not list the firma module: $out"
+module=$(ns sh -c 'ls /usr/lib/*/pkcs11/libfirma-pkcs11.so') || fail "no libfirma-pkcs11.so installed"
+ok "p11-kit lists module firma ($module)"
+ns sh -c "printf 'Nomina por PKCS#11\n' > /home/alice/p11.txt && chown alice: /home/alice/p11.txt"
+out=$(as alice pkcs11-tool --module "$module" --sign -m SHA256-RSA-PKCS --id 01 -i p11.txt -o p11.sig 2>&1) ||
+  fail "alice could not sign through the module: $out"
+out=$(ns openssl dgst -sha256 -verify /root/empresa.pub.pem -signature /home/alice/p11.sig /home/alice/p11.txt 2>&1) ||
+  fail "the module's signature does not verify: $out"
+audit=$(ns cat /var/log/firmad/audit.log)
+grep -qE "event=sign method=Sign key=empresa .*uid=$alice_uid .*(exe=/usr/bin/pkcs11-tool|comm=pkcs11-tool)" <<<"$audit" ||
+  fail "the audit trail has no signature by pkcs11-tool as alice: $(tail -3 <<<"$audit")"
+ok "alice signed with pkcs11-tool through the module; the signature verifies, and the audit names pkcs11-tool"
+# mallory (no group) loads the module too: it shows no token, and signs nothing.
+out=$(as mallory pkcs11-tool --module "$module" -L 2>&1) || true
+grep -q 'token label' <<<"$out" && fail "mallory sees a token through the module: $out"
+ok "mallory sees no token through the module"
 
 step "The unit: Type=notify READY and STATUS"
 status=$(ns systemctl status firmad.service --no-pager 2>&1) || true

@@ -21,9 +21,10 @@ cache=${FIRMAD_ROOTFS_CACHE:-/var/cache/firmad-tests}
 deb_dir=${1:-}
 # What the container needs besides the packages' dependencies: a booting
 # systemd with D-Bus, the SoftHSM token and its tools, openssl for keys and
-# verification, p11-kit's module registry, ps/pgrep. (setpriv, runuser,
-# useradd, flock are in minbase: util-linux, passwd.)
-base_packages=(systemd systemd-sysv dbus softhsm2 openssl p11-kit procps)
+# verification, p11-kit's module registry, pkcs11-tool (opensc) as a
+# program that signs through the PKCS#11 module, ps/pgrep. (setpriv,
+# runuser, useradd, flock are in minbase: util-linux, passwd.)
+base_packages=(systemd systemd-sysv dbus softhsm2 openssl p11-kit procps opensc)
 # Raised when the way the tree is made changes (a new hook, new options).
 recipe=1
 
