@@ -26,7 +26,7 @@ softhsm_conf=/etc/firmad/softhsm2.conf
 softhsm_dropin=/usr/share/firmad/softhsm-service.conf
 softhsm_dropin_to=/etc/systemd/system/firmad.service.d/softhsm.conf
 tokendir=
-alice_signed=0   # signatures alice got through sign_as
+alice_signed=0   # signatures alice got through sign_as and the PKCS#11 module
 main_pid=$BASHPID
 work=
 cgroup_dirs=()
@@ -450,7 +450,7 @@ sign_as alice doc2
 
 step "Signing through the PKCS#11 module (firma-pkcs11), as a program that only speaks PKCS#11"
 out=$(ns p11-kit list-modules 2>&1) || fail "p11-kit list-modules: $out"
-grep -q '^module: firma$' <<<"$out" || fail "p11-kit does not list the firma module: $out"
+grep -q '^firma: libfirma-pkcs11.so$' <<<"$out" || fail "p11-kit does not list the firma module: $out"
 module=$(ns sh -c 'ls /usr/lib/*/pkcs11/libfirma-pkcs11.so') || fail "no libfirma-pkcs11.so installed"
 ok "p11-kit lists module firma ($module)"
 ns sh -c "printf 'Nomina por PKCS#11\n' > /home/alice/p11.txt && chown alice: /home/alice/p11.txt"
@@ -458,6 +458,7 @@ out=$(as alice pkcs11-tool --module "$module" --sign -m SHA256-RSA-PKCS --id 01 
   fail "alice could not sign through the module: $out"
 out=$(ns openssl dgst -sha256 -verify /root/empresa.pub.pem -signature /home/alice/p11.sig /home/alice/p11.txt 2>&1) ||
   fail "the module's signature does not verify: $out"
+alice_signed=$((alice_signed + 1))  # one more audit line of hers
 audit=$(ns cat /var/log/firmad/audit.log)
 grep -qE "event=sign method=Sign key=empresa .*uid=$alice_uid .*(exe=/usr/bin/pkcs11-tool|comm=pkcs11-tool)" <<<"$audit" ||
   fail "the audit trail has no signature by pkcs11-tool as alice: $(tail -3 <<<"$audit")"
