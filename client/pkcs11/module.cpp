@@ -6,10 +6,12 @@
 // of this state. One mutex guards the state; it is never held across I/O.
 #include <openssl/evp.h>
 #include <pthread.h>
+#include <sys/auxv.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -72,6 +74,10 @@ struct State {
   CK_SLOT_ID next_slot = 1;
   CK_OBJECT_HANDLE next_object = 1;
   CK_SESSION_HANDLE next_session = 1;
+  // Status fetches in the order they started, and the newest applied: a
+  // slow fetch never overwrites a newer one.
+  std::uint64_t fetches = 0, applied = 0;
+  std::chrono::steady_clock::time_point last_fetch{};
 };
 
 std::mutex mu;
@@ -85,11 +91,23 @@ State& state() {
 
 constexpr std::size_t kMaxMessage = 1 << 20;  // Sign's limit for EdDSA messages
 
+// firmad's socket: $FIRMAD_SOCKET, except in a setuid or setgid program
+// (whose caller sets the environment), or the default.
+std::string socket_path() {
+  if (::getauxval(AT_SECURE) != 0) return "/run/firmad/firmad.sock";
+  return firma::default_socket();
+}
+
+// How long a call waits for each reply of firmad: a status must not hold up
+// a program's start (Firefox, a login); a signature may wait behind a queue
+// on a slow card, but not for ever.
+constexpr std::chrono::seconds kStatusWait{5}, kSignWait{120};
+
 // Status from firmad, or nullopt if it cannot be reached or answers an error.
 std::optional<Json> fetch_status() {
   try {
-    firma::Client client(firma::default_socket());
-    client.set_reply_timeout(std::chrono::seconds(30));
+    firma::Client client(socket_path());
+    client.set_reply_timeout(kStatusWait);
     return client.status();
   } catch (const std::exception&) {
     return std::nullopt;
@@ -150,6 +168,41 @@ void apply_status(State& s, const std::optional<Json>& status) {
     }
 }
 
+// Reads firmad's Status (without the lock: it is socket I/O) and applies it,
+// unless a fetch that started later was applied meanwhile.
+void refresh() {
+  std::uint64_t ticket = 0;
+  {
+    std::lock_guard lock(mu);
+    State& s = state();
+    if (!s.initialized) return;
+    ticket = ++s.fetches;
+    s.last_fetch = std::chrono::steady_clock::now();
+  }
+  const auto status = fetch_status();
+  std::lock_guard lock(mu);
+  State& s = state();
+  if (!s.initialized || ticket <= s.applied) return;
+  s.applied = ticket;
+  apply_status(s, status);
+}
+
+// Programs poll C_GetSlotInfo / C_GetTokenInfo for a removable token (NSS,
+// Java) rather than the slot list: while the slot asked for has no token
+// (or is unknown), firmad is asked again first, at most once a second.
+void refresh_if_absent(CK_SLOT_ID id) {
+  bool stale = false;
+  {
+    std::lock_guard lock(mu);
+    State& s = state();
+    if (!s.initialized) return;
+    const auto it = s.slots.find(id);
+    stale = (it == s.slots.end() || !it->second.present) &&
+            std::chrono::steady_clock::now() - s.last_fetch >= std::chrono::seconds(1);
+  }
+  if (stale) refresh();
+}
+
 void pad(CK_UTF8CHAR* out, std::size_t n, const std::string& text) {
   std::memset(out, ' ', n);
   std::memcpy(out, text.data(), std::min(n, text.size()));
@@ -173,7 +226,8 @@ const Object* object_of(State& s, const Session& session, CK_OBJECT_HANDLE h) {
 // Signs through firmad; `out` is the signature as PKCS#11 returns it.
 CK_RV sign_with_firmad(const MechanismPlan& plan, const KeyInfo& key, const Bytes& input, Bytes& out) {
   try {
-    firma::Client client(firma::default_socket());
+    firma::Client client(socket_path());
+    client.set_reply_timeout(kSignWait);
     if (plan.message) {
       out = client.sign_message(key.alias, input);
     } else {
@@ -252,6 +306,8 @@ CK_RV finish_sign(std::unique_lock<std::mutex>& lock, Session& session, const By
   lock.unlock();
   Bytes out;
   const CK_RV rv = sign_with_firmad(plan, key, input, out);
+  // firmad or the token is gone: the slots say so from now on.
+  if (rv == CKR_DEVICE_REMOVED || rv == CKR_TOKEN_NOT_PRESENT) refresh();
   if (rv != CKR_OK) return rv;
   std::memcpy(signature, out.data(), out.size());
   *signature_len = static_cast<CK_ULONG>(out.size());
@@ -280,9 +336,7 @@ CK_RV Initialize(CK_VOID_PTR init_args) {
     s.pid = ::getpid();
   }
   // firmad unreachable is not an error: the slots show no token until it is back.
-  const auto status = fetch_status();
-  std::lock_guard lock(mu);
-  if (state().initialized) apply_status(state(), status);
+  refresh();
   return CKR_OK;
 }
 
@@ -321,12 +375,7 @@ CK_RV GetSlotList(CK_BBOOL token_present, CK_SLOT_ID_PTR slots, CK_ULONG_PTR cou
   }
   if (count == nullptr) return CKR_ARGUMENTS_BAD;
   // The count query reads firmad afresh; the call that fills the list that follows answers from it.
-  if (slots == nullptr) {
-    const auto status = fetch_status();
-    std::lock_guard lock(mu);
-    if (!ready(state())) return CKR_CRYPTOKI_NOT_INITIALIZED;
-    apply_status(state(), status);
-  }
+  if (slots == nullptr) refresh();
   std::lock_guard lock(mu);
   State& s = state();
   if (!ready(s)) return CKR_CRYPTOKI_NOT_INITIALIZED;
@@ -347,6 +396,7 @@ CK_RV GetSlotList(CK_BBOOL token_present, CK_SLOT_ID_PTR slots, CK_ULONG_PTR cou
 }
 
 CK_RV GetSlotInfo(CK_SLOT_ID id, CK_SLOT_INFO_PTR info) {
+  refresh_if_absent(id);
   std::lock_guard lock(mu);
   State& s = state();
   if (!ready(s)) return CKR_CRYPTOKI_NOT_INITIALIZED;
@@ -363,6 +413,7 @@ CK_RV GetSlotInfo(CK_SLOT_ID id, CK_SLOT_INFO_PTR info) {
 }
 
 CK_RV GetTokenInfo(CK_SLOT_ID id, CK_TOKEN_INFO_PTR info) {
+  refresh_if_absent(id);
   std::lock_guard lock(mu);
   State& s = state();
   if (!ready(s)) return CKR_CRYPTOKI_NOT_INITIALIZED;
@@ -463,6 +514,7 @@ CK_RV GetMechanismInfo(CK_SLOT_ID id, CK_MECHANISM_TYPE type, CK_MECHANISM_INFO_
 // ---- sessions and login ----
 
 CK_RV OpenSession(CK_SLOT_ID id, CK_FLAGS flags, CK_VOID_PTR, CK_NOTIFY, CK_SESSION_HANDLE_PTR handle) {
+  refresh_if_absent(id);
   std::lock_guard lock(mu);
   State& s = state();
   if (!ready(s)) return CKR_CRYPTOKI_NOT_INITIALIZED;
@@ -695,7 +747,7 @@ CK_RV SignUpdate(CK_SESSION_HANDLE h, CK_BYTE_PTR part, CK_ULONG part_len) {
     }
     return CKR_OK;
   }
-  if (op.buffer.size() + part_len > kMaxMessage) {
+  if (part_len > kMaxMessage - op.buffer.size()) {  // (never wraps: the buffer holds at most kMaxMessage)
     session->sign.reset();
     return CKR_DATA_LEN_RANGE;
   }

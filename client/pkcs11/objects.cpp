@@ -169,6 +169,8 @@ const Json* member(const Json& object, const char* name, Json::value_t type) {
 bool key_info(const Json& key, KeyInfo& out) {
   using T = Json::value_t;
   if (!key.is_object()) return false;
+  // A key the caller may not sign with (an administrator sees every key) gets no objects.
+  if (const Json* may_use = member(key, "mayUse", T::boolean); may_use != nullptr && !may_use->get<bool>()) return false;
   const Json* found = member(key, "found", T::boolean);
   const Json* public_key = member(key, "publicKey", T::string);
   const Json* type_field = member(key, "type", T::string);

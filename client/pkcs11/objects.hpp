@@ -34,7 +34,8 @@ struct KeyInfo {
 };
 
 // Reads a Key entry of firmad's Status; returns false for a key firmad has not
-// found on its token or whose public key cannot be read (it gets no objects).
+// found on its token, whose public key cannot be read, or that the caller may
+// not use (mayUse false: an administrator sees every key): it gets no objects.
 bool key_info(const Json& key, KeyInfo& out);
 
 // The objects of a key: private key, public key and, if the token holds one,

@@ -116,8 +116,13 @@ Json Service::list_keys(const Peer& peer) const {
   Json keys = Json::array();
   for (const auto& t : tokens_) {
     const auto snap = t->snapshot();
-    for (const auto& k : snap->keys)
-      if (admin || allowed(k.config.allow, peer)) keys.push_back(key_json(k, t->config().name, now));
+    for (const auto& k : snap->keys) {
+      const bool may_use = allowed(k.config.allow, peer);
+      if (!admin && !may_use) continue;
+      Json j = key_json(k, t->config().name, now);
+      j["mayUse"] = may_use;  // an administrator sees every key, but signs only with those it is allowed
+      keys.push_back(std::move(j));
+    }
   }
   return keys;
 }

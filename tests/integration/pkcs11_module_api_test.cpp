@@ -312,5 +312,49 @@ TEST(Pkcs11ModuleRestart, FirmadStoppedAndStartedUnderARunningProgram) {
   EXPECT_EQ(m.sign_ecdsa(s, ec), CKR_OK);
 }
 
+// A program that polls the token (NSS and Java ask C_GetSlotInfo and
+// C_GetTokenInfo of a removable slot, not the slot list) sees it come back;
+// one started while firmad was down finds it the same way.
+TEST(Pkcs11ModuleRestart, TokenPolledBySlotInfoComesBackWithoutASlotListCall) {
+  TokenRig rig;
+  const std::string config = rig.write_config({{"socket =", "socket = \"" + rig.socket().string() + "\""}});
+  ::setenv("FIRMAD_SOCKET", rig.socket().c_str(), 1);
+  Module m;
+  ASSERT_EQ(m->C_Initialize(nullptr), CKR_OK);  // firmad not running yet
+  CK_SLOT_INFO slot_info;
+  CK_TOKEN_INFO token_info;
+  EXPECT_EQ(m->C_GetSlotInfo(1, &slot_info), CKR_SLOT_ID_INVALID);
+  auto daemon = std::make_unique<Daemon>(config, rig.socket());
+  ASSERT_TRUE(daemon->wait_for_log("event=token-login")) << daemon->log();
+  // Polled, as NSS does, at most once a second: the token shows within a few.
+  CK_RV rv = CKR_GENERAL_ERROR;
+  for (int i = 0; i < 50 && rv != CKR_OK; ++i) {
+    rv = m->C_GetTokenInfo(1, &token_info);
+    if (rv != CKR_OK) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  ASSERT_EQ(rv, CKR_OK) << "the token never showed";
+  ASSERT_EQ(m->C_GetSlotInfo(1, &slot_info), CKR_OK);
+  EXPECT_TRUE(slot_info.flags & CKF_TOKEN_PRESENT);
+  const auto s = m.open(1);
+  const auto ec = m.key(s, 2);
+  EXPECT_EQ(m.sign_ecdsa(s, ec), CKR_OK);
+  // firmad goes away: the failed signature says so, and the slot shows no token at once.
+  daemon->terminate();
+  daemon.reset();
+  EXPECT_EQ(m.sign_ecdsa(s, ec), CKR_DEVICE_REMOVED);
+  ASSERT_EQ(m->C_GetSlotInfo(1, &slot_info), CKR_OK);
+  EXPECT_FALSE(slot_info.flags & CKF_TOKEN_PRESENT);
+  // Back: polling the slot finds it again.
+  daemon = std::make_unique<Daemon>(config, rig.socket());
+  ASSERT_TRUE(daemon->wait_for_log("event=token-login")) << daemon->log();
+  rv = CKR_GENERAL_ERROR;
+  for (int i = 0; i < 50 && rv != CKR_OK; ++i) {
+    rv = m->C_GetTokenInfo(1, &token_info);
+    if (rv != CKR_OK) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  EXPECT_EQ(rv, CKR_OK);
+  EXPECT_EQ(m.sign_ecdsa(s, ec), CKR_OK);
+}
+
 }  // namespace
 }  // namespace firmad::test

@@ -559,5 +559,23 @@ TEST_F(Pkcs11ModuleSha1, SignsSha1OnlyWithAKeyThatAllowsIt) {
   EXPECT_NE(read_file(rig_->audit_log()).find("key=empresa scheme=rsa-pkcs1 hash=sha1"), std::string::npos);
 }
 
+// An administrator is shown every key by firmad, but signs only with those
+// whose allow lists admit it: through the module it sees only those (here:
+// none; root is the administrator, and every key allows only uid 12345).
+class Pkcs11ModuleAdmin : public Pkcs11Module {
+ protected:
+  static void SetUpTestSuite() { start({{"allow_users =", "allow_users = [12345]"}}); }
+};
+
+TEST_F(Pkcs11ModuleAdmin, AnAdministratorSeesOnlyTheKeysItMaySignWith) {
+  const auto keys = client().list_keys();
+  ASSERT_EQ(keys.size(), 4u) << "firmad shows an administrator every key";
+  for (const auto& k : keys) EXPECT_FALSE(k.value("mayUse", true)) << k["alias"];
+  auto r = p11("-O");
+  EXPECT_EQ(count(r.out, "Private Key Object"), 0u) << r.out;
+  r = p11("-L");
+  EXPECT_EQ(r.out.find("token label"), std::string::npos) << "no slot holds a key root may use\n" << r.out;
+}
+
 }  // namespace
 }  // namespace firmad::test
