@@ -64,6 +64,20 @@ class DaemonSuite : public ::testing::Test {
   static std::unique_ptr<Daemon> daemon_;
 };
 
+// A firmad as its own uid (kDaemonUid) on `rig`'s token, its socket in the
+// group nogroup, with one more alias, "compartida", for firma-p384's objects
+// that root and uid 65532 may use: for what other uids see and may do.
+inline std::unique_ptr<Daemon> start_with_shared_key(TokenRig& rig) {
+  rig.hand_to(kDaemonUid);
+  const std::string config = rig.write_config(
+      {{"socket =", "socket = \"" + rig.socket().string() + "\"\nsocket_group = \"nogroup\""}},
+      "\n[keys.compartida]\ntoken = \"demo\"\nuri = \"pkcs11:object=firma-p384;id=%04\"\nallow_users = [0, 65532]\n");
+  Daemon::Options options;
+  options.user = kDaemonUid;
+  options.groups = {65534};
+  return std::make_unique<Daemon>(config, rig.socket(), options);
+}
+
 inline std::unique_ptr<TokenRig> DaemonSuite::rig_;
 inline std::unique_ptr<Daemon> DaemonSuite::daemon_;
 

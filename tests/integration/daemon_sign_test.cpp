@@ -349,15 +349,8 @@ TEST(Firmactl, NamesTheMissingPermissionAndNeverWaitsForever) {
 // with and their tokens; an administrator sees everything.
 TEST(StatusPrivacy, NonAdminsSeeOnlyTheKeysTheyMayUse) {
   TokenRig rig;
-  rig.hand_to(kDaemonUid);
-  const std::string config = rig.write_config(
-      {{"socket =", "socket = \"" + rig.socket().string() + "\"\nsocket_group = \"nogroup\""}},
-      "\n[keys.compartida]\ntoken = \"demo\"\nuri = \"pkcs11:object=firma-p384;id=%04\"\nallow_users = [0, 65532]\n");
-  Daemon::Options options;
-  options.user = kDaemonUid;
-  options.groups = {65534};
-  Daemon daemon(config, rig.socket(), options);
-  ASSERT_TRUE(daemon.wait_for_log("event=token-login")) << daemon.log();
+  const auto daemon = start_with_shared_key(rig);
+  ASSERT_TRUE(daemon->wait_for_log("event=token-login")) << daemon->log();
   auto as = [&](uid_t uid, const std::string& command) {
     const auto r = run("setpriv --reuid=" + std::to_string(uid) + " --regid=65534 --clear-groups " +
                        quote(firmactl_binary().string()) + " --json --socket " + quote(rig.socket().string()) + " " + command);

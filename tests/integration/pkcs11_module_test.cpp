@@ -463,15 +463,8 @@ TEST_F(Pkcs11Module, SshLogsIntoSshdWithTheTokenKey) {
 // and signs with them; a uid allowed nothing sees no slot and cannot sign.
 TEST(Pkcs11ModulePolicy, AUidSeesAndSignsWithOnlyTheKeysItMayUse) {
   TokenRig rig;
-  rig.hand_to(kDaemonUid);
-  const std::string config = rig.write_config(
-      {{"socket =", "socket = \"" + rig.socket().string() + "\"\nsocket_group = \"nogroup\""}},
-      "\n[keys.compartida]\ntoken = \"demo\"\nuri = \"pkcs11:object=firma-p384;id=%04\"\nallow_users = [0, 65532]\n");
-  Daemon::Options options;
-  options.user = kDaemonUid;
-  options.groups = {65534};
-  Daemon daemon(config, rig.socket(), options);
-  ASSERT_TRUE(daemon.wait_for_log("event=token-login")) << daemon.log();
+  const auto daemon = start_with_shared_key(rig);
+  ASSERT_TRUE(daemon->wait_for_log("event=token-login")) << daemon->log();
 
   auto r = tool(rig.socket(), "-O", as_uid(65532));
   ASSERT_EQ(r.exit_code, 0) << r.out;
