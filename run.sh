@@ -206,7 +206,7 @@ sanitize() {
   export ASAN_OPTIONS="halt_on_error=1:exitcode=86:detect_leaks=1:check_initialization_order=1"
   export LSAN_OPTIONS="suppressions=$supp/lsan.supp:print_suppressions=0"
   export UBSAN_OPTIONS="halt_on_error=1:exitcode=86:print_stacktrace=1"
-  export TSAN_OPTIONS="halt_on_error=1:exitcode=66:second_deadlock_stack=1"
+  export TSAN_OPTIONS="halt_on_error=1:exitcode=66:second_deadlock_stack=1:suppressions=$supp/tsan.supp"
   # GCC 12's TSan cannot map its shadow memory with more than 28 bits of mmap
   # randomisation (newer kernels default to 32): run without ASLR there.
   local launcher=()
