@@ -32,7 +32,9 @@ constexpr CK_FLAGS kForkSafe = 1;
 class Module {
  public:
   Module() {
-    handle_ = ::dlopen(FIRMA_PKCS11_MODULE, RTLD_NOW | RTLD_LOCAL);
+    // (RTLD_NODELETE: the module keeps its state in a static it never frees,
+    // on purpose; unmapped by dlclose, LeakSanitizer would call it lost.)
+    handle_ = ::dlopen(FIRMA_PKCS11_MODULE, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
     if (handle_ == nullptr) throw std::runtime_error(::dlerror());
     auto get = reinterpret_cast<CK_C_GetFunctionList>(::dlsym(handle_, "C_GetFunctionList"));
     if (get == nullptr || get(&f_) != CKR_OK) throw std::runtime_error("no function list");
