@@ -89,7 +89,7 @@ void ec_parts(EVP_PKEY* key, Template& priv, Template& pub) {
 
 bool id_in_use(const Session& session, Bytes& id) {
   CK_ATTRIBUTE match{CKA_ID, id.data(), static_cast<CK_ULONG>(id.size())};
-  auto* fn = session.module().fn();
+  const auto fn = session.module().fn();
   check(fn->C_FindObjectsInit(session.handle(), &match, 1), "C_FindObjectsInit");
   CK_OBJECT_HANDLE found = CK_INVALID_HANDLE;
   CK_ULONG count = 0;

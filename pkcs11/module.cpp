@@ -71,14 +71,19 @@ Module::Module(std::string path, CK_FUNCTION_LIST* fn, bool owns_init)
     : path_(std::move(path)), fn_(fn), owns_init_(owns_init) {
   CK_INFO info{};
   if (fn_->C_GetInfo(&info) == CKR_OK) manufacturer_ = trim_padded(info.manufacturerID, sizeof info.manufacturerID);
+  one_call_at_a_time_ = manufacturer_ == "PKCS#11 Kit";
+}
+
+const char* Module::one_call_at_a_time_reason() noexcept {
+  return "p11-kit's RPC transport shares one socket between threads and can hang a call made while another fails";
 }
 
 Module::~Module() {
-  if (owns_init_) fn_->C_Finalize(nullptr);
+  if (owns_init_) fn()->C_Finalize(nullptr);
   p11_kit_module_release(fn_);
 }
 
-void Module::close_all_sessions(SlotId slot) const noexcept { fn_->C_CloseAllSessions(slot); }
+void Module::close_all_sessions(SlotId slot) const noexcept { fn()->C_CloseAllSessions(slot); }
 
 void Module::join() {
   std::lock_guard lock(reinit_mutex_);
@@ -120,10 +125,10 @@ Module::Parking Module::park() {
 
 // Under reinit_mutex_, every user parked: no call is in flight.
 unsigned long Module::reinitialize_locked() {
-  if (owns_init_) fn_->C_Finalize(nullptr);
+  if (owns_init_) fn()->C_Finalize(nullptr);
   CK_C_INITIALIZE_ARGS args{};
   args.flags = CKF_OS_LOCKING_OK;
-  const CK_RV rv = fn_->C_Initialize(&args);
+  const CK_RV rv = fn()->C_Initialize(&args);
   // Initialised again, by firmad: finalised by firmad at the end. (Failed: the
   // next user that meets CKR_CRYPTOKI_NOT_INITIALIZED asks again.)
   owns_init_ = rv == CKR_OK;
@@ -135,22 +140,22 @@ unsigned long Module::reinitialize_locked() {
 
 std::size_t Module::slot_count() const {
   CK_ULONG count = 0;
-  check(fn_->C_GetSlotList(CK_FALSE, nullptr, &count), "C_GetSlotList");
+  check(fn()->C_GetSlotList(CK_FALSE, nullptr, &count), "C_GetSlotList");
   return count;
 }
 
 std::vector<SlotId> Module::slots_with_token() const {
   CK_ULONG count = 0;
-  check(fn_->C_GetSlotList(CK_TRUE, nullptr, &count), "C_GetSlotList");
+  check(fn()->C_GetSlotList(CK_TRUE, nullptr, &count), "C_GetSlotList");
   std::vector<CK_SLOT_ID> slots(count);
-  if (count) check(fn_->C_GetSlotList(CK_TRUE, slots.data(), &count), "C_GetSlotList");
+  if (count) check(fn()->C_GetSlotList(CK_TRUE, slots.data(), &count), "C_GetSlotList");
   slots.resize(count);
   return {slots.begin(), slots.end()};
 }
 
 CK_TOKEN_INFO Module::raw_token_info(SlotId slot) const {
   CK_TOKEN_INFO info{};
-  check(fn_->C_GetTokenInfo(slot, &info), "C_GetTokenInfo");
+  check(fn()->C_GetTokenInfo(slot, &info), "C_GetTokenInfo");
   return info;
 }
 
@@ -172,12 +177,12 @@ TokenInfo Module::token_info(SlotId slot) const {
 
 std::vector<Scheme> Module::schemes(SlotId slot, KeyType type) const {
   CK_ULONG count = 0;
-  check(fn_->C_GetMechanismList(slot, nullptr, &count), "C_GetMechanismList");
+  check(fn()->C_GetMechanismList(slot, nullptr, &count), "C_GetMechanismList");
   // One element of slack: p11-kit-client.so (0.24, rpc-client.c's
   // mechanism_list_purge) drops mechanisms it cannot forward with a memmove
   // that reads one element past the end of the caller's list.
   std::vector<CK_MECHANISM_TYPE> mechs(count + 1);
-  if (count) check(fn_->C_GetMechanismList(slot, mechs.data(), &count), "C_GetMechanismList");
+  if (count) check(fn()->C_GetMechanismList(slot, mechs.data(), &count), "C_GetMechanismList");
   mechs.resize(count);
   auto has = [&](CK_MECHANISM_TYPE m) { return std::find(mechs.begin(), mechs.end(), m) != mechs.end(); };
   std::vector<Scheme> out;

@@ -62,7 +62,37 @@ class Module {
   };
   Parking park();
 
-  CK_FUNCTION_LIST* fn() const noexcept { return fn_; }
+  // A call into the module: `module.fn()->C_Sign(...)`, or a named
+  // `const auto fn = module.fn();` for an operation of several calls
+  // (C_SignInit .. C_Sign, C_FindObjectsInit .. Final). For a module that
+  // must be called one call at a time (one_call_at_a_time()) it holds the
+  // module's call lock while it lives; for the others it is the bare
+  // function list.
+  class Call {
+   public:
+    CK_FUNCTION_LIST* operator->() const noexcept { return fn_; }
+
+   private:
+    friend class Module;
+    Call(CK_FUNCTION_LIST* fn, std::recursive_mutex* lock)
+        : fn_(fn), lock_(lock ? std::unique_lock(*lock) : std::unique_lock<std::recursive_mutex>()) {}
+    CK_FUNCTION_LIST* fn_;
+    std::unique_lock<std::recursive_mutex> lock_;
+  };
+  Call fn() const { return Call(fn_, one_call_at_a_time_ ? &call_mutex_ : nullptr); }
+
+  // Whether firmad calls this module one call at a time, whatever threads
+  // and sessions it has. So far p11-kit's own modules (p11-kit-client.so,
+  // p11-kit-proxy.so, manufacturer "PKCS#11 Kit"), whose RPC transport
+  // shares one socket between a process's threads and mishandles a failure
+  // with several calls in flight: the thread that sees the server gone
+  // closes the socket while another reads it, and that one can end up in
+  // select() on no descriptor for ever (p11-kit 0.24.1, rpc-transport.c).
+  // The remote end (p11-kit-remote) serves one call at a time anyway, so
+  // nothing is lost.
+  bool one_call_at_a_time() const noexcept { return one_call_at_a_time_; }
+  // Why, for the log ("" when not).
+  static const char* one_call_at_a_time_reason() noexcept;
 
   // Returns how many slots the module has, with a token or without.
   std::size_t slot_count() const;
@@ -86,6 +116,8 @@ class Module {
   std::string manufacturer_;
   CK_FUNCTION_LIST* fn_;
   bool owns_init_;
+  bool one_call_at_a_time_ = false;
+  mutable std::recursive_mutex call_mutex_;
 
   mutable std::mutex reinit_mutex_;
   int users_ = 0;

@@ -56,7 +56,7 @@ std::vector<ObjectHandle> Session::find(CK_OBJECT_CLASS cls, const std::optional
   tmpl.push_back({CKA_CLASS, &cls, sizeof cls});
   if (label) tmpl.push_back({CKA_LABEL, const_cast<char*>(label->data()), label->size()});
   if (id) tmpl.push_back({CKA_ID, const_cast<std::uint8_t*>(id->data()), id->size()});
-  auto* fn = module_->fn();
+  const auto fn = module_->fn();
   check(fn->C_FindObjectsInit(handle_, tmpl.data(), tmpl.size()), "C_FindObjectsInit");
   std::vector<CK_OBJECT_HANDLE> found(limit);
   CK_ULONG count = 0;

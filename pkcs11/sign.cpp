@@ -73,7 +73,7 @@ Bytes ecdsa_to_der(const Bytes& raw) {
 // signature, and C_Sign; returns the signature as the token made it.
 Bytes token_sign(const Session& session, ObjectHandle key, CK_MECHANISM& mech, std::span<const std::uint8_t> input,
                  const ContextPin& context_pin) {
-  auto* fn = session.module().fn();
+  const auto fn = session.module().fn();
   check(fn->C_SignInit(session.handle(), &mech, key), "C_SignInit");
   if (context_pin) {
     auto* pin = reinterpret_cast<CK_UTF8CHAR*>(const_cast<char*>(context_pin->data()));

@@ -72,6 +72,9 @@ TokenWorker::~TokenWorker() { stop(); }
 void TokenWorker::start() {
   module_ = pkcs11::Module::shared(config_.module);
   module_->join();
+  if (module_->one_call_at_a_time())
+    log::info("token-module-one-call-at-a-time", {{"token", config_.name}, {"module", module_->path()},
+                                                  {"why", pkcs11::Module::one_call_at_a_time_reason()}});
   sessions_ = SessionPool(config_.sessions);
   // Named for ps, top and firmad-load's CPU figures (at most 15 characters).
   control_thread_ = std::thread([this] {

@@ -9,6 +9,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <functional>
+#include <memory>
 #include <chrono>
 #include <cstdio>
 #include <map>
@@ -70,7 +72,14 @@ class RemoteToken : public ::testing::Test {
                                        {"sessions", "sessions = 2\nrefresh_interval_ms = 200"}});
     return std::make_unique<Daemon>(cfg, rig.socket());
   }
-  firma::Client client() { return firma::Client(rig.socket().string()); }
+  // Every call here has a deadline: a call that hangs fails with its name
+  // and the daemon's log, not as the test's time limit.
+  static constexpr std::chrono::seconds kReplyTimeout{15};
+  firma::Client client() {
+    firma::Client c(rig.socket().string());
+    c.set_reply_timeout(kReplyTimeout);
+    return c;
+  }
   firma::Json token_status() { return client().status()["tokens"][0]; }
   bool verifies(const std::string& text, const firma::Bytes& signature) {
     const fs::path data = rig.dir() / "v.txt", sig = rig.dir() / "v.sig";
@@ -134,9 +143,16 @@ TEST_F(RemoteToken, ServerKilledWhileFourClientsSignFailsThemNamedAndServesWhenB
   std::map<std::string, int> errors;
   double slowest_failure_ms = 0;
   std::vector<std::thread> signers;
+  auto join_signers = [&] {
+    stop = true;
+    for (auto& t : signers)
+      if (t.joinable()) t.join();
+  };
+  // A failed ASSERT returns early: the signers stop and are joined then too.
+  const std::unique_ptr<void, std::function<void(void*)>> joined(&signers, [&](void*) { join_signers(); });
   for (int t = 0; t < 4; ++t)
     signers.emplace_back([&] {
-      firma::Client c(rig.socket().string());
+      firma::Client c = client();
       while (!stop) {
         const auto t0 = std::chrono::steady_clock::now();
         try {
@@ -147,6 +163,12 @@ TEST_F(RemoteToken, ServerKilledWhileFourClientsSignFailsThemNamedAndServesWhenB
           std::lock_guard lock(m);
           ++errors[e.name()];
           slowest_failure_ms = std::max(slowest_failure_ms, ms_since(t0));
+        } catch (const firma::ConnectionError& e) {  // no answer within kReplyTimeout: a hang
+          ++failed;
+          std::lock_guard lock(m);
+          ++errors[std::string("no answer: ") + e.what()];
+          slowest_failure_ms = std::max(slowest_failure_ms, ms_since(t0));
+          return;  // the connection is spent
         }
       }
     });
@@ -154,8 +176,7 @@ TEST_F(RemoteToken, ServerKilledWhileFourClientsSignFailsThemNamedAndServesWhenB
   stop_server();
   ASSERT_TRUE(eventually([&] { return !token_status()["present"].get<bool>(); })) << d->log();
   ASSERT_TRUE(eventually([&] { return failed >= 40; })) << "signers kept failing while the server was gone";
-  stop = true;
-  for (auto& t : signers) t.join();
+  join_signers();
   for (const auto& [name, n] : errors)
     EXPECT_TRUE(name == "io.firmad.Signer.TokenAbsent" || name == "io.firmad.Signer.TokenError") << name << " x" << n;
   EXPECT_GE(errors["io.firmad.Signer.TokenAbsent"], 30) << "once the token is known gone, signatures are refused TokenAbsent";

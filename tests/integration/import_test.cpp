@@ -98,7 +98,7 @@ class Import : public ::testing::Test {
   static std::size_t count_with_id(const pkcs11::Session& s, const pkcs11::Bytes& id) {
     pkcs11::Bytes copy = id;
     CK_ATTRIBUTE match{CKA_ID, copy.data(), copy.size()};
-    auto* fn = s.module().fn();
+    const auto fn = s.module().fn();
     EXPECT_EQ(fn->C_FindObjectsInit(s.handle(), &match, 1), static_cast<CK_RV>(CKR_OK));
     std::vector<CK_OBJECT_HANDLE> found(64);
     CK_ULONG n = 0;

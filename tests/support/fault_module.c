@@ -68,6 +68,13 @@
  *                                counted in "<control>.in_create" as it starts
  *   stderr_flood                 every C_GetTokenInfo writes 100 diagnostic lines to
  *                                stderr, as tpm2-pkcs11 does while its TPM is gone
+ *   p11kit_rpc                   C_GetInfo names p11-kit as the manufacturer ("PKCS#11
+ *                                Kit"), as p11-kit-client.so and p11-kit-proxy.so do,
+ *                                whose RPC transport must not have two calls in flight
+ *                                when the server dies
+ * Calls in flight at once: the most ever seen inside C_GetSlotList, C_GetTokenInfo,
+ * C_GetSessionInfo, C_Login, C_SignInit and C_Sign (slow_ms makes a signature
+ * last) is written to "$FIRMAD_FAULT_CONTROL.overlap" each time it grows.
  * A C_CloseSession on a handle the module closed underneath (session_invalid,
  * a removal) and did not hand out again is a stale close: firmad must forget
  * such handles, never close them (a module may give the number to a new
@@ -174,6 +181,41 @@ static int backend_down(void) {
     return 1;
   }
   return atomic_load(&backend_broken);
+}
+
+// Calls in flight (see "overlap" above): enter() on the way in, leave() on the way out.
+static atomic_int in_flight, most_in_flight;
+
+static void enter(void) {
+  const int now = atomic_fetch_add(&in_flight, 1) + 1;
+  int most = atomic_load(&most_in_flight);
+  while (now > most)
+    if (atomic_compare_exchange_weak(&most_in_flight, &most, now)) {
+      char name[4096];
+      if (!side_file("overlap", name, sizeof name)) break;
+      pthread_mutex_lock(&count_lock);
+      FILE *f = fopen(name, "w");
+      if (f) {
+        fprintf(f, "%d\n", atomic_load(&most_in_flight));
+        fclose(f);
+      }
+      pthread_mutex_unlock(&count_lock);
+      break;
+    }
+}
+
+static CK_RV leave(CK_RV rv) {
+  atomic_fetch_sub(&in_flight, 1);
+  return rv;
+}
+
+static CK_RV fault_GetInfo(CK_INFO_PTR info) {
+  const CK_RV rv = real_fns.C_GetInfo(info);
+  if (rv == CKR_OK && control_has("p11kit_rpc")) {
+    memset(info->manufacturerID, ' ', sizeof info->manufacturerID);
+    memcpy(info->manufacturerID, "PKCS#11 Kit", 11);
+  }
+  return rv;
 }
 
 static CK_RV fault_Initialize(CK_VOID_PTR args) {
@@ -295,7 +337,7 @@ static CK_SLOT_ID first_slot(void) {
   return slots[0];
 }
 
-static CK_RV fault_GetSlotList(CK_BBOOL present, CK_SLOT_ID_PTR list, CK_ULONG_PTR count) {
+static CK_RV inner_GetSlotList(CK_BBOOL present, CK_SLOT_ID_PTR list, CK_ULONG_PTR count) {
   if (control_has("backend_gone")) {
     atomic_store(&backend_broken, 1);
     *count = 0;
@@ -352,14 +394,14 @@ static int logged_out(CK_SESSION_HANDLE session) {
          info.state != CKS_RW_USER_FUNCTIONS;
 }
 
-static CK_RV fault_GetSessionInfo(CK_SESSION_HANDLE session, CK_SESSION_INFO_PTR info) {
+static CK_RV inner_GetSessionInfo(CK_SESSION_HANDLE session, CK_SESSION_INFO_PTR info) {
   if (backend_down()) return CKR_DEVICE_ERROR;
   if (removed(first_slot())) return CKR_DEVICE_REMOVED;
   lose_login(session);
   return real_fns.C_GetSessionInfo(session, info);
 }
 
-static CK_RV fault_SignInit(CK_SESSION_HANDLE session, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE key) {
+static CK_RV inner_SignInit(CK_SESSION_HANDLE session, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE key) {
   if (backend_down()) return CKR_DEVICE_ERROR;
   if (removed(first_slot()) || control_has("device_removed")) return CKR_DEVICE_REMOVED;
   if (kill_session(session)) return CKR_SESSION_HANDLE_INVALID;
@@ -379,7 +421,7 @@ static CK_RV fault_SignInit(CK_SESSION_HANDLE session, CK_MECHANISM_PTR mech, CK
   return rv;
 }
 
-static CK_RV fault_Sign(CK_SESSION_HANDLE session, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PTR sig, CK_ULONG_PTR sig_len) {
+static CK_RV inner_Sign(CK_SESSION_HANDLE session, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PTR sig, CK_ULONG_PTR sig_len) {
   const long slow = control_number("slow_ms");
   if (slow > 0) {
     /* Tell the test a signature is inside the token: "<control>.in_sign". */
@@ -453,7 +495,7 @@ static CK_RV fault_SetAttributeValue(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE
   return real_fns.C_SetAttributeValue(session, object, tmpl, n);
 }
 
-static CK_RV fault_GetTokenInfo(CK_SLOT_ID slot, CK_TOKEN_INFO_PTR info) {
+static CK_RV inner_GetTokenInfo(CK_SLOT_ID slot, CK_TOKEN_INFO_PTR info) {
   if (backend_down()) return CKR_DEVICE_ERROR;
   if (control_has("stderr_flood"))
     for (int i = 0; i < 100; ++i) fprintf(stderr, "ERROR: fault module: diagnostic line %d of a flood\n", i);
@@ -502,7 +544,7 @@ static CK_RV context_login(CK_SESSION_HANDLE session, CK_UTF8CHAR_PTR pin, CK_UL
   return rv;
 }
 
-static CK_RV fault_Login(CK_SESSION_HANDLE session, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin, CK_ULONG len) {
+static CK_RV inner_Login(CK_SESSION_HANDLE session, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin, CK_ULONG len) {
   if (backend_down()) return CKR_DEVICE_ERROR;
   if (user == CKU_CONTEXT_SPECIFIC && control_has("piv")) return context_login(session, pin, len);
   count_login();
@@ -524,6 +566,32 @@ static CK_RV fault_Login(CK_SESSION_HANDLE session, CK_USER_TYPE user, CK_UTF8CH
   return rv;
 }
 
+// The intercepted calls whose overlap is measured: each inner_X in enter()/leave().
+static CK_RV fault_GetSlotList(CK_BBOOL present, CK_SLOT_ID_PTR list, CK_ULONG_PTR count) {
+  enter();
+  return leave(inner_GetSlotList(present, list, count));
+}
+static CK_RV fault_GetTokenInfo(CK_SLOT_ID slot, CK_TOKEN_INFO_PTR info) {
+  enter();
+  return leave(inner_GetTokenInfo(slot, info));
+}
+static CK_RV fault_GetSessionInfo(CK_SESSION_HANDLE session, CK_SESSION_INFO_PTR info) {
+  enter();
+  return leave(inner_GetSessionInfo(session, info));
+}
+static CK_RV fault_Login(CK_SESSION_HANDLE session, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin, CK_ULONG len) {
+  enter();
+  return leave(inner_Login(session, user, pin, len));
+}
+static CK_RV fault_SignInit(CK_SESSION_HANDLE session, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE key) {
+  enter();
+  return leave(inner_SignInit(session, mech, key));
+}
+static CK_RV fault_Sign(CK_SESSION_HANDLE session, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PTR sig, CK_ULONG_PTR sig_len) {
+  enter();
+  return leave(inner_Sign(session, data, len, sig, sig_len));
+}
+
 CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR list) {
   if (!list) return CKR_ARGUMENTS_BAD;
   if (!loaded) {
@@ -536,6 +604,7 @@ CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR list) {
     real_fns = *real;
     fault_fns = *real;
     fault_fns.C_GetFunctionList = C_GetFunctionList;
+    fault_fns.C_GetInfo = fault_GetInfo;
     fault_fns.C_GetTokenInfo = fault_GetTokenInfo;
     fault_fns.C_Login = fault_Login;
     fault_fns.C_GetSlotList = fault_GetSlotList;
