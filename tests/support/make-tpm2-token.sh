@@ -9,7 +9,7 @@
 # DIR/store/          the tpm2-pkcs11 store (TPM2_PKCS11_STORE)
 # DIR/ca/ca.pem       the test CA that issued the certificates (ca.key beside it)
 # DIR/pin             the user PIN, mode 0600
-# DIR/ALIAS.pub.pem   each key's public key, as the token reports it
+# DIR/ALIAS.pub.pem   each key's public key, as the token's store holds it
 # DIR/ALIAS.crt.pem   each key's certificate, also stored on the token
 # DIR/firmad.toml     a configuration serving the keys on DIR/run/firmad.sock
 # Keys (alias, CKA_ID): empresa RSA-2048 "01" (hex 3031), firma-ec P-256 "02"
@@ -31,7 +31,7 @@ pin=123456
 so_pin=12345678
 module=/usr/lib/x86_64-linux-gnu/pkcs11/libtpm2_pkcs11.so
 
-for tool in tpm2_ptool tpm2-abrmd dbus-daemon pkcs11-tool openssl; do
+for tool in tpm2_ptool tpm2-abrmd dbus-daemon openssl; do
   command -v "$tool" >/dev/null || { echo "make-tpm2-token.sh: $tool is missing (see run.sh's package list)" >&2; exit 2; }
 done
 [ -e "$module" ] || { echo "make-tpm2-token.sh: $module is missing (install libtpm2-pkcs11-1)" >&2; exit 2; }
@@ -86,8 +86,46 @@ printf '%s\n' "$pin" > "$dir/pin"
 . "$(dirname "${BASH_SOURCE[0]}")/token-common.sh"
 make_test_ca "$dir"
 
+# public_key ALIAS: the public key of ALIAS as the store holds it (the
+# CKA_MODULUS/CKA_PUBLIC_EXPONENT or CKA_EC_PARAMS/CKA_EC_POINT tpm2-pkcs11
+# serves), as PEM on stdout. Read from the store with tpm2_ptool's own
+# Python (python3-cryptography, python3-yaml: its dependencies), not through
+# the module with pkcs11-tool 0.23, whose read of an EC public key fails now
+# and then ("cannot create EVP_PKEY" with a valid CKA_EC_POINT).
+public_key() {
+  /usr/bin/python3 - "$dir/store" "$label" "$1" <<'PY'
+import subprocess, sys, yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+store, token, alias = sys.argv[1:]
+def ptool(*args):
+    return yaml.safe_load(subprocess.run(["tpm2_ptool", *args, "--path", store], check=True,
+                                         capture_output=True, text=True).stdout)
+objects = [o for o in ptool("listobjects", "--label", token)
+           if o["CKA_CLASS"] == "CKO_PUBLIC_KEY" and o["CKA_LABEL"] == alias]
+if len(objects) != 1:
+    sys.exit(f"{len(objects)} public keys labelled {alias} on {token}")
+attrs = ptool("objmod", "--id", str(objects[0]["id"]))
+CKA_MODULUS, CKA_PUBLIC_EXPONENT, CKA_EC_PARAMS, CKA_EC_POINT = 0x120, 0x122, 0x180, 0x181
+P256_OID_DER = bytes.fromhex("06082a8648ce3d030107")
+if objects[0]["CKA_KEY_TYPE"] == "CKK_RSA":
+    key = rsa.RSAPublicNumbers(int(str(attrs[CKA_PUBLIC_EXPONENT]), 16), int(str(attrs[CKA_MODULUS]), 16)).public_key()
+elif objects[0]["CKA_KEY_TYPE"] == "CKK_EC":
+    if bytes.fromhex(attrs[CKA_EC_PARAMS]) != P256_OID_DER:
+        sys.exit(f"{alias}: only P-256 is made here, the store says {attrs[CKA_EC_PARAMS]}")
+    point = bytes.fromhex(attrs[CKA_EC_POINT])
+    if point[0] != 0x04 or point[1] != len(point) - 2:  # DER OCTET STRING around the point
+        sys.exit(f"{alias}: CKA_EC_POINT is not a DER OCTET STRING: {attrs[CKA_EC_POINT]}")
+    key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point[2:])
+else:
+    sys.exit(f"{alias}: unexpected key type {objects[0]['CKA_KEY_TYPE']}")
+sys.stdout.write(key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode())
+PY
+}
+
 # key ALIAS ID ALGORITHM: a key pair generated in the TPM, its public key
-# read back through the module, and a certificate for that public key (the
+# read back from the store, and a certificate for that public key (the
 # request is signed by a throwaway software key: the CA takes the token's
 # public key from -force_pubkey) stored on the token under the key's CKA_ID.
 key() {
@@ -95,19 +133,7 @@ key() {
   local id_hex
   id_hex=$(printf '%s' "$id" | od -An -tx1 | tr -d ' \n')
   ptool addkey --label="$label" --key-label="$alias" --id="$id" --userpin="$pin" --algorithm="$algorithm"
-  # pkcs11-tool 0.23 now and then fails this read of an EC key that it reads
-  # the next time ("cannot create EVP_PKEY", with a valid EC_POINT): up to
-  # three tries, each failure shown.
-  local try
-  for try in 1 2 3; do
-    if pkcs11-tool --module "$module" --token-label "$label" --read-object --type pubkey --id "$id_hex" \
-      -o "$dir/work/$alias.pub.der" >"$dir/work/p11.log" 2>&1; then break; fi
-    echo "reading the public key of $alias ($algorithm, id $id_hex) through $module failed (try $try of 3):" >&2
-    cat "$dir/work/p11.log" >&2
-    if [ "$try" = 3 ]; then pkcs11-tool --module "$module" --token-label "$label" --list-objects >&2 || true; exit 1; fi
-    sleep 0.2
-  done
-  openssl pkey -pubin -inform DER -in "$dir/work/$alias.pub.der" -out "$dir/$alias.pub.pem"
+  public_key "$alias" > "$dir/$alias.pub.pem" || { echo "reading the public key of $alias from the store failed" >&2; exit 1; }
   openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$dir/work/throwaway.key" 2>/dev/null
   openssl req -new -key "$dir/work/throwaway.key" -out "$dir/work/$alias.csr" \
     -subj "/C=MX/O=EMPRESA DEMO SA DE CV/serialNumber=EDE010101AAA/CN=EMPRESA DEMO SA DE CV $alias" 2>/dev/null
