@@ -161,13 +161,11 @@ class RenewalCrash : public Renewal {
                         long submissions_most) {
     SCOPED_TRACE(where);
     start_plain();
-    // Resumed by itself when a step was recorded; otherwise nothing of it is
-    // recorded and an administrator's 'renew' starts it (as one would).
-    if (!eventually([&] { return state("empresa") == "retired"; }, std::chrono::seconds(3))) {
-      const std::string s = state("empresa");
-      if (s.empty() || s == "none") {
-        ASSERT_EQ(ctl("renew empresa").exit_code, 0) << daemon->log();
-      }
+    // Resumed by itself when a step was recorded (firmad loads its records
+    // before it serves, so status shows the step at once); otherwise nothing
+    // of it is recorded and an administrator's 'renew' starts it (as one would).
+    if (const std::string s = state("empresa"); s.empty() || s == "none") {
+      ASSERT_EQ(ctl("renew empresa").exit_code, 0) << daemon->log();
     }
     ASSERT_TRUE(eventually([&] { return state("empresa") == "retired"; }, std::chrono::seconds(30)))
         << state("empresa") << "\n" << key("empresa").dump() << "\n" << daemon->log();
@@ -219,13 +217,15 @@ class RenewalCrash : public Renewal {
       const std::string where = "killed at write " + std::to_string(n) + " of " + std::to_string(count);
       long submitted = 0;
       std::string at;
-      // The kill lands while strace holds the Nth write; if the machine was
-      // too slow and it landed later, that point is tried again (twice).
+      // The kill lands while strace holds the Nth write (each write is held
+      // 3 ms: long enough for this thread, polling each millisecond, to see
+      // it; longer made the sweep twice as slow); if the machine was too
+      // slow and it landed later, that point is tried again (twice).
       std::size_t landed = 0;
       for (int attempt = 0; attempt < 3; ++attempt) {
         restore();
         submitted = submissions();
-        start_traced(10000);
+        start_traced(3000);
         const std::size_t idle = writes().size();
         std::thread renew([&] { (void)ctl("renew empresa", 60); });
         bool reached = false;
@@ -245,6 +245,7 @@ class RenewalCrash : public Renewal {
         ASSERT_TRUE(eventually([&] { return !daemon->running(); }, std::chrono::seconds(10))) << where;
         landed = writes().size() - idle;
         if (landed <= n + 1) break;  // the Nth, or another thread's write in the same instant
+        std::cout << "[ renewal  ] " << where << ": the kill landed at write " << landed << ", tried again" << std::endl;
         daemon.reset();
       }
       EXPECT_LE(landed, n + 1) << where << ": the kill landed at write " << landed;
