@@ -31,6 +31,14 @@ std::string as_uid(uid_t uid) {
   return "setpriv --reuid=" + std::to_string(uid) + " --regid=65534 --clear-groups";
 }
 
+// The lowercase hex of `data`, as the audit trail writes digests.
+std::string hex_of(const firma::Bytes& data) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string out;
+  for (auto b : data) out += std::string{kDigits[b >> 4], kDigits[b & 15]};
+  return out;
+}
+
 std::size_t count(const std::string& text, const std::string& what) {
   std::size_t n = 0;
   for (auto at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
@@ -235,10 +243,7 @@ TEST_F(Pkcs11Module, MultiPartSigningHashesLocally) {
     EXPECT_EQ(count(trace, ": C_SignFinal"), 1u) << mech;
     r = verify(md, id, sig, file("big.bin"), extra);
     EXPECT_EQ(r.exit_code, 0) << mech << ": " << r.out;
-    const auto d = firma::digest(md, firma::Bytes(big.begin(), big.end()));
-    static const char* hex = "0123456789abcdef";
-    std::string digest_hex;
-    for (auto b : d) digest_hex += std::string{hex[b >> 4], hex[b & 15]};
+    const std::string digest_hex = hex_of(firma::digest(md, firma::Bytes(big.begin(), big.end())));
     EXPECT_TRUE(eventually([&] { return read_file(rig_->audit_log()).find("digest=" + digest_hex) != std::string::npos; }))
         << mech << ": " << read_file(rig_->audit_log());
   }
@@ -259,10 +264,14 @@ TEST_F(Pkcs11Module, LengthQueryMakesNoSignature) {
     const std::string trace = read_file(spy);
     EXPECT_EQ(count(trace, ": C_Sign\n"), 2u) << trace;
     EXPECT_NE(trace.find("pSignature[*pulSignatureLen] NULL"), std::string::npos) << trace;
-    // The audit writer is asynchronous: wait for the record, then make sure no second one follows.
-    EXPECT_TRUE(eventually([&] { return count(read_file(rig_->audit_log()), "event=sign ") == before + 1; }));
-    std::this_thread::sleep_for(std::chrono::milliseconds(300));
-    EXPECT_EQ(count(read_file(rig_->audit_log()), "event=sign "), before + 1) << key;
+    // The audit writer is asynchronous but keeps order: once a marker
+    // signature made after p11tool is on record, p11tool's are all there.
+    const std::string marker = "after p11tool " + key;
+    firma::Client(rig_->socket().string()).sign_data("firma-ec", firma::Bytes(marker.begin(), marker.end()));
+    const std::string marker_hex = hex_of(firma::digest("sha256", firma::Bytes(marker.begin(), marker.end())));
+    ASSERT_TRUE(eventually([&] { return read_file(rig_->audit_log()).find("digest=" + marker_hex) != std::string::npos; }))
+        << read_file(rig_->audit_log());
+    EXPECT_EQ(count(read_file(rig_->audit_log()), "event=sign "), before + 2) << key << ": p11tool's and the marker's";
   }
 }
 
@@ -368,7 +377,10 @@ TEST_F(Pkcs11Module, OpenSslEngineSignsCertificatesCmsAndTlsClientAuth) {
   const std::string port = std::to_string(20000 + ::getpid() % 20000);
   const std::string server = "openssl s_server -accept 127.0.0.1:" + port + " -cert " + quote(file("tls-server.pem").string()) +
                              " -key " + quote(file("tls-server.key").string()) + " -Verify 1 -verify_return_error -CAfile " +
-                             quote(rig_->ca().string()) + " -www >" + quote(file("s_server.log").string()) + " 2>&1 & s=$!; sleep 1; ";
+                             quote(rig_->ca().string()) + " -www >" + quote(file("s_server.log").string()) + " 2>&1 & s=$!; " +
+                             // s_server says ACCEPT once it listens (at most 10 s).
+                             "for i in $(seq 200); do grep -q ACCEPT " + quote(file("s_server.log").string()) +
+                             " && break; sleep 0.05; done; ";
   for (const std::string key : {"empresa", "firma-ec"})
     for (const std::string version : {"tls1_2", "tls1_3"}) {
       const auto signs = count(read_file(rig_->audit_log()), "key=" + key + " ");
@@ -437,8 +449,10 @@ TEST_F(Pkcs11Module, SshLogsIntoSshdWithTheTokenKey) {
                           " root@127.0.0.1 echo logged-in-through-firmad";
   auto login_with = [&](const std::string& authorized) {
     write_file(dir / "authorized_keys", authorized);
+    // sshd writes its pid file once it listens (waited for, at most 10 s).
     const auto out = run("/usr/sbin/sshd -f " + quote((dir / "config").string()) + " -E " + quote((dir / "sshd.log").string()) +
-                         " && sleep 0.5 && " + ssh + "; rc=$?; kill $(cat " + quote((dir / "pid").string()) + "); exit $rc");
+                         " && for i in $(seq 200); do [ -s " + quote((dir / "pid").string()) +
+                         " ] && break; sleep 0.05; done && " + ssh + "; rc=$?; kill $(cat " + quote((dir / "pid").string()) + "); exit $rc");
     return out;
   };
   for (const std::string id : {"01", "02"}) {
