@@ -10,10 +10,13 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <mutex>
+#include <string>
 #include <cstdlib>
 #include <thread>
 #include <vector>
 
+#include "client/firma.hpp"
 #include "daemon_fixture.hpp"
 #include "rig.hpp"
 
@@ -244,6 +247,92 @@ TEST_F(Pkcs11ModuleApi, SigningFollowsTheSpecification) {
   EXPECT_EQ(m->C_GenerateRandom(s, random, sizeof random), CKR_RANDOM_NO_RNG);  // NSS asks; no CKF_RNG
   EXPECT_EQ(m->C_CloseAllSessions(m.slots().at(0)), CKR_OK);
   EXPECT_EQ(m->C_SignInit(s, &ecdsa, ec), CKR_SESSION_HANDLE_INVALID);
+}
+
+// Multi-part signing (Java signs only so): the parts are hashed here, a
+// C_SignFinal with no buffer answers the length and makes no signature, a
+// short buffer keeps the operation, and the one signature made is over the
+// whole text (its digest is on the audit record, once).
+TEST_F(Pkcs11ModuleApi, MultiPartLengthQueryAndShortBufferMakeOneSignature) {
+  Module m;
+  ASSERT_EQ(m->C_Initialize(nullptr), CKR_OK);
+  const auto s = m.open(m.slots().at(0));
+  const CK_OBJECT_HANDLE ec = m.key(s, 2);
+  CK_MECHANISM mech{CKM_ECDSA_SHA256, nullptr, 0};
+  ASSERT_EQ(m->C_SignInit(s, &mech, ec), CKR_OK);
+  std::string text = "nomina quincenal ";
+  text += std::to_string(::getpid());  // a digest no earlier test signed
+  std::string first = text.substr(0, 7), rest = text.substr(7);
+  ASSERT_EQ(m->C_SignUpdate(s, reinterpret_cast<CK_BYTE_PTR>(first.data()), first.size()), CKR_OK);
+  ASSERT_EQ(m->C_SignUpdate(s, reinterpret_cast<CK_BYTE_PTR>(rest.data()), rest.size()), CKR_OK);
+  CK_ULONG len = 0;
+  EXPECT_EQ(m->C_SignFinal(s, nullptr, &len), CKR_OK);
+  EXPECT_EQ(len, 64u);
+  unsigned char sig[64];
+  len = 10;
+  EXPECT_EQ(m->C_SignFinal(s, sig, &len), CKR_BUFFER_TOO_SMALL);
+  EXPECT_EQ(len, 64u);
+  len = sizeof sig;
+  ASSERT_EQ(m->C_SignFinal(s, sig, &len), CKR_OK);
+  EXPECT_EQ(len, 64u);
+  EXPECT_EQ(m->C_SignFinal(s, sig, &len), CKR_OPERATION_NOT_INITIALIZED) << "the operation ended";
+
+  // The audit writer keeps order: a marker signed after it is recorded after it.
+  const std::string marker = text + " marker";
+  firma::Client(rig_->socket().string()).sign_data("firma-ec", firma::Bytes(marker.begin(), marker.end()));
+  const auto hex = [](const firma::Bytes& d) {
+    std::string out;
+    for (auto b : d) out += std::string{"0123456789abcdef"[b >> 4], "0123456789abcdef"[b & 15]};
+    return out;
+  };
+  const std::string text_digest = "digest=" + hex(firma::digest("sha256", firma::Bytes(text.begin(), text.end())));
+  const std::string marker_digest = "digest=" + hex(firma::digest("sha256", firma::Bytes(marker.begin(), marker.end())));
+  ASSERT_TRUE(eventually([&] { return read_file(rig_->audit_log()).find(marker_digest) != std::string::npos; }));
+  const std::string audit = read_file(rig_->audit_log());
+  const auto at = audit.find(text_digest);
+  ASSERT_NE(at, std::string::npos) << "the signature is over the whole text\n" << audit;
+  EXPECT_EQ(audit.find(text_digest, at + 1), std::string::npos) << "signed once\n" << audit;
+}
+
+// C_Finalize while other threads sign: each call in flight ends with its
+// signature or a clean error, nothing crashes, and the program can
+// initialise again and sign (run under ASan and TSan too).
+TEST_F(Pkcs11ModuleApi, FinalizeWhileThreadsSignEndsThemCleanly) {
+  Module m;
+  ASSERT_EQ(m->C_Initialize(nullptr), CKR_OK);
+  const CK_SLOT_ID slot = m.slots().at(0);
+  std::atomic<int> signed_ok{0};
+  std::atomic<bool> finalized{false};
+  std::vector<CK_RV> unexpected;
+  std::mutex unexpected_mutex;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([&] {
+      CK_SESSION_HANDLE s = 0;
+      if (m->C_OpenSession(slot, CKF_SERIAL_SESSION, nullptr, nullptr, &s) != CKR_OK) return;
+      const auto key = m.key(s, 2);
+      for (int i = 0; i < 200; ++i) {
+        const CK_RV rv = m.sign_ecdsa(s, key);
+        if (rv == CKR_OK) {
+          ++signed_ok;
+          continue;
+        }
+        // After C_Finalize: not initialised, or (a call that raced it) its session is gone.
+        if (!finalized || (rv != CKR_CRYPTOKI_NOT_INITIALIZED && rv != CKR_SESSION_HANDLE_INVALID)) {
+          std::lock_guard lock(unexpected_mutex);
+          unexpected.push_back(rv);
+        }
+        return;
+      }
+    });
+  ASSERT_TRUE(eventually([&] { return signed_ok >= 20; }));
+  finalized = true;
+  EXPECT_EQ(m->C_Finalize(nullptr), CKR_OK);
+  for (auto& t : threads) t.join();
+  EXPECT_TRUE(unexpected.empty()) << "first unexpected CK_RV 0x" << std::hex << (unexpected.empty() ? 0 : unexpected[0]);
+  ASSERT_EQ(m->C_Initialize(nullptr), CKR_OK);
+  const auto s = m.open(m.slots().at(0));
+  EXPECT_EQ(m.sign_ecdsa(s, m.key(s, 2)), CKR_OK);
 }
 
 // After fork() the child signs through its own connections, never the parent's.
