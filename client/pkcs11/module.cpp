@@ -3,7 +3,8 @@
 // No threads of its own and no connection kept: each call that needs firmad
 // (the slot list, a signature) connects on the caller's thread and closes
 // again, so a child after fork() shares nothing with its parent but a copy
-// of this state. One mutex guards the state; it is never held across I/O.
+// of this state. One mutex guards the state; it is never held across I/O
+// or while data is hashed.
 #include <openssl/evp.h>
 #include <pthread.h>
 #include <sys/auxv.h>
@@ -18,6 +19,7 @@
 #include <mutex>
 #include <optional>
 #include <set>
+#include <span>
 #include <tuple>
 
 #include "client/firma.hpp"
@@ -61,6 +63,7 @@ struct Session {
   std::optional<std::vector<CK_OBJECT_HANDLE>> found;  // an active search's results
   std::size_t next_found = 0;
   std::optional<SignOperation> sign;
+  bool hashing = false;  // a C_SignUpdate hashes this session's operation, outside the lock
 };
 
 struct State {
@@ -73,7 +76,6 @@ struct State {
   std::map<CK_SESSION_HANDLE, Session> sessions;
   CK_SLOT_ID next_slot = 1;
   CK_OBJECT_HANDLE next_object = 1;
-  CK_SESSION_HANDLE next_session = 1;
   // Status fetches in the order they started, and the newest applied: a
   // slow fetch never overwrites a newer one.
   std::uint64_t fetches = 0, applied = 0;
@@ -81,6 +83,11 @@ struct State {
 };
 
 std::mutex mu;
+// Session handles are never given twice in a process, not even after
+// C_Finalize and C_Initialize: a C_SignUpdate that hashed outside the lock
+// finds its session again by handle, or knows it is gone. (Under mu.)
+CK_SESSION_HANDLE next_session = 1;
+
 State& state() {
   static State* s = new State;  // never destroyed: a late C_* call after exit() finds it
   return *s;
@@ -266,12 +273,14 @@ CK_RV sign_with_firmad(const MechanismPlan& plan, const KeyInfo& key, const Byte
   return out.size() == signature_length(key) ? CKR_OK : CKR_DEVICE_ERROR;
 }
 
-// C_Sign and C_SignFinal: the length for a NULL buffer, else one signature.
-// Called with the lock held in `lock`; releases it for the call to firmad.
-CK_RV finish_sign(std::unique_lock<std::mutex>& lock, Session& session, const Bytes* data, CK_BYTE_PTR signature,
-                  CK_ULONG_PTR signature_len) {
-  SignOperation& op = *session.sign;
-  const CK_ULONG need = signature_length(op.key);
+// C_Sign and C_SignFinal: the length for a NULL buffer, else one signature
+// over `data` (C_Sign) or what C_SignUpdate gathered (C_SignFinal). Called
+// with the lock held in `lock`: the operation leaves the session before the
+// lock is released, so neither hashing the data nor the call to firmad
+// holds up another thread's calls.
+CK_RV finish_sign(std::unique_lock<std::mutex>& lock, Session& session, std::optional<std::span<const CK_BYTE>> data,
+                  CK_BYTE_PTR signature, CK_ULONG_PTR signature_len) {
+  const CK_ULONG need = signature_length(session.sign->key);
   if (signature_len == nullptr) {
     session.sign.reset();
     return CKR_ARGUMENTS_BAD;
@@ -284,28 +293,21 @@ CK_RV finish_sign(std::unique_lock<std::mutex>& lock, Session& session, const By
     *signature_len = need;
     return CKR_BUFFER_TOO_SMALL;
   }
-  Bytes input;
-  if (op.md) {
-    if (data != nullptr && EVP_DigestUpdate(op.md.get(), data->data(), data->size()) != 1) {
-      session.sign.reset();
-      return CKR_FUNCTION_FAILED;
-    }
-    input.resize(EVP_MAX_MD_SIZE);
-    unsigned int n = 0;
-    if (EVP_DigestFinal_ex(op.md.get(), input.data(), &n) != 1) {
-      session.sign.reset();
-      return CKR_FUNCTION_FAILED;
-    }
-    input.resize(n);
-  } else {
-    input = data != nullptr ? *data : op.buffer;
-  }
-  const MechanismPlan plan = op.plan;
-  const KeyInfo key = op.key;
+  SignOperation op = std::move(*session.sign);
   session.sign.reset();  // the operation ends here, whatever firmad answers
   lock.unlock();
+  Bytes input;
+  if (op.md) {
+    if (data && EVP_DigestUpdate(op.md.get(), data->data(), data->size()) != 1) return CKR_FUNCTION_FAILED;
+    input.resize(EVP_MAX_MD_SIZE);
+    unsigned int n = 0;
+    if (EVP_DigestFinal_ex(op.md.get(), input.data(), &n) != 1) return CKR_FUNCTION_FAILED;
+    input.resize(n);
+  } else {
+    input = data ? Bytes(data->begin(), data->end()) : std::move(op.buffer);
+  }
   Bytes out;
-  const CK_RV rv = sign_with_firmad(plan, key, input, out);
+  const CK_RV rv = sign_with_firmad(op.plan, op.key, input, out);
   // firmad or the token is gone: the slots say so from now on.
   if (rv == CKR_DEVICE_REMOVED || rv == CKR_TOKEN_NOT_PRESENT) refresh();
   if (rv != CKR_OK) return rv;
@@ -526,8 +528,8 @@ CK_RV OpenSession(CK_SLOT_ID id, CK_FLAGS flags, CK_VOID_PTR, CK_NOTIFY, CK_SESS
   // R/W sessions are accepted although the token says write-protected:
   // OpenSSH opens every session R/W (ssh-pkcs11.c) and would see no key.
   // Nothing can be written through them: every writing call is not supported.
-  const CK_SESSION_HANDLE h = s.next_session++;
-  s.sessions[h] = Session{id, flags, std::nullopt, 0, std::nullopt};
+  const CK_SESSION_HANDLE h = next_session++;
+  s.sessions[h] = Session{id, flags, std::nullopt, 0, std::nullopt, false};
   *handle = h;
   return CKR_OK;
 }
@@ -690,7 +692,7 @@ CK_RV SignInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mechanism, CK_OBJECT_HANDLE
   Session* session = session_of(s, h);
   if (session == nullptr) return CKR_SESSION_HANDLE_INVALID;
   if (mechanism == nullptr) return CKR_ARGUMENTS_BAD;
-  if (session->sign) return CKR_OPERATION_ACTIVE;
+  if (session->sign || session->hashing) return CKR_OPERATION_ACTIVE;
   const Object* o = object_of(s, *session, key);
   if (o == nullptr) return CKR_KEY_HANDLE_INVALID;
   if (o->object_class != CKO_PRIVATE_KEY) return CKR_KEY_FUNCTION_NOT_PERMITTED;
@@ -714,6 +716,7 @@ CK_RV Sign(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG data_len, CK_BYTE_PTR
   if (!ready(s)) return CKR_CRYPTOKI_NOT_INITIALIZED;
   Session* session = session_of(s, h);
   if (session == nullptr) return CKR_SESSION_HANDLE_INVALID;
+  if (session->hashing) return CKR_OPERATION_ACTIVE;
   if (!session->sign) return CKR_OPERATION_NOT_INITIALIZED;
   if ((data == nullptr && data_len > 0) || session->sign->updated) {
     session->sign.reset();
@@ -723,16 +726,16 @@ CK_RV Sign(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG data_len, CK_BYTE_PTR
     session->sign.reset();
     return CKR_DATA_LEN_RANGE;
   }
-  const Bytes input(data, data + data_len);
-  return finish_sign(lock, *session, &input, signature, signature_len);
+  return finish_sign(lock, *session, std::span<const CK_BYTE>(data, data_len), signature, signature_len);
 }
 
 CK_RV SignUpdate(CK_SESSION_HANDLE h, CK_BYTE_PTR part, CK_ULONG part_len) {
-  std::lock_guard lock(mu);
+  std::unique_lock lock(mu);
   State& s = state();
   if (!ready(s)) return CKR_CRYPTOKI_NOT_INITIALIZED;
   Session* session = session_of(s, h);
   if (session == nullptr) return CKR_SESSION_HANDLE_INVALID;
+  if (session->hashing) return CKR_OPERATION_ACTIVE;
   if (!session->sign) return CKR_OPERATION_NOT_INITIALIZED;
   SignOperation& op = *session->sign;
   if (part == nullptr && part_len > 0) {
@@ -741,10 +744,22 @@ CK_RV SignUpdate(CK_SESSION_HANDLE h, CK_BYTE_PTR part, CK_ULONG part_len) {
   }
   op.updated = true;
   if (op.md) {
-    if (EVP_DigestUpdate(op.md.get(), part, part_len) != 1) {
-      session->sign.reset();
-      return CKR_FUNCTION_FAILED;
-    }
+    // Hashed outside the lock (a jar or a PDF of many MiB must not hold up
+    // other threads); the session is marked, so nothing else starts or
+    // ends its operation meanwhile.
+    SignOperation taken = std::move(op);
+    session->sign.reset();
+    session->hashing = true;
+    lock.unlock();
+    const bool hashed = EVP_DigestUpdate(taken.md.get(), part, part_len) == 1;
+    lock.lock();
+    // Closed, or C_Finalize, meanwhile: handles are never reused, so the
+    // session is this one or gone.
+    session = session_of(state(), h);
+    if (session == nullptr) return CKR_SESSION_CLOSED;
+    session->hashing = false;
+    if (!hashed) return CKR_FUNCTION_FAILED;
+    session->sign = std::move(taken);
     return CKR_OK;
   }
   if (part_len > kMaxMessage - op.buffer.size()) {  // (never wraps: the buffer holds at most kMaxMessage)
@@ -762,7 +777,8 @@ CK_RV SignFinal(CK_SESSION_HANDLE h, CK_BYTE_PTR signature, CK_ULONG_PTR signatu
   Session* session = session_of(s, h);
   if (session == nullptr) return CKR_SESSION_HANDLE_INVALID;
   if (!session->sign) return CKR_OPERATION_NOT_INITIALIZED;
-  return finish_sign(lock, *session, nullptr, signature, signature_len);
+  if (session->hashing) return CKR_OPERATION_ACTIVE;
+  return finish_sign(lock, *session, std::nullopt, signature, signature_len);
 }
 
 // ---- the rest ----
