@@ -794,6 +794,28 @@ CK_RV SeedRandom(CK_SESSION_HANDLE h, CK_BYTE_PTR, CK_ULONG) {
   if (!ready(state())) return CKR_CRYPTOKI_NOT_INITIALIZED;
   return session_of(state(), h) == nullptr ? CKR_SESSION_HANDLE_INVALID : CKR_RANDOM_NO_RNG;
 }
+// PKCS#11 3.0: ends the session's signature operation without a signature
+// (what a 2.40 program can only do by finishing it, which makes and audits
+// one). Other operations never run here, so there is nothing else to end.
+CK_RV SessionCancel(CK_SESSION_HANDLE h, CK_FLAGS flags) {
+  std::lock_guard lock(mu);
+  State& s = state();
+  if (!ready(s)) return CKR_CRYPTOKI_NOT_INITIALIZED;
+  Session* session = session_of(s, h);
+  if (session == nullptr) return CKR_SESSION_HANDLE_INVALID;
+  if (!(flags & CKF_SIGN)) return CKR_OK;
+  if (session->hashing) return kOperationCancelFailed;  // another thread is inside C_SignUpdate
+  session->sign.reset();
+  return CKR_OK;
+}
+
+// PKCS#11 3.0's login with a user name: the tokens here have none.
+CK_RV LoginUser(CK_SESSION_HANDLE h, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin, CK_ULONG pin_len, CK_UTF8CHAR_PTR name,
+                CK_ULONG name_len) {
+  if (name != nullptr && name_len > 0) return CKR_ARGUMENTS_BAD;
+  return Login(h, user, pin, pin_len);
+}
+
 CK_RV GetFunctionStatus(CK_SESSION_HANDLE) { return CKR_FUNCTION_NOT_PARALLEL; }
 CK_RV CancelFunction(CK_SESSION_HANDLE) { return CKR_FUNCTION_NOT_PARALLEL; }
 
@@ -896,10 +918,54 @@ CK_FUNCTION_LIST make_function_list() {
 
 CK_FUNCTION_LIST function_list = make_function_list();
 
-// One interface: "PKCS 11" with the 2.40 function list. Fork-safe: no
-// connection outlives a call, so a child may go on using the module.
+}  // namespace
+
+FIRMA_EXPORT CK_RV C_GetInterfaceList(CK_INTERFACE* list, CK_ULONG_PTR count);
+FIRMA_EXPORT CK_RV C_GetInterface(CK_UTF8CHAR_PTR name, CK_VERSION_PTR version, CK_INTERFACE** out, CK_FLAGS flags);
+
+namespace {
+
+CK_FUNCTION_LIST_3_0 make_function_list_3_0() {
+  CK_FUNCTION_LIST_3_0 l{};
+  l.v2 = make_function_list();
+  l.v2.version = {3, 0};
+  l.C_GetInterfaceList = C_GetInterfaceList;
+  l.C_GetInterface = C_GetInterface;
+  l.C_LoginUser = Guarded<LoginUser>::call;
+  l.C_SessionCancel = Guarded<SessionCancel>::call;
+  // Message-based encryption, decryption, signing and verification: none.
+  l.C_MessageEncryptInit = not_supported;
+  l.C_EncryptMessage = not_supported;
+  l.C_EncryptMessageBegin = not_supported;
+  l.C_EncryptMessageNext = not_supported;
+  l.C_MessageEncryptFinal = not_supported;
+  l.C_MessageDecryptInit = not_supported;
+  l.C_DecryptMessage = not_supported;
+  l.C_DecryptMessageBegin = not_supported;
+  l.C_DecryptMessageNext = not_supported;
+  l.C_MessageDecryptFinal = not_supported;
+  l.C_MessageSignInit = not_supported;
+  l.C_SignMessage = not_supported;
+  l.C_SignMessageBegin = not_supported;
+  l.C_SignMessageNext = not_supported;
+  l.C_MessageSignFinal = not_supported;
+  l.C_MessageVerifyInit = not_supported;
+  l.C_VerifyMessage = not_supported;
+  l.C_VerifyMessageBegin = not_supported;
+  l.C_VerifyMessageNext = not_supported;
+  l.C_MessageVerifyFinal = not_supported;
+  return l;
+}
+
+CK_FUNCTION_LIST_3_0 function_list_3_0 = make_function_list_3_0();
+
+// "PKCS 11" twice: the 3.0 function list first (the default: what
+// C_GetInterface without a version gives), then the 2.40 one that
+// C_GetFunctionList gives. Both fork-safe: no connection outlives a call,
+// so a child may go on using the module.
 CK_CHAR interface_name[] = "PKCS 11";
-CK_INTERFACE interfaces[] = {{interface_name, &function_list, kInterfaceForkSafe}};
+CK_INTERFACE interfaces[] = {{interface_name, &function_list_3_0, kInterfaceForkSafe},
+                             {interface_name, &function_list, kInterfaceForkSafe}};
 
 }  // namespace
 

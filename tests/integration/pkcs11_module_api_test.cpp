@@ -29,6 +29,28 @@ struct Interface {
   void* functions;
   CK_FLAGS flags;
 };
+// The start of PKCS#11 3.0's function list (§5.4, as a caller reads it): the
+// 2.40 list, then C_GetInterfaceList, C_GetInterface, C_LoginUser,
+// C_SessionCancel and the message-based functions.
+struct FunctionList30 {
+  CK_FUNCTION_LIST v2;
+  void* get_interface_list;
+  void* get_interface;
+  CK_RV (*login_user)(CK_SESSION_HANDLE, CK_USER_TYPE, CK_UTF8CHAR_PTR, CK_ULONG, CK_UTF8CHAR_PTR, CK_ULONG);
+  CK_RV (*session_cancel)(CK_SESSION_HANDLE, CK_FLAGS);
+  void* message_functions[20];
+};
+
+// The lowercase hex of `data`, as the audit trail writes digests.
+std::string hex_of(const firma::Bytes& data) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string out;
+  for (auto b : data) out += std::string{kDigits[b >> 4], kDigits[b & 15]};
+  return out;
+}
+std::string audited_digest(const std::string& text) {
+  return "digest=" + hex_of(firma::digest("sha256", firma::Bytes(text.begin(), text.end())));
+}
 constexpr CK_FLAGS kForkSafe = 1;
 
 // The module, loaded as a program loads it.
@@ -110,7 +132,7 @@ class Pkcs11ModuleApi : public DaemonSuite {
   void SetUp() override { ::setenv("FIRMAD_SOCKET", rig_->socket().c_str(), 1); }
 };
 
-TEST_F(Pkcs11ModuleApi, InitializesWithOsLockingAndOffersOneForkSafeInterface) {
+TEST_F(Pkcs11ModuleApi, InitializesWithOsLockingAndOffersForkSafe30And240Interfaces) {
   Module m;
   CK_C_INITIALIZE_ARGS args{};
   args.flags = CKF_OS_LOCKING_OK | CKF_LIBRARY_CANT_CREATE_OS_THREADS;
@@ -134,16 +156,74 @@ TEST_F(Pkcs11ModuleApi, InitializesWithOsLockingAndOffersOneForkSafeInterface) {
   auto list = reinterpret_cast<GetInterfaceList>(m.symbol("C_GetInterfaceList"));
   ASSERT_NE(get, nullptr);
   ASSERT_NE(list, nullptr);
+  // "PKCS 11" 3.0 by default (what NSS asks for), 2.40 on request (the list
+  // C_GetFunctionList gives); both fork-safe, both the same functions.
   Interface* iface = nullptr;
   CK_UTF8CHAR name[] = "PKCS 11";
   ASSERT_EQ(get(name, nullptr, &iface, kForkSafe), CKR_OK);
+  const auto* v3 = static_cast<const FunctionList30*>(iface->functions);
+  EXPECT_EQ(v3->v2.version.major, 3);
+  EXPECT_EQ(v3->v2.version.minor, 0);
+  EXPECT_EQ(v3->v2.C_SignInit, m->C_SignInit);
+  EXPECT_EQ(v3->get_interface, reinterpret_cast<void*>(get));
+  EXPECT_EQ(v3->get_interface_list, reinterpret_cast<void*>(list));
+  ASSERT_EQ(get(nullptr, nullptr, &iface, 0), CKR_OK);
+  EXPECT_EQ(iface->functions, v3) << "the default interface";
+  CK_VERSION v240{2, 40};
+  ASSERT_EQ(get(name, &v240, &iface, kForkSafe), CKR_OK);
   EXPECT_EQ(static_cast<CK_FUNCTION_LIST_PTR>(iface->functions), m.operator->());
-  EXPECT_EQ(static_cast<CK_FUNCTION_LIST_PTR>(iface->functions)->version.major, 2);
+  CK_VERSION v31{3, 1};
+  EXPECT_NE(get(name, &v31, &iface, 0), CKR_OK);
   CK_UTF8CHAR other[] = "Vendor NSS";
   EXPECT_NE(get(other, nullptr, &iface, 0), CKR_OK);
   CK_ULONG n = 0;
   EXPECT_EQ(list(nullptr, &n), CKR_OK);
-  EXPECT_EQ(n, 1u);
+  EXPECT_EQ(n, 2u);
+  std::vector<Interface> all(n);
+  n = 1;
+  EXPECT_EQ(list(all.data(), &n), CKR_BUFFER_TOO_SMALL);
+  EXPECT_EQ(list(all.data(), &n), CKR_OK);
+  EXPECT_EQ(all[0].functions, v3);
+  EXPECT_EQ(all[1].functions, m.operator->());
+}
+
+// PKCS#11 3.0's C_SessionCancel ends a signature operation without making a
+// signature (a 2.40 program can only finish it, which signs and is audited);
+// C_LoginUser without a user name is C_Login.
+TEST_F(Pkcs11ModuleApi, SessionCancelEndsAnOperationWithoutASignature) {
+  Module m;
+  ASSERT_EQ(m->C_Initialize(nullptr), CKR_OK);
+  using GetInterface = CK_RV (*)(CK_UTF8CHAR_PTR, CK_VERSION_PTR, Interface**, CK_FLAGS);
+  Interface* iface = nullptr;
+  ASSERT_EQ(reinterpret_cast<GetInterface>(m.symbol("C_GetInterface"))(nullptr, nullptr, &iface, 0), CKR_OK);
+  const auto* v3 = static_cast<const FunctionList30*>(iface->functions);
+  const auto s = m.open(m.slots().at(0));
+  const CK_OBJECT_HANDLE ec = m.key(s, 2);
+
+  CK_UTF8CHAR user[] = "alice";
+  EXPECT_EQ(v3->login_user(s, CKU_USER, nullptr, 0, user, 5), CKR_ARGUMENTS_BAD) << "the tokens have no user names";
+  EXPECT_EQ(v3->login_user(s, CKU_USER, nullptr, 0, nullptr, 0), CKR_OK);
+
+  const std::string text = "cancelled before signing " + std::to_string(::getpid());
+  CK_MECHANISM mech{CKM_ECDSA_SHA256, nullptr, 0};
+  ASSERT_EQ(m->C_SignInit(s, &mech, ec), CKR_OK);
+  std::string part = text;
+  ASSERT_EQ(m->C_SignUpdate(s, reinterpret_cast<CK_BYTE_PTR>(part.data()), part.size()), CKR_OK);
+  EXPECT_EQ(v3->session_cancel(s, CKF_SIGN), CKR_OK);
+  unsigned char sig[64];
+  CK_ULONG len = sizeof sig;
+  EXPECT_EQ(m->C_SignFinal(s, sig, &len), CKR_OPERATION_NOT_INITIALIZED) << "the operation ended";
+  EXPECT_EQ(v3->session_cancel(s, CKF_SIGN), CKR_OK) << "nothing active: nothing to do";
+  EXPECT_EQ(v3->session_cancel(0xdeadbeef, CKF_SIGN), CKR_SESSION_HANDLE_INVALID);
+  ASSERT_EQ(m->C_SignInit(s, &mech, ec), CKR_OK) << "a new operation may start";
+  EXPECT_EQ(m->C_SignFinal(s, sig, &len), CKR_OK);
+
+  // No signature of the cancelled text: a marker signed after it is on
+  // record (the audit writer keeps order), the text's digest is not.
+  const std::string marker = text + " marker";
+  firma::Client(rig_->socket().string()).sign_data("firma-ec", firma::Bytes(marker.begin(), marker.end()));
+  ASSERT_TRUE(eventually([&] { return read_file(rig_->audit_log()).find(audited_digest(marker)) != std::string::npos; }));
+  EXPECT_EQ(read_file(rig_->audit_log()).find(audited_digest(text)), std::string::npos) << "the cancelled text was signed";
 }
 
 TEST_F(Pkcs11ModuleApi, AttributesAndSearchesFollowTheSpecification) {
@@ -280,13 +360,7 @@ TEST_F(Pkcs11ModuleApi, MultiPartLengthQueryAndShortBufferMakeOneSignature) {
   // The audit writer keeps order: a marker signed after it is recorded after it.
   const std::string marker = text + " marker";
   firma::Client(rig_->socket().string()).sign_data("firma-ec", firma::Bytes(marker.begin(), marker.end()));
-  const auto hex = [](const firma::Bytes& d) {
-    std::string out;
-    for (auto b : d) out += std::string{"0123456789abcdef"[b >> 4], "0123456789abcdef"[b & 15]};
-    return out;
-  };
-  const std::string text_digest = "digest=" + hex(firma::digest("sha256", firma::Bytes(text.begin(), text.end())));
-  const std::string marker_digest = "digest=" + hex(firma::digest("sha256", firma::Bytes(marker.begin(), marker.end())));
+  const std::string text_digest = audited_digest(text), marker_digest = audited_digest(marker);
   ASSERT_TRUE(eventually([&] { return read_file(rig_->audit_log()).find(marker_digest) != std::string::npos; }));
   const std::string audit = read_file(rig_->audit_log());
   const auto at = audit.find(text_digest);

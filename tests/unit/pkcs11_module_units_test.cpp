@@ -65,8 +65,8 @@ TEST(Pkcs11Ecdsa, DerBecomesFixedLengthRAndS) {
 }
 
 TEST(Pkcs11Mechanisms, ParametersAreCheckedAgainstTheKey) {
-  KeyInfo rsa{"empresa", "demo", KeyKind::rsa, 2048, true, {}};
-  KeyInfo ec{"firma-ec", "demo", KeyKind::ec, 256, false, {}};
+  KeyInfo rsa{"empresa", "demo", KeyKind::rsa, 2048, true, false, {}};
+  KeyInfo ec{"firma-ec", "demo", KeyKind::ec, 256, false, false, {}};
   MechanismPlan plan;
   CK_MECHANISM m{CKM_RSA_X_509, nullptr, 0};
   EXPECT_EQ(plan_for(m, rsa, plan), CKR_MECHANISM_INVALID);
@@ -97,7 +97,7 @@ TEST(Pkcs11Mechanisms, ParametersAreCheckedAgainstTheKey) {
   EXPECT_EQ(plan_for(m, no_pss, plan), CKR_MECHANISM_INVALID);
   EXPECT_EQ(signature_length(rsa), 256u);
   EXPECT_EQ(signature_length(ec), 64u);
-  EXPECT_EQ(signature_length(KeyInfo{"e", "t", KeyKind::ec, 521, false, {}}), 132u);
+  EXPECT_EQ(signature_length(KeyInfo{"e", "t", KeyKind::ec, 521, false, false, {}}), 132u);
 }
 
 TEST(Pkcs11KeyEntries, OnlyWellFormedFoundKeysGetObjects) {
