@@ -190,10 +190,6 @@ bool key_info(const Json& key, KeyInfo& out) {
   }
   out.alias = alias->get<std::string>();
   out.token = token->get<std::string>();
-  const Json* bits = member(key, "bits", T::number_integer);
-  // At most 16384 bits: beyond any key a token holds, and a size the signature length can carry.
-  out.bits = bits != nullptr && bits->get<std::int64_t>() > 0 && bits->get<std::int64_t>() <= 16384 ? bits->get<int>() : 0;
-  if (out.kind == KeyKind::ed25519) out.bits = 255;
   out.pss = false;
   if (const Json* schemes = member(key, "schemes", T::array))
     for (const auto& s : *schemes)
@@ -201,7 +197,23 @@ bool key_info(const Json& key, KeyInfo& out) {
   const Json* sha1 = member(key, "allowSha1", T::boolean);
   out.sha1 = sha1 != nullptr && sha1->get<bool>() && out.kind != KeyKind::ed25519;
   const auto spki = firmad::protocol::base64_decode(public_key->get<std::string>());
-  if (!spki || out.alias.empty() || out.bits <= 0) return false;
+  if (!spki || spki->empty() || out.alias.empty()) return false;
+  // The key's size, on which each signature's length rests, is the public
+  // key's own: a key of another type than firmad says, or another size
+  // than its "bits", gets no objects.
+  const unsigned char* p = spki->data();
+  std::unique_ptr<EVP_PKEY, PkeyFree> pkey(d2i_PUBKEY(nullptr, &p, static_cast<long>(spki->size())));
+  if (!pkey || p != spki->data() + spki->size()) return false;
+  const int id = EVP_PKEY_get_base_id(pkey.get());
+  if ((out.kind == KeyKind::rsa && id != EVP_PKEY_RSA) || (out.kind == KeyKind::ec && id != EVP_PKEY_EC) ||
+      (out.kind == KeyKind::ed25519 && id != EVP_PKEY_ED25519))
+    return false;
+  out.bits = out.kind == KeyKind::ed25519 ? 255 : EVP_PKEY_get_bits(pkey.get());
+  // At most 16384 bits: beyond any key a token holds, and a size the signature length can carry.
+  if (out.bits <= 0 || out.bits > 16384) return false;
+  if (const Json* bits = member(key, "bits", T::number_integer); bits != nullptr && out.kind != KeyKind::ed25519 &&
+                                                                  bits->get<std::int64_t>() != out.bits)
+    return false;
   out.spki.assign(spki->begin(), spki->end());
   return true;
 }

@@ -2,9 +2,15 @@
 #include <gtest/gtest.h>
 #include <openssl/bn.h>
 #include <openssl/ec.h>
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+
+#include <memory>
+#include <span>
 
 #include "client/pkcs11/mechanisms.hpp"
 #include "client/pkcs11/objects.hpp"
+#include "protocol/base64.hpp"
 
 namespace firma::p11 {
 namespace {
@@ -108,11 +114,27 @@ TEST(Pkcs11KeyEntries, OnlyWellFormedFoundKeysGetObjects) {
   EXPECT_FALSE(key_info(Json{{"alias", "a"}, {"token", "t"}, {"found", false}, {"type", "ec"}, {"bits", 256}, {"publicKey", "AA=="}}, info));
   EXPECT_FALSE(key_info(Json{{"alias", "a"}, {"token", "t"}, {"found", true}, {"type", "dsa"}, {"bits", 256}, {"publicKey", "AA=="}}, info));
   EXPECT_FALSE(key_info(Json{{"alias", "a"}, {"token", "t"}, {"found", true}, {"type", "ec"}, {"bits", 256}, {"publicKey", "%%"}}, info));
-  const Json good{{"alias", "a"}, {"token", "t"}, {"found", true}, {"type", "ec"}, {"bits", 256}, {"publicKey", "AA=="},
+  // A real P-256 public key.
+  std::unique_ptr<EVP_PKEY, void (*)(EVP_PKEY*)> pkey(EVP_EC_gen("P-256"), EVP_PKEY_free);
+  ASSERT_NE(pkey, nullptr);
+  unsigned char* der = nullptr;
+  const int n = i2d_PUBKEY(pkey.get(), &der);
+  ASSERT_GT(n, 0);
+  const std::string spki = firmad::protocol::base64_encode(std::span<const std::uint8_t>(der, static_cast<std::size_t>(n)));
+  OPENSSL_free(der);
+  EXPECT_FALSE(key_info(Json{{"alias", "a"}, {"token", "t"}, {"found", true}, {"type", "ec"}, {"bits", 256}, {"publicKey", "AA=="}}, info))
+      << "a public key that does not parse";
+  EXPECT_FALSE(key_info(Json{{"alias", "a"}, {"token", "t"}, {"found", true}, {"type", "rsa"}, {"bits", 256}, {"publicKey", spki}}, info))
+      << "firmad's type is not the public key's";
+  EXPECT_FALSE(key_info(Json{{"alias", "a"}, {"token", "t"}, {"found", true}, {"type", "ec"}, {"bits", 384}, {"publicKey", spki}}, info))
+      << "firmad's size is not the public key's";
+  const Json good{{"alias", "a"}, {"token", "t"}, {"found", true}, {"type", "ec"}, {"bits", 256}, {"publicKey", spki},
                   {"schemes", {"ecdsa"}}, {"objectId", "zz"}};
   ASSERT_TRUE(key_info(good, info));
   EXPECT_EQ(info.kind, KeyKind::ec);
-  EXPECT_THROW(objects_of(good, info), std::runtime_error);  // neither the SPKI nor the id parses
+  EXPECT_EQ(info.bits, 256);
+  EXPECT_EQ(signature_length(info), 64u);
+  EXPECT_THROW(objects_of(good, info), std::runtime_error);  // the id does not parse
 }
 
 TEST(Pkcs11Errors, EachFirmadErrorHasItsCode) {
