@@ -71,7 +71,11 @@ struct State {
   pid_t pid = 0;
   std::map<std::pair<std::string, bool>, CK_SLOT_ID> slot_ids;  // stable across refreshes
   std::map<CK_SLOT_ID, Slot> slots;
-  std::map<std::pair<std::string, CK_OBJECT_CLASS>, CK_OBJECT_HANDLE> object_ids;
+  // Handles stable across refreshes, for the same object only: keyed by
+  // alias, class, public key and (certificates) value, so an alias whose key
+  // or certificate was renewed gets new handles and the old ones go invalid.
+  // (Kept for the module's life: a few entries per renewal.)
+  std::map<std::tuple<std::string, CK_OBJECT_CLASS, Bytes, Bytes>, CK_OBJECT_HANDLE> object_ids;
   std::map<CK_OBJECT_HANDLE, Object> objects;
   std::map<CK_SESSION_HANDLE, Session> sessions;
   CK_SLOT_ID next_slot = 1;
@@ -159,7 +163,9 @@ void apply_status(State& s, const std::optional<Json>& status) {
     const auto present = slot.token_info.find("present");
     slot.present = present == slot.token_info.end() || !present->is_boolean() || present->get<bool>();
     for (auto& o : objects) {
-      auto [h, fresh] = s.object_ids.try_emplace({o.alias, o.object_class}, s.next_object);
+      const auto value = o.object_class == CKO_CERTIFICATE ? o.attributes.find(CKA_VALUE) : o.attributes.end();
+      auto [h, fresh] = s.object_ids.try_emplace({o.alias, o.object_class, info.spki, value == o.attributes.end() ? Bytes{} : value->second},
+                                                 s.next_object);
       if (fresh) ++s.next_object;
       slot.objects.push_back(h->second);
       s.objects[h->second] = std::move(o);

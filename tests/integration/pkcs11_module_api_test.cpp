@@ -477,6 +477,38 @@ TEST(Pkcs11ModuleRestart, FirmadStoppedAndStartedUnderARunningProgram) {
   EXPECT_EQ(m.sign_ecdsa(s, ec), CKR_OK);
 }
 
+// An alias that names another key after a restart (a renewal with a new
+// key, an edited firmad.toml) is another object: the program's old handle
+// goes invalid instead of signing with a key it does not know.
+TEST(Pkcs11ModuleRestart, AliasNamingAnotherKeyGetsNewHandles) {
+  TokenRig rig;
+  const std::string socket_line = "socket = \"" + rig.socket().string() + "\"";
+  auto daemon = std::make_unique<Daemon>(rig.write_config({{"socket =", socket_line}}), rig.socket());
+  ASSERT_TRUE(daemon->wait_for_log("event=token-login")) << daemon->log();
+  ::setenv("FIRMAD_SOCKET", rig.socket().c_str(), 1);
+  Module m;
+  ASSERT_EQ(m->C_Initialize(nullptr), CKR_OK);
+  const auto s = m.open(m.slots().at(0));
+  const auto before = m.key(s, 2);
+  ASSERT_EQ(m.sign_ecdsa(s, before), CKR_OK);
+
+  daemon->terminate();
+  daemon.reset();
+  // The aliases swap keys: firma-ec now names the P-384 key (CKA_ID 04),
+  // firma-p384 the P-256 key the program holds a handle of.
+  const std::string moved = rig.write_config({{"socket =", socket_line},
+                                              {"uri = \"pkcs11:object=firma-ec;id=%02\"", "uri = \"pkcs11:id=%04\""},
+                                              {"uri = \"pkcs11:object=firma-p384;id=%04\"", "uri = \"pkcs11:id=%02\""}});
+  daemon = std::make_unique<Daemon>(moved, rig.socket());
+  ASSERT_TRUE(daemon->wait_for_log("event=token-login")) << daemon->log();
+  ASSERT_FALSE(m.slots(true).empty());  // the module has read firmad's status again
+  CK_MECHANISM ecdsa{CKM_ECDSA, nullptr, 0};
+  EXPECT_EQ(m->C_SignInit(s, &ecdsa, before), CKR_KEY_HANDLE_INVALID) << "the old handle names a key firmad no longer serves";
+  const auto after = m.key(s, 2);  // the same token object, now under another alias
+  EXPECT_NE(after, before);
+  EXPECT_EQ(m.sign_ecdsa(s, after), CKR_OK);
+}
+
 // A program that polls the token (NSS and Java ask C_GetSlotInfo and
 // C_GetTokenInfo of a removable slot, not the slot list) sees it come back;
 // one started while firmad was down finds it the same way.
