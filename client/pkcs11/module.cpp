@@ -622,29 +622,7 @@ CK_RV GetAttributeValue(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE object, CK_ATTRIBU
   if (templ == nullptr && count > 0) return CKR_ARGUMENTS_BAD;
   const Object* o = object_of(s, *session, object);
   if (o == nullptr) return CKR_OBJECT_HANDLE_INVALID;
-  CK_RV rv = CKR_OK;
-  for (CK_ULONG i = 0; i < count; ++i) {
-    CK_ATTRIBUTE& a = templ[i];
-    const auto it = o->attributes.find(a.type);
-    if (o->object_class == CKO_PRIVATE_KEY &&
-        (a.type == CKA_VALUE || a.type == CKA_PRIVATE_EXPONENT || a.type == CKA_PRIME_1 || a.type == CKA_PRIME_2 ||
-         a.type == CKA_EXPONENT_1 || a.type == CKA_EXPONENT_2 || a.type == CKA_COEFFICIENT)) {
-      a.ulValueLen = CK_UNAVAILABLE_INFORMATION;
-      if (rv == CKR_OK) rv = CKR_ATTRIBUTE_SENSITIVE;
-    } else if (it == o->attributes.end()) {
-      a.ulValueLen = CK_UNAVAILABLE_INFORMATION;
-      if (rv == CKR_OK) rv = CKR_ATTRIBUTE_TYPE_INVALID;
-    } else if (a.pValue == nullptr) {
-      a.ulValueLen = it->second.size();
-    } else if (a.ulValueLen < it->second.size()) {
-      a.ulValueLen = CK_UNAVAILABLE_INFORMATION;
-      if (rv == CKR_OK) rv = CKR_BUFFER_TOO_SMALL;
-    } else {
-      if (!it->second.empty()) std::memcpy(a.pValue, it->second.data(), it->second.size());
-      a.ulValueLen = it->second.size();
-    }
-  }
-  return rv;
+  return o->copy_attributes(templ, count);
 }
 
 CK_RV FindObjectsInit(CK_SESSION_HANDLE h, CK_ATTRIBUTE_PTR templ, CK_ULONG count) {

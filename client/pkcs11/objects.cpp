@@ -156,6 +156,32 @@ bool Object::matches(const CK_ATTRIBUTE* templ, CK_ULONG count) const {
   return true;
 }
 
+CK_RV Object::copy_attributes(CK_ATTRIBUTE* templ, CK_ULONG count) const {
+  CK_RV rv = CKR_OK;
+  for (CK_ULONG i = 0; i < count; ++i) {
+    CK_ATTRIBUTE& a = templ[i];
+    const auto it = attributes.find(a.type);
+    if (object_class == CKO_PRIVATE_KEY &&
+        (a.type == CKA_VALUE || a.type == CKA_PRIVATE_EXPONENT || a.type == CKA_PRIME_1 || a.type == CKA_PRIME_2 ||
+         a.type == CKA_EXPONENT_1 || a.type == CKA_EXPONENT_2 || a.type == CKA_COEFFICIENT)) {
+      a.ulValueLen = CK_UNAVAILABLE_INFORMATION;
+      if (rv == CKR_OK) rv = CKR_ATTRIBUTE_SENSITIVE;
+    } else if (it == attributes.end()) {
+      a.ulValueLen = CK_UNAVAILABLE_INFORMATION;
+      if (rv == CKR_OK) rv = CKR_ATTRIBUTE_TYPE_INVALID;
+    } else if (a.pValue == nullptr) {
+      a.ulValueLen = it->second.size();
+    } else if (a.ulValueLen < it->second.size()) {
+      a.ulValueLen = CK_UNAVAILABLE_INFORMATION;
+      if (rv == CKR_OK) rv = CKR_BUFFER_TOO_SMALL;
+    } else {
+      if (!it->second.empty()) std::memcpy(a.pValue, it->second.data(), it->second.size());
+      a.ulValueLen = it->second.size();
+    }
+  }
+  return rv;
+}
+
 namespace {
 // A member of the type asked, or nullptr: firmad's answer is parsed, never trusted.
 const Json* member(const Json& object, const char* name, Json::value_t type) {

@@ -20,6 +20,12 @@ struct Object {
 
   // Whether every attribute of the template is present with equal bytes.
   bool matches(const CK_ATTRIBUTE* templ, CK_ULONG count) const;
+  // C_GetAttributeValue's rules (PKCS#11 3.0 §5.7): each value copied where
+  // its buffer is large enough, its length given for a NULL buffer, else
+  // CK_UNAVAILABLE_INFORMATION with the first of CKR_ATTRIBUTE_SENSITIVE
+  // (a private key's secret parts), CKR_ATTRIBUTE_TYPE_INVALID or
+  // CKR_BUFFER_TOO_SMALL; never a byte beyond a buffer's ulValueLen.
+  CK_RV copy_attributes(CK_ATTRIBUTE* templ, CK_ULONG count) const;
 };
 
 // What signing with a key needs to know.
