@@ -71,7 +71,7 @@ Module::Module(std::string path, CK_FUNCTION_LIST* fn, bool owns_init)
     : path_(std::move(path)), fn_(fn), owns_init_(owns_init) {
   CK_INFO info{};
   if (fn_->C_GetInfo(&info) == CKR_OK) manufacturer_ = trim_padded(info.manufacturerID, sizeof info.manufacturerID);
-  one_call_at_a_time_ = manufacturer_ == "PKCS#11 Kit";
+  one_call_at_a_time_ = std::filesystem::path(path_).filename() == "p11-kit-client.so";
 }
 
 const char* Module::one_call_at_a_time_reason() noexcept {

@@ -82,16 +82,19 @@ class Module {
   Call fn() const { return Call(fn_, one_call_at_a_time_ ? &call_mutex_ : nullptr); }
 
   // Whether firmad calls this module one call at a time, whatever threads
-  // and sessions it has. So far p11-kit's own modules (p11-kit-client.so,
-  // p11-kit-proxy.so, manufacturer "PKCS#11 Kit"), whose RPC transport
-  // shares one socket between a process's threads and mishandles a failure
-  // with several calls in flight: the thread that sees the server gone
-  // closes the socket while another reads it, and that one can end up in
-  // select() on no descriptor for ever (p11-kit 0.24.1, rpc-transport.c).
-  // The remote end (p11-kit-remote) serves one call at a time anyway, so
-  // nothing is lost.
+  // and sessions it has: p11-kit-client.so (known by its file: what it
+  // reports in C_GetInfo is its server's module, or a placeholder before the
+  // server is up). Its RPC transport shares one socket between a process's
+  // threads and mishandles a failure with several calls in flight: the
+  // thread that sees the server gone closes the socket while another reads
+  // it, and that one can end up in select() on no descriptor for ever
+  // (p11-kit 0.24.1, rpc-transport.c). Its server (p11-kit-remote) serves
+  // one call at a time anyway, so nothing is lost. (p11-kit-proxy.so is not
+  // held to it: it loads its modules into this process, unless one is
+  // configured 'remote:', whose tokens should be reached through
+  // p11-kit-client.so instead.)
   bool one_call_at_a_time() const noexcept { return one_call_at_a_time_; }
-  // Why, for the log ("" when not).
+  // Why, for the log.
   static const char* one_call_at_a_time_reason() noexcept;
 
   // Returns how many slots the module has, with a token or without.

@@ -44,6 +44,7 @@ struct CK_FUNCTION_LIST_3_0 {
 static_assert(sizeof(CK_FUNCTION_LIST_3_0) == sizeof(CK_FUNCTION_LIST) + 24 * sizeof(void*),
               "the 3.0 list is the 2.40 list and 24 more pointers, no padding");
 inline constexpr CK_RV kOperationCancelFailed = 0x00000202UL;  // CKR_OPERATION_CANCEL_FAILED
+inline constexpr CK_FLAGS kFindObjects = 0x00000040UL;         // CKF_FIND_OBJECTS (C_SessionCancel)
 
 // PKCS#11 3.0 §2.3.14: CKM_EDDSA's optional parameter.
 struct CK_EDDSA_PARAMS {

@@ -760,8 +760,8 @@ CK_RV SignFinal(CK_SESSION_HANDLE h, CK_BYTE_PTR signature, CK_ULONG_PTR signatu
   if (!ready(s)) return CKR_CRYPTOKI_NOT_INITIALIZED;
   Session* session = session_of(s, h);
   if (session == nullptr) return CKR_SESSION_HANDLE_INVALID;
-  if (!session->sign) return CKR_OPERATION_NOT_INITIALIZED;
   if (session->hashing) return CKR_OPERATION_ACTIVE;
+  if (!session->sign) return CKR_OPERATION_NOT_INITIALIZED;
   return finish_sign(lock, *session, std::nullopt, signature, signature_len);
 }
 
@@ -780,16 +780,22 @@ CK_RV SeedRandom(CK_SESSION_HANDLE h, CK_BYTE_PTR, CK_ULONG) {
 }
 // PKCS#11 3.0: ends the session's signature operation without a signature
 // (what a 2.40 program can only do by finishing it, which makes and audits
-// one). Other operations never run here, so there is nothing else to end.
+// one) and, with CKF_FIND_OBJECTS, its search. No other kind of operation
+// runs here, so there is nothing else to end.
 CK_RV SessionCancel(CK_SESSION_HANDLE h, CK_FLAGS flags) {
   std::lock_guard lock(mu);
   State& s = state();
   if (!ready(s)) return CKR_CRYPTOKI_NOT_INITIALIZED;
   Session* session = session_of(s, h);
   if (session == nullptr) return CKR_SESSION_HANDLE_INVALID;
-  if (!(flags & CKF_SIGN)) return CKR_OK;
-  if (session->hashing) return kOperationCancelFailed;  // another thread is inside C_SignUpdate
-  session->sign.reset();
+  if (flags & kFindObjects) {
+    session->found.reset();
+    session->next_found = 0;
+  }
+  if (flags & CKF_SIGN) {
+    if (session->hashing) return kOperationCancelFailed;  // another thread is inside C_SignUpdate
+    session->sign.reset();
+  }
   return CKR_OK;
 }
 

@@ -262,34 +262,39 @@ TEST_F(TokenFaults, KeyRenewedByFirmadIsNotTakenForAnAlteredToken) {
   EXPECT_EQ(d->log().find("event=token-replaced"), std::string::npos) << d->log();
 }
 
-// p11-kit's modules (p11-kit-client.so, p11-kit-proxy.so) share one socket
-// between a process's threads and can leave a call hanging for ever when
-// the server dies with two calls in flight: firmad calls them one call at a
-// time, signing threads and refreshes alike. The fault module records the
-// most calls it ever had in flight ("overlap"); with p11kit_rpc it calls
-// itself p11-kit. Each run: 4 clients x 6 slow signatures on 2 sessions,
-// every one verified; returns whether firmad logged the one-at-a-time rule.
+// p11-kit-client.so shares one socket between a process's threads and can
+// leave a call hanging for ever when its server dies with two calls in
+// flight: firmad calls it one call at a time, signing threads and refreshes
+// alike, knowing it by its file name. The fault module records the most
+// calls it ever had in flight ("overlap"); copied under that name, it is
+// taken for p11-kit-client.so. Each run: 4 clients x 6 slow signatures on 2
+// sessions, every one verified; returns whether firmad logged the rule.
 class ModuleCalls : public TokenFaults {
  protected:
-  bool sign_under_load(const std::string& control_words) {
-    write_file(control, control_words);
-    auto d = start(2);
-    EXPECT_TRUE(d->wait_for_log("event=token-login ")) << d->log();
+  bool sign_under_load(const fs::path& module) {
+    write_file(control, "slow_ms=20");
+    const auto cfg = rig.write_config({{"module", "module = \"" + module.string() + "\""},
+                                       {"log_level", "log_level = \"info\""},
+                                       {"sessions", "sessions = 2\nrefresh_interval_ms = 100"}});
+    Daemon d(cfg, rig.socket());
+    EXPECT_TRUE(d.wait_for_log("event=token-login ")) << d.log();
     const fs::path pub = rig.public_key_pem("02");
     for (const auto& o : sign_concurrently(4, 6)) EXPECT_TRUE(o.error.empty() && verifies(o, pub)) << o.text << ": " << o.error;
-    return d->log().find("event=token-module-one-call-at-a-time") != std::string::npos;
+    return d.log().find("event=token-module-one-call-at-a-time") != std::string::npos;
   }
 };
 
-TEST_F(ModuleCalls, P11KitModulesAreCalledOneCallAtATime) {
-  EXPECT_TRUE(sign_under_load("p11kit_rpc slow_ms=20"));
+TEST_F(ModuleCalls, P11KitClientIsCalledOneCallAtATime) {
+  const fs::path client = rig.dir() / "p11-kit-client.so";
+  fs::copy_file(FIRMAD_FAULT_MODULE, client);
+  EXPECT_TRUE(sign_under_load(client));
   EXPECT_EQ(counter("overlap"), 1) << "two calls were in flight at once";
 }
 
 // The same load on another module keeps both sessions busy at once: the
-// measure above can see an overlap, and only p11-kit's modules are held to one call.
+// measure above can see an overlap, and only p11-kit-client.so is held to one call.
 TEST_F(ModuleCalls, OtherModulesAreCalledFromEverySessionAtOnce) {
-  EXPECT_FALSE(sign_under_load("slow_ms=20"));
+  EXPECT_FALSE(sign_under_load(FIRMAD_FAULT_MODULE));
   EXPECT_GE(counter("overlap"), 2) << "the two sessions never signed at once";
 }
 

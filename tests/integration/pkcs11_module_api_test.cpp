@@ -217,6 +217,12 @@ TEST_F(Pkcs11ModuleApi, SessionCancelEndsAnOperationWithoutASignature) {
   EXPECT_EQ(v3->session_cancel(0xdeadbeef, CKF_SIGN), CKR_SESSION_HANDLE_INVALID);
   ASSERT_EQ(m->C_SignInit(s, &mech, ec), CKR_OK) << "a new operation may start";
   EXPECT_EQ(m->C_SignFinal(s, sig, &len), CKR_OK);
+  // A search, cancelled with CKF_FIND_OBJECTS (0x40), may start again at once.
+  ASSERT_EQ(m->C_FindObjectsInit(s, nullptr, 0), CKR_OK);
+  EXPECT_EQ(m->C_FindObjectsInit(s, nullptr, 0), CKR_OPERATION_ACTIVE);
+  EXPECT_EQ(v3->session_cancel(s, 0x40), CKR_OK);
+  EXPECT_EQ(m->C_FindObjectsInit(s, nullptr, 0), CKR_OK);
+  EXPECT_EQ(m->C_FindObjectsFinal(s), CKR_OK);
 
   // No signature of the cancelled text: a marker signed after it is on
   // record (the audit writer keeps order), the text's digest is not.

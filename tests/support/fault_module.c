@@ -68,10 +68,6 @@
  *                                counted in "<control>.in_create" as it starts
  *   stderr_flood                 every C_GetTokenInfo writes 100 diagnostic lines to
  *                                stderr, as tpm2-pkcs11 does while its TPM is gone
- *   p11kit_rpc                   C_GetInfo names p11-kit as the manufacturer ("PKCS#11
- *                                Kit"), as p11-kit-client.so and p11-kit-proxy.so do,
- *                                whose RPC transport must not have two calls in flight
- *                                when the server dies
  * Calls in flight at once: the most ever seen inside C_GetSlotList, C_GetTokenInfo,
  * C_GetSessionInfo, C_Login, C_SignInit and C_Sign (slow_ms makes a signature
  * last) is written to "$FIRMAD_FAULT_CONTROL.overlap" each time it grows.
@@ -206,15 +202,6 @@ static void enter(void) {
 
 static CK_RV leave(CK_RV rv) {
   atomic_fetch_sub(&in_flight, 1);
-  return rv;
-}
-
-static CK_RV fault_GetInfo(CK_INFO_PTR info) {
-  const CK_RV rv = real_fns.C_GetInfo(info);
-  if (rv == CKR_OK && control_has("p11kit_rpc")) {
-    memset(info->manufacturerID, ' ', sizeof info->manufacturerID);
-    memcpy(info->manufacturerID, "PKCS#11 Kit", 11);
-  }
   return rv;
 }
 
@@ -604,7 +591,6 @@ CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR list) {
     real_fns = *real;
     fault_fns = *real;
     fault_fns.C_GetFunctionList = C_GetFunctionList;
-    fault_fns.C_GetInfo = fault_GetInfo;
     fault_fns.C_GetTokenInfo = fault_GetTokenInfo;
     fault_fns.C_Login = fault_Login;
     fault_fns.C_GetSlotList = fault_GetSlotList;
