@@ -126,7 +126,7 @@ TEST_F(Lifecycle, NotifiesSystemdWhenReadyAndWhenStopping) {
   while ((stopping = receive()) == "WATCHDOG=1") {
   }
   EXPECT_EQ(stopping, "STOPPING=1");
-  EXPECT_EQ(d.terminate(), 0);
+  EXPECT_EQ(d.wait_exit(), 0);
   ::close(fd);
 }
 
@@ -151,7 +151,7 @@ TEST_F(Lifecycle, PeerThatStopsReadingCannotHoldUpShutdown) {
     return queued >= 100000 && std::chrono::steady_clock::now() - changed >= std::chrono::milliseconds(200);
   }));
   ASSERT_EQ(::kill(d.pid(), SIGTERM), 0);
-  EXPECT_EQ(d.terminate(std::chrono::seconds(5)), 0) << "a writer stuck on its peer is cut at its deadline\n" << d.log();
+  EXPECT_EQ(d.wait_exit(std::chrono::seconds(5)), 0) << "a writer stuck on its peer is cut at its deadline\n" << d.log();
   EXPECT_NE(d.log().find("event=connection-timeout level=info uid=0"), std::string::npos) << d.log();
   EXPECT_NE(d.log().find("while=writing"), std::string::npos) << d.log();
 }
@@ -222,7 +222,7 @@ TEST_F(Lifecycle, SigtermFinishesInFlightRequestsLogsOutAndExitsZero) {
   }
   EXPECT_GE(answered, queued) << "every request queued at SIGTERM was answered";
   EXPECT_GT(answered, 0);
-  EXPECT_EQ(d.terminate(), 0) << d.log();
+  EXPECT_EQ(d.wait_exit(), 0) << d.log();
   const std::string log = d.log();
   EXPECT_NE(log.find("event=token-logout level=info token=demo why=shutdown"), std::string::npos) << log;
   EXPECT_NE(log.find("event=stopped"), std::string::npos) << log;

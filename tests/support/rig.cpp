@@ -257,6 +257,10 @@ bool Daemon::running() {
 
 int Daemon::terminate(std::chrono::milliseconds limit) {
   if (running()) ::kill(pid_, SIGTERM);
+  return wait_exit(limit);
+}
+
+int Daemon::wait_exit(std::chrono::milliseconds limit) {
   if (!eventually([&] { return !running(); }, limit)) return -1;
   return status_.value_or(-1);
 }

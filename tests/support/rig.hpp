@@ -111,6 +111,11 @@ class Daemon {
   bool wait_for_log(const std::string& text, std::chrono::milliseconds limit = std::chrono::seconds(10)) const;
   // Sends SIGTERM and waits (bounded); returns the exit status, or -1.
   int terminate(std::chrono::milliseconds limit = std::chrono::seconds(15));
+  // Waits (bounded) for a daemon already told to stop, sending nothing: a
+  // second SIGTERM can land after firmad's orderly stop has let go of its
+  // signal handlers and end it by the signal (exit status 143); returns
+  // the exit status, or -1.
+  int wait_exit(std::chrono::milliseconds limit = std::chrono::seconds(15));
   bool running();
   // Resident set size in KiB, from /proc.
   long rss_kib() const;
