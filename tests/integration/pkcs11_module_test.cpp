@@ -398,10 +398,9 @@ TEST_F(Pkcs11Module, OpenSslEngineSignsCertificatesCmsAndTlsClientAuth) {
 
 // NSS (libnss3-tools): the module added to a fresh database with modutil;
 // certutil lists the certificates and the keys, and signs certificate
-// requests with the RSA and the EC key (NSS names a key by its CKA_ID),
-// verified by OpenSSL. (cmsutil -S refuses the rig's certificates with
-// SEC_ERROR_INADEQUATE_KEY_USAGE on SoftHSM directly too: not tested here.)
-TEST_F(Pkcs11Module, NssListsCertificatesAndKeysAndSignsRequests) {
+// requests with the RSA and the EC key (NSS names a key by its CKA_ID);
+// cmsutil signs a file with each; all verified by OpenSSL.
+TEST_F(Pkcs11Module, NssListsCertificatesAndKeysAndSignsRequestsAndCms) {
   const fs::path db = file("nssdb");
   fs::create_directories(db);
   const std::string env = "FIRMAD_SOCKET=" + quote(rig_->socket().string()) + " ";
@@ -426,6 +425,25 @@ TEST_F(Pkcs11Module, NssListsCertificatesAndKeysAndSignsRequests) {
     EXPECT_NE(r.out.find("verify OK"), std::string::npos) << r.out;
     r = run("openssl req -noout -pubkey -in " + quote(req.string()));
     EXPECT_EQ(r.out, read_file(rig_->public_key_pem(id))) << id;
+  }
+  // CMS SignedData with signed attributes (-G, as S/MIME has them). -Y NONE:
+  // without it cmsutil also looks for the signer's encryption certificate,
+  // which a signature-only certificate like SAT's is not
+  // (SEC_ERROR_INADEQUATE_KEY_USAGE).
+  const fs::path data = data_file();
+  for (const std::string alias : {"empresa", "firma-ec"}) {
+    const fs::path cms = file("nss-" + alias + ".p7");
+    const auto signs = count(read_file(rig_->audit_log()), "key=" + alias + " ");
+    r = run(env + "cmsutil -S -G -Y NONE -N firmad-demo:" + alias + " -i " + quote(data.string()) + " -o " +
+            quote(cms.string()) + d);
+    ASSERT_EQ(r.exit_code, 0) << alias << ": " << r.out;
+    r = run("openssl cms -verify -inform DER -in " + quote(cms.string()) + " -CAfile " + quote(rig_->ca().string()) +
+            " -out /dev/null");
+    EXPECT_EQ(r.exit_code, 0) << alias << ": " << r.out;
+    EXPECT_TRUE(eventually([&] {
+      const auto audit = read_file(rig_->audit_log());
+      return count(audit, "key=" + alias + " ") == signs + 1 && audit.find("cmsutil") != std::string::npos;
+    })) << alias << ": one audited signature, naming cmsutil\n" << read_file(rig_->audit_log());
   }
 }
 
