@@ -356,12 +356,15 @@ CK_RV Finalize(CK_VOID_PTR reserved) {
   return CKR_OK;
 }
 
+// C_GetInfo reports the version of the function list it was reached
+// through: 2.40 from C_GetFunctionList's, 3.0 from the 3.0 interface's.
+template <CK_BYTE Major, CK_BYTE Minor>
 CK_RV GetInfo(CK_INFO_PTR info) {
   std::lock_guard lock(mu);
   if (!ready(state())) return CKR_CRYPTOKI_NOT_INITIALIZED;
   if (info == nullptr) return CKR_ARGUMENTS_BAD;
   std::memset(info, 0, sizeof *info);
-  info->cryptokiVersion = {CRYPTOKI_VERSION_MAJOR, CRYPTOKI_VERSION_MINOR};
+  info->cryptokiVersion = {Major, Minor};
   pad(info->manufacturerID, sizeof info->manufacturerID, "firmad");
   pad(info->libraryDescription, sizeof info->libraryDescription, "firmad signing daemon");
   info->libraryVersion = {0, 1};
@@ -837,7 +840,7 @@ CK_FUNCTION_LIST make_function_list() {
   l.version = {CRYPTOKI_VERSION_MAJOR, CRYPTOKI_VERSION_MINOR};
   l.C_Initialize = Guarded<Initialize>::call;
   l.C_Finalize = Guarded<Finalize>::call;
-  l.C_GetInfo = Guarded<GetInfo>::call;
+  l.C_GetInfo = Guarded<GetInfo<CRYPTOKI_VERSION_MAJOR, CRYPTOKI_VERSION_MINOR>>::call;
   l.C_GetFunctionList = Guarded<GetFunctionList>::call;
   l.C_GetSlotList = Guarded<GetSlotList>::call;
   l.C_GetSlotInfo = Guarded<GetSlotInfo>::call;
@@ -919,6 +922,7 @@ CK_FUNCTION_LIST_3_0 make_function_list_3_0() {
   CK_FUNCTION_LIST_3_0 l{};
   l.v2 = make_function_list();
   l.v2.version = {3, 0};
+  l.v2.C_GetInfo = Guarded<GetInfo<3, 0>>::call;
   l.C_GetInterfaceList = C_GetInterfaceList;
   l.C_GetInterface = C_GetInterface;
   l.C_LoginUser = Guarded<LoginUser>::call;

@@ -165,6 +165,14 @@ TEST_F(Pkcs11ModuleApi, InitializesWithOsLockingAndOffersForkSafe30And240Interfa
   EXPECT_EQ(v3->v2.version.major, 3);
   EXPECT_EQ(v3->v2.version.minor, 0);
   EXPECT_EQ(v3->v2.C_SignInit, m->C_SignInit);
+  // C_GetInfo tells each caller the version of the list it holds.
+  CK_INFO info{};
+  ASSERT_EQ(v3->v2.C_GetInfo(&info), CKR_OK);
+  EXPECT_EQ(info.cryptokiVersion.major, 3);
+  EXPECT_EQ(info.cryptokiVersion.minor, 0);
+  ASSERT_EQ(m->C_GetInfo(&info), CKR_OK);
+  EXPECT_EQ(info.cryptokiVersion.major, 2);
+  EXPECT_EQ(info.cryptokiVersion.minor, 40);
   EXPECT_EQ(v3->get_interface, reinterpret_cast<void*>(get));
   EXPECT_EQ(v3->get_interface_list, reinterpret_cast<void*>(list));
   ASSERT_EQ(get(nullptr, nullptr, &iface, 0), CKR_OK);
