@@ -277,7 +277,10 @@ TEST_F(Renewal, FetchRecoversAnIssuedCertificateOnlyForAKeyOnTheToken) {
   start_ca();
   // The CA issues, but what it sends back is garbage: the renewal fails for good.
   ca->control("fetch:garbage");
-  start(table("empresa", "idse"));
+  // A first retry 5 s away, not 1 s: 'waiting' below is what renew left, not
+  // what a retry a second later (HTTP 500: ca-unreachable) made of it on a
+  // loaded machine; the retries after that fetch the certificate by themselves.
+  start(table("empresa", "idse", "retry_initial = \"5s\"\nretry_max = \"10s\"\n"));
   const std::string old_serial = serial("empresa");
   EXPECT_EQ(ctl("renew empresa").exit_code, 1);
   EXPECT_EQ(state("empresa"), "verification-failed");
@@ -746,7 +749,9 @@ TEST_F(Renewal, FetchOfAnotherKeysCertificateNamesThatKey) {
 TEST_F(Renewal, AbandonEndsARenewalAndRemovesItsUninstalledKey) {
   start_ca();
   ca->control("fetch:http500");  // issued, but the download keeps failing: the renewal waits
-  start(table("empresa", "idse"));
+  // No retry of its own during the test (a retry's HTTP 500 would make it
+  // ca-unreachable: a second is soon gone on a loaded machine).
+  start(table("empresa", "idse", "retry_initial = \"60s\"\nretry_max = \"120s\"\n"));
   auto keys = [&] {
     return run(std::string("pkcs11-tool --module ") + TokenRig::kModule + " --login --pin " + TokenRig::kPin +
                " --list-objects --type privkey 2>/dev/null").out;
