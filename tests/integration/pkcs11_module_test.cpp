@@ -483,6 +483,13 @@ TEST_F(Pkcs11Module, SshLogsIntoSshdWithTheTokenKey) {
     EXPECT_NE(r.out.find("logged-in-through-firmad"), std::string::npos) << alias << ": " << r.out;
     EXPECT_TRUE(eventually([&] { return count(read_file(rig_->audit_log()), "key=" + alias + " ") > signs; })) << alias;
   }
+  // The records name the program that signed: ssh (exe= where firmad may
+  // read /proc/PID/exe, else comm=).
+  {
+    const std::string audit = read_file(rig_->audit_log());
+    EXPECT_TRUE(audit.find(" comm=ssh ") != std::string::npos || audit.find(" exe=/usr/bin/ssh ") != std::string::npos)
+        << audit;
+  }
   // A key that is not on the token.
   r = run("ssh-keygen -q -t ed25519 -N '' -f " + quote((dir / "stranger").string()));
   ASSERT_EQ(r.exit_code, 0) << r.out;
