@@ -6,13 +6,13 @@
 
 #include <algorithm>
 #include <cstddef>
-#include <iterator>
-#include <memory>
-#include <span>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
+#include <memory>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <vector>

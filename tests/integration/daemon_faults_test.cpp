@@ -25,8 +25,8 @@ class TokenFaults : public ::testing::Test {
   }
   void TearDown() override { ::unsetenv("FIRMAD_FAULT_CONTROL"); }
 
-  std::unique_ptr<Daemon> start(int sessions, const std::string& extra = "") {
-    auto cfg = rig.write_config({{"module", std::string("module = \"") + FIRMAD_FAULT_MODULE + "\""},
+  std::unique_ptr<Daemon> start(int sessions, const std::string& extra = "", const fs::path& module = FIRMAD_FAULT_MODULE) {
+    auto cfg = rig.write_config({{"module", "module = \"" + module.string() + "\""},
                                  {"log_level", "log_level = \"info\"\nmax_connections_per_peer = 128"},
                                  {"sessions", "sessions = " + std::to_string(sessions) + "\nrefresh_interval_ms = 100"}},
                                 extra);
@@ -273,14 +273,11 @@ class ModuleCalls : public TokenFaults {
  protected:
   bool sign_under_load(const fs::path& module) {
     write_file(control, "slow_ms=20");
-    const auto cfg = rig.write_config({{"module", "module = \"" + module.string() + "\""},
-                                       {"log_level", "log_level = \"info\""},
-                                       {"sessions", "sessions = 2\nrefresh_interval_ms = 100"}});
-    Daemon d(cfg, rig.socket());
-    EXPECT_TRUE(d.wait_for_log("event=token-login ")) << d.log();
+    const auto d = start(2, "", module);
+    EXPECT_TRUE(d->wait_for_log("event=token-login ")) << d->log();
     const fs::path pub = rig.public_key_pem("02");
     for (const auto& o : sign_concurrently(4, 6)) EXPECT_TRUE(o.error.empty() && verifies(o, pub)) << o.text << ": " << o.error;
-    return d.log().find("event=token-module-one-call-at-a-time") != std::string::npos;
+    return d->log().find("event=token-module-one-call-at-a-time") != std::string::npos;
   }
 };
 
